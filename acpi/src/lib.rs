@@ -1,0 +1,3 @@
+//! ACPI tables and AML for plugvm: pure functions from a [`MachineDescription`] to bytes.
+
+pub mod layout;
