@@ -1,1 +1,72 @@
-fn main() {}
+//! The `plugvm` binary.
+
+use std::process::ExitCode;
+
+use vmm::config::{self, Command, HostLimits};
+use vmm::vm::{self, Vm};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("plugvm: {msg}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let command = match config::parse_args(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            if code == 0 {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("{e}");
+            return ExitCode::from(u8::try_from(code).unwrap_or(2));
+        }
+    };
+    match command {
+        Command::DumpAcpiTables { config, dir } => match vm::dump_acpi_tables(&config, &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        },
+        Command::Run(config) => {
+            let kvm = match vm::open_kvm() {
+                Ok(k) => k,
+                Err(e) => return fail(1, e),
+            };
+            let host = HostLimits::probe(u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX));
+            if let Err(e) = config.validate_host(&host) {
+                return fail(1, e);
+            }
+            let vm = match Vm::start(&kvm, &config) {
+                Ok(vm) => vm,
+                Err(e) => return fail(1, e),
+            };
+            match vm.run_until_exit() {
+                Ok(reason) => {
+                    let code = reason.exit_code();
+                    drop(vm);
+                    match reason {
+                        devices::ExitReason::PowerOff | devices::ExitReason::Shutdown => {
+                            tracing::info!("VM ended: {reason:?}")
+                        }
+                        devices::ExitReason::Reset => eprintln!("plugvm: the guest reset the machine (exit code {code})"),
+                        devices::ExitReason::GuestPanic => eprintln!("plugvm: the guest kernel panicked (exit code {code})"),
+                        devices::ExitReason::VcpuError => eprintln!("plugvm: a vCPU stopped with an error (exit code {code})"),
+                    }
+                    ExitCode::from(u8::try_from(code).unwrap_or(1))
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+    }
+}

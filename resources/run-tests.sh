@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every plugvm test, the Linux-guest ones included, on a fresh Debian/Ubuntu machine:
+# installs what the tests need from Debian's packages, prepares the guest image, builds the
+# workspace and runs `cargo test` over it. Linux-guest tests boot Debian's kernel under plugvm
+# inside the nested-KVM test bed (resources/kvm-host.sh) where the host's KVM cannot run Linux.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+echo "==> installing test dependencies (Debian packages)" >&2
+"$repo/resources/install-deps.sh"
+
+echo "==> preparing the guest image" >&2
+"$repo/resources/guest-image.sh" >&2
+
+echo "==> building" >&2
+cargo build --workspace --all-targets
+
+echo "==> testing" >&2
+cargo test --workspace -- "$@"

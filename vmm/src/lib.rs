@@ -1,0 +1,13 @@
+//! plugvm: a KVM microVM monitor whose CPU and memory hotplug runs as transactions.
+//!
+//! This crate wires the others together: KVM, guest memory, the boot path, vCPU threads,
+//! devices, the event loop, the API and the binaries.
+#![warn(missing_docs)]
+
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

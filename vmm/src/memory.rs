@@ -1,0 +1,170 @@
+//! Guest memory: boot RAM laid out around the 32-bit MMIO hole, the hotplug region above it,
+//! and the KVM memory slots that back the RAM.
+
+use acpi::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// The guest's memory block size for hotplug (Linux x86_64 uses 128 MiB blocks for guests
+/// below 64 GiB); the hotplug region starts on a multiple of it.
+pub const HOTPLUG_ALIGNMENT: u64 = 128 << 20;
+
+/// Errors creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// mmap of guest RAM failed.
+    #[error("cannot allocate {size} bytes of guest memory: {source}")]
+    Allocate {
+        /// Bytes asked for.
+        size: u64,
+        /// Cause.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// A size does not fit the host's address width.
+    #[error("memory size {0} does not fit this host")]
+    TooLarge(u64),
+    /// KVM refused a memory slot.
+    #[error("KVM_SET_USER_MEMORY_REGION for slot {slot}: {source}")]
+    Slot {
+        /// Slot index.
+        slot: u32,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// A guest physical range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRange {
+    /// First address.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl GuestRange {
+    /// First address past the range.
+    pub fn end(&self) -> u64 {
+        self.base + self.size
+    }
+}
+
+/// Where boot RAM and the hotplug region lie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryLayout {
+    /// Boot RAM: below the MMIO hole, and above 4 GiB for what does not fit below it.
+    pub ram: Vec<GuestRange>,
+    /// The hotplug region, if any.
+    pub hotplug: Option<GuestRange>,
+}
+
+impl MemoryLayout {
+    /// Lays out `size` bytes of boot RAM and a `hotplug_size` hotplug region.
+    pub fn new(size: u64, hotplug_size: u64) -> Self {
+        let low = size.min(MMIO_HOLE_START);
+        let mut ram = vec![GuestRange { base: 0, size: low }];
+        if size > low {
+            ram.push(GuestRange {
+                base: MMIO_HOLE_END,
+                size: size - low,
+            });
+        }
+        let ram_end = ram.last().map_or(0, GuestRange::end).max(MMIO_HOLE_END);
+        let hotplug = (hotplug_size > 0).then(|| GuestRange {
+            base: ram_end.next_multiple_of(HOTPLUG_ALIGNMENT),
+            size: hotplug_size,
+        });
+        MemoryLayout { ram, hotplug }
+    }
+
+    /// Boot RAM below 4 GiB.
+    pub fn low_ram_end(&self) -> u64 {
+        self.ram.first().map_or(0, GuestRange::end)
+    }
+
+    /// Total boot RAM.
+    pub fn ram_size(&self) -> u64 {
+        self.ram.iter().map(|r| r.size).sum()
+    }
+}
+
+/// Allocates boot RAM (anonymous, private mappings).
+pub fn create_guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges = layout
+        .ram
+        .iter()
+        .map(|r| {
+            usize::try_from(r.size)
+                .map(|s| (GuestAddress(r.base), s))
+                .map_err(|_| MemoryError::TooLarge(r.size))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
+        size: layout.ram_size(),
+        source,
+    })
+}
+
+/// Registers every region of `mem` as a KVM memory slot, numbered from 0.
+pub fn register_memory_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<u32, MemoryError> {
+    let mut slot = 0u32;
+    for region in mem.iter() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| MemoryError::TooLarge(region.len()))?;
+        let region_desc = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the host range is a live mapping owned by `mem`, which the VM keeps alive
+        // for as long as the slot exists (until the process ends).
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|source| MemoryError::Slot { slot, source })?;
+        slot += 1;
+    }
+    Ok(slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_ram_stays_below_the_hole() {
+        let l = MemoryLayout::new(512 << 20, 0);
+        assert_eq!(l.ram, vec![GuestRange { base: 0, size: 512 << 20 }]);
+        assert_eq!(l.hotplug, None);
+        assert_eq!(l.low_ram_end(), 512 << 20);
+    }
+
+    #[test]
+    fn large_ram_splits_around_the_hole() {
+        let l = MemoryLayout::new(4 << 30, 1 << 30);
+        assert_eq!(l.ram[0], GuestRange { base: 0, size: MMIO_HOLE_START });
+        assert_eq!(l.ram[1], GuestRange { base: MMIO_HOLE_END, size: (4 << 30) - MMIO_HOLE_START });
+        assert_eq!(l.ram_size(), 4 << 30);
+        let h = l.hotplug.unwrap();
+        assert_eq!(h.base, MMIO_HOLE_END + (1 << 30));
+        assert_eq!(h.base % HOTPLUG_ALIGNMENT, 0);
+    }
+
+    #[test]
+    fn hotplug_region_starts_above_4g_and_aligned() {
+        let l = MemoryLayout::new(300 << 20, 256 << 20);
+        let h = l.hotplug.unwrap();
+        assert_eq!(h.base, MMIO_HOLE_END);
+        assert_eq!(h.size, 256 << 20);
+    }
+
+    #[test]
+    fn guest_memory_matches_layout() {
+        let l = MemoryLayout::new(64 << 20, 0);
+        let mem = create_guest_memory(&l).unwrap();
+        assert_eq!(mem.num_regions(), 1);
+        assert_eq!(mem.last_addr(), GuestAddress((64 << 20) - 1));
+    }
+}

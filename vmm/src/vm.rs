@@ -1,0 +1,356 @@
+//! Building and running a VM: KVM, memory, the loaded guest, ACPI tables, devices, vCPUs and
+//! the event loop that waits for the VM to end.
+
+use std::sync::Arc;
+
+use acpi::{MachineDescription, MemoryRange};
+use devices::{
+    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, PvPanicDevice,
+    SerialDevice,
+};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::{self, BootRegsLayout, CpuTopology};
+use crate::boot::{self, BootError, ZeroPageInputs};
+use crate::config::{SerialConfig, VmConfig};
+use crate::console::{self, ConsoleError, SocketConsole, StdoutWriter};
+use crate::memory::{self, MemoryError, MemoryLayout};
+use crate::vcpu::{self, VcpuError, VcpuHandle};
+
+/// Where KVM puts the TSS it needs on Intel hosts (three pages below the IOAPIC area).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` cannot be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    /// A KVM VM-level ioctl failed.
+    #[error("{0}: {1}")]
+    KvmIoctl(&'static str, kvm_ioctls::Error),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the guest.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// ACPI tables.
+    #[error("cannot build the ACPI tables: {0}")]
+    Acpi(#[from] acpi::Error),
+    /// vCPUs.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The serial console back end.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// An eventfd or the event loop.
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    /// Registering a device on the I/O buses.
+    #[error("cannot register device {0}: {1:?}")]
+    Bus(&'static str, vm_device::bus::Error),
+    /// Boot setup of the first vCPU.
+    #[error("cannot set up the boot vCPU: {0}")]
+    BootRegs(#[from] arch::RegsError),
+    /// The VM config has no kernel.
+    #[error("no kernel given")]
+    NoKernel,
+}
+
+/// The machine description the ACPI tables are built from.
+pub fn machine_description(config: &VmConfig) -> MachineDescription {
+    let layout = MemoryLayout::new(config.memory.size, config.memory.hotplug_size);
+    let range = |r: &memory::GuestRange| MemoryRange {
+        base: r.base,
+        size: r.size,
+    };
+    MachineDescription {
+        boot_cpus: config.cpus.boot,
+        max_cpus: config.cpus.max,
+        ram: layout.ram.iter().map(range).collect(),
+        hotplug_memory: layout.hotplug.as_ref().map(range),
+    }
+}
+
+/// Builds the ACPI tables of `config` and writes them to `dir` as `SIGNATURE.dat`.
+pub fn dump_acpi_tables(config: &VmConfig, dir: &std::path::Path) -> Result<(), String> {
+    let tables = acpi::build_tables(&machine_description(config)).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    tables
+        .write_to_dir(dir)
+        .map_err(|e| format!("cannot write tables to {}: {e}", dir.display()))
+}
+
+/// Opens `/dev/kvm`.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(VmError::Kvm)
+}
+
+fn eventfd() -> Result<EventFd, VmError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
+}
+
+/// Wakes the event loop when a device asks the VM to end.
+struct ExitWatcher {
+    exit: Arc<ExitSignal>,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.exit.event().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.exit.event(), EventSet::IN)) {
+            tracing::error!("cannot watch the exit event: {e:?}");
+        }
+    }
+}
+
+/// The devices of a VM, shared with the vCPU threads through the I/O manager.
+pub struct Devices {
+    /// COM1.
+    pub serial: Arc<SerialDevice>,
+    /// The GED.
+    pub ged: Arc<Ged>,
+    /// The CPU hotplug controller.
+    pub cpu_hotplug: Arc<CpuHotplugController>,
+    /// The I/O buses.
+    pub io: Arc<IoManager>,
+}
+
+fn create_devices(
+    vm: &VmFd,
+    config: &VmConfig,
+    exit: &Arc<ExitSignal>,
+    serial_out: Box<dyn std::io::Write + Send>,
+) -> Result<Devices, VmError> {
+    use acpi::layout;
+    let serial_irq = eventfd()?;
+    vm.register_irqfd(&serial_irq, layout::serial::IRQ)
+        .map_err(|e| VmError::KvmIoctl("KVM_IRQFD (serial)", e))?;
+    let ged_irq = eventfd()?;
+    vm.register_irqfd(&ged_irq, layout::ged::IRQ)
+        .map_err(|e| VmError::KvmIoctl("KVM_IRQFD (GED)", e))?;
+
+    let serial = Arc::new(SerialDevice::new(serial_irq, serial_out));
+    let ged = Arc::new(Ged::new(ged_irq));
+    let cpu_hotplug = Arc::new(CpuHotplugController::new(config.cpus.boot, config.cpus.max));
+
+    let mut io = IoManager::new();
+    let pio = |base: u16, len: u16| PioRange::new(PioAddress(base), len);
+    let mmio = |base: u64, len: u64| MmioRange::new(MmioAddress(base), len);
+    let bus = |what| move |e| VmError::Bus(what, e);
+    io.register_pio(
+        pio(layout::serial::PORT, layout::serial::PORT_LEN).map_err(bus("serial"))?,
+        serial.clone(),
+    )
+    .map_err(bus("serial"))?;
+    io.register_pio(
+        pio(layout::power::SLEEP_CONTROL_PORT, layout::power::PORT_LEN).map_err(bus("power"))?,
+        Arc::new(AcpiPowerDevice::new(exit.clone())),
+    )
+    .map_err(bus("power"))?;
+    io.register_pio(
+        pio(layout::pvpanic::PORT, 1).map_err(bus("pvpanic"))?,
+        Arc::new(PvPanicDevice::new(exit.clone())),
+    )
+    .map_err(bus("pvpanic"))?;
+    io.register_mmio(
+        mmio(layout::ged::MMIO_BASE, layout::ged::MMIO_SIZE).map_err(bus("ged"))?,
+        ged.clone(),
+    )
+    .map_err(bus("ged"))?;
+    io.register_mmio(
+        mmio(layout::cpu_hotplug::MMIO_BASE, layout::cpu_hotplug::MMIO_SIZE)
+            .map_err(bus("cpu-hotplug"))?,
+        cpu_hotplug.clone(),
+    )
+    .map_err(bus("cpu-hotplug"))?;
+    Ok(Devices {
+        serial,
+        ged,
+        cpu_hotplug,
+        io: Arc::new(io),
+    })
+}
+
+/// Restores the terminal when dropped.
+struct TerminalGuard(bool);
+
+impl TerminalGuard {
+    fn raw_if_tty() -> Self {
+        use vmm_sys_util::terminal::Terminal;
+        let stdin = std::io::stdin();
+        // SAFETY: isatty only inspects the file descriptor.
+        let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+        TerminalGuard(tty && stdin.lock().set_raw_mode().is_ok())
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        use vmm_sys_util::terminal::Terminal;
+        if self.0 {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
+/// A running VM. Dropping it stops the vCPUs before guest memory is unmapped.
+pub struct Vm {
+    /// The KVM VM.
+    pub fd: VmFd,
+    /// Guest memory.
+    pub memory: vm_memory::GuestMemoryMmap,
+    /// Devices.
+    pub devices: Devices,
+    /// Running vCPU threads.
+    pub vcpus: Vec<VcpuHandle>,
+    /// The VM's end.
+    pub exit: Arc<ExitSignal>,
+    _terminal: TerminalGuard,
+}
+
+impl Vm {
+    /// Builds the VM of `config` and starts its boot vCPUs.
+    pub fn start(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
+        let payload = config.payload.as_ref().ok_or(VmError::NoKernel)?;
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| VmError::KvmIoctl("KVM_CREATE_VM", e))?;
+        fd.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(|e| VmError::KvmIoctl("KVM_SET_TSS_ADDR", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::KvmIoctl("KVM_CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::KvmIoctl("KVM_CREATE_PIT2", e))?;
+
+        let layout = MemoryLayout::new(config.memory.size, config.memory.hotplug_size);
+        let mem = memory::create_guest_memory(&layout)?;
+        memory::register_memory_slots(&fd, &mem)?;
+        tracing::info!(ram = layout.ram_size(), "guest memory ready");
+
+        let kernel = boot::load_kernel(&mem, &payload.kernel)?;
+        let initramfs = payload
+            .initramfs
+            .as_deref()
+            .map(|p| boot::load_initramfs(&mem, p, &layout, &kernel))
+            .transpose()?;
+        let cmdline_len = boot::load_cmdline(&mem, &payload.cmdline)?;
+        let tables = acpi::build_tables(&machine_description(config))?;
+        boot::write_acpi_tables(&mem, &tables)?;
+        let regs_layout = BootRegsLayout::default();
+        let zero_page = boot::build_zero_page(
+            ZeroPageInputs {
+                kernel: &kernel,
+                cmdline_len,
+                initramfs,
+                rsdp: tables.rsdp_address,
+            },
+            &layout,
+        )?;
+        boot::write_zero_page(&mem, &zero_page, regs_layout.zero_page)?;
+
+        let exit = Arc::new(ExitSignal::new(eventfd()?));
+        let (serial_out, socket): (Box<dyn std::io::Write + Send>, _) = match &config.serial {
+            SerialConfig::Stdio => (Box::new(StdoutWriter), None),
+            SerialConfig::File(path) => (console::file_writer(path)?, None),
+            SerialConfig::Null => (Box::new(std::io::sink()), None),
+            SerialConfig::Socket(path) => {
+                let s = SocketConsole::bind(path)?;
+                (Box::new(s.writer()), Some(s))
+            }
+        };
+        let devices = create_devices(&fd, config, &exit, serial_out)?;
+        let terminal = match (&config.serial, socket) {
+            (SerialConfig::Stdio, _) => {
+                let guard = TerminalGuard::raw_if_tty();
+                let serial = devices.serial.clone();
+                std::thread::Builder::new()
+                    .name("serial-stdin".into())
+                    .spawn(move || console::feed_input(std::io::stdin(), &serial))
+                    .map_err(|e| VmError::EventLoop(format!("stdin thread: {e}")))?;
+                guard
+            }
+            (_, Some(socket)) => {
+                socket
+                    .serve(devices.serial.clone())
+                    .map_err(|e| VmError::EventLoop(format!("serial socket thread: {e}")))?;
+                TerminalGuard(false)
+            }
+            _ => TerminalGuard(false),
+        };
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::KvmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
+        let topology = CpuTopology {
+            max_cpus: config.cpus.max,
+        };
+        let mut fds = Vec::new();
+        for id in 0..config.cpus.boot {
+            fds.push(vcpu::create_vcpu(&fd, id, &supported, topology)?);
+        }
+        if let Some(bsp) = fds.first() {
+            arch::setup_boot_regs(bsp, &mem, &regs_layout, kernel.entry)?;
+        }
+        vcpu::install_kick_handler()?;
+        let mut vcpus = Vec::new();
+        for (id, vfd) in (0..).zip(fds) {
+            vcpus.push(vcpu::spawn_vcpu(id, vfd, devices.io.clone(), exit.clone())?);
+        }
+        tracing::info!(vcpus = config.cpus.boot, max = config.cpus.max, "VM started");
+        Ok(Vm {
+            fd,
+            memory: mem,
+            devices,
+            vcpus,
+            exit,
+            _terminal: terminal,
+        })
+    }
+
+    /// Stops every vCPU thread; their fds are dropped.
+    pub fn stop_vcpus(&mut self) {
+        for handle in self.vcpus.drain(..) {
+            let id = handle.id();
+            if handle.stop().is_none() {
+                tracing::warn!(vcpu = id, "vCPU thread ended abnormally");
+            }
+        }
+    }
+
+    /// Runs the event loop until a device or the API ends the VM.
+    pub fn run_until_exit(&self) -> Result<ExitReason, VmError> {
+        let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
+            EventManager::new().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+        em.add_subscriber(Box::new(ExitWatcher {
+            exit: self.exit.clone(),
+        }));
+        loop {
+            if let Some(reason) = self.exit.reason() {
+                return Ok(reason);
+            }
+            em.run_with_timeout(1000)
+                .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
+}
