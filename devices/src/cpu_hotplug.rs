@@ -179,15 +179,24 @@ impl CpuHotplugController {
         let regs = self.regs.lock().ok()?;
         let cpu = regs.selector;
         let slot = regs.slots.get(cpu as usize)?;
-        Some((slot.status_byte(), Some(CpuHotplugObservation::StatusRead { cpu })))
+        Some((
+            slot.status_byte(),
+            Some(CpuHotplugObservation::StatusRead { cpu }),
+        ))
     }
 
     fn write_u32(&self, offset: u64, value: u32) -> Result<Option<CpuHotplugObservation>, String> {
-        let mut regs = self.regs.lock().map_err(|_| "state lock poisoned".to_string())?;
+        let mut regs = self
+            .regs
+            .lock()
+            .map_err(|_| "state lock poisoned".to_string())?;
         match offset {
             regs::SELECTOR => {
                 if value as usize >= regs.slots.len() {
-                    return Err(format!("selector {value} beyond max CPUs {}", regs.slots.len()));
+                    return Err(format!(
+                        "selector {value} beyond max CPUs {}",
+                        regs.slots.len()
+                    ));
                 }
                 regs.selector = value;
                 Ok(None)
@@ -206,7 +215,10 @@ impl CpuHotplugController {
     }
 
     fn write_status(&self, value: u8) -> Result<Option<CpuHotplugObservation>, String> {
-        let mut regs = self.regs.lock().map_err(|_| "state lock poisoned".to_string())?;
+        let mut regs = self
+            .regs
+            .lock()
+            .map_err(|_| "state lock poisoned".to_string())?;
         let cpu = regs.selector;
         let slot = regs
             .slots
@@ -236,9 +248,9 @@ impl DeviceMmio for CpuHotplugController {
         self.accesses.fetch_add(1, Ordering::Relaxed);
         let result = match (offset, data.len()) {
             (regs::STATUS, 1) => self.read_status().map(|(v, o)| (vec![v], o)),
-            (regs::SELECTOR | regs::NEXT_EVENT, 4) => {
-                self.read_u32(offset).map(|(v, o)| (v.to_le_bytes().to_vec(), o))
-            }
+            (regs::SELECTOR | regs::NEXT_EVENT, 4) => self
+                .read_u32(offset)
+                .map(|(v, o)| (v.to_le_bytes().to_vec(), o)),
             _ => None,
         };
         match result {
@@ -247,7 +259,11 @@ impl DeviceMmio for CpuHotplugController {
                 self.observe(obs);
             }
             None => {
-                guest_warn!(self.bad_access, "cpu-hotplug: {}-byte read at offset {offset:#x} ignored", data.len());
+                guest_warn!(
+                    self.bad_access,
+                    "cpu-hotplug: {}-byte read at offset {offset:#x} ignored",
+                    data.len()
+                );
                 data.fill(0);
             }
         }
@@ -308,7 +324,10 @@ mod tests {
         assert_eq!(r8(&c, regs::STATUS), 0);
         assert_eq!(
             seen.lock().unwrap().as_slice(),
-            &[CpuHotplugObservation::StatusRead { cpu: 1 }, CpuHotplugObservation::StatusRead { cpu: 2 }]
+            &[
+                CpuHotplugObservation::StatusRead { cpu: 1 },
+                CpuHotplugObservation::StatusRead { cpu: 2 }
+            ]
         );
     }
 
@@ -322,13 +341,26 @@ mod tests {
         });
         assert_eq!(r32(&c, regs::NEXT_EVENT), 5);
         assert_eq!(r32(&c, regs::SELECTOR), 5);
-        assert_eq!(r8(&c, regs::STATUS), regs::STATUS_ENABLED | regs::STATUS_INSERTING);
+        assert_eq!(
+            r8(&c, regs::STATUS),
+            regs::STATUS_ENABLED | regs::STATUS_INSERTING
+        );
         w8(&c, regs::STATUS, regs::STATUS_INSERTING);
         assert_eq!(r32(&c, regs::NEXT_EVENT), regs::NO_EVENT);
         w32(&c, regs::OST_EVENT, 1);
         w32(&c, regs::OST_STATUS, 0);
-        assert!(seen.lock().unwrap().contains(&CpuHotplugObservation::Ost { cpu: 5, event: 1, status: 0 }));
-        assert_eq!(c.slot(5), Some(CpuSlotState { enabled: true, ..Default::default() }));
+        assert!(seen.lock().unwrap().contains(&CpuHotplugObservation::Ost {
+            cpu: 5,
+            event: 1,
+            status: 0
+        }));
+        assert_eq!(
+            c.slot(5),
+            Some(CpuSlotState {
+                enabled: true,
+                ..Default::default()
+            })
+        );
     }
 
     #[test]
@@ -340,7 +372,10 @@ mod tests {
         assert_eq!(r32(&c, regs::NEXT_EVENT), 6);
         w8(&c, regs::STATUS, regs::STATUS_INSERTING);
         assert_eq!(r32(&c, regs::NEXT_EVENT), 1);
-        assert_eq!(r8(&c, regs::STATUS), regs::STATUS_ENABLED | regs::STATUS_REMOVING);
+        assert_eq!(
+            r8(&c, regs::STATUS),
+            regs::STATUS_ENABLED | regs::STATUS_REMOVING
+        );
     }
 
     #[test]
@@ -348,14 +383,20 @@ mod tests {
         let (c, seen) = controller();
         w32(&c, regs::SELECTOR, 1);
         w8(&c, regs::STATUS, regs::STATUS_EJECT);
-        assert!(c.slot(1).unwrap().enabled, "unrequested eject must be ignored");
+        assert!(
+            c.slot(1).unwrap().enabled,
+            "unrequested eject must be ignored"
+        );
         c.update(1, |s| {
             s.removing = true;
             s.eject_allowed = true;
         });
         w8(&c, regs::STATUS, regs::STATUS_EJECT);
         assert_eq!(c.slot(1), Some(CpuSlotState::default()));
-        assert!(seen.lock().unwrap().contains(&CpuHotplugObservation::Ejected { cpu: 1 }));
+        assert!(seen
+            .lock()
+            .unwrap()
+            .contains(&CpuHotplugObservation::Ejected { cpu: 1 }));
     }
 
     #[test]

@@ -89,7 +89,10 @@ mod tests {
     fn exit_codes_are_distinct_for_failures() {
         assert_eq!(ExitReason::PowerOff.exit_code(), 0);
         assert_ne!(ExitReason::GuestPanic.exit_code(), 0);
-        assert_ne!(ExitReason::Reset.exit_code(), ExitReason::GuestPanic.exit_code());
+        assert_ne!(
+            ExitReason::Reset.exit_code(),
+            ExitReason::GuestPanic.exit_code()
+        );
     }
 
     fn libc_nonblock() -> i32 {

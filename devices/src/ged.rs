@@ -61,7 +61,11 @@ impl Ged {
 impl DeviceMmio for Ged {
     fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         if offset != regs::EVENT || data.len() != 4 {
-            guest_warn!(self.bad_access, "ged: {}-byte read at offset {offset:#x} ignored", data.len());
+            guest_warn!(
+                self.bad_access,
+                "ged: {}-byte read at offset {offset:#x} ignored",
+                data.len()
+            );
             data.fill(0);
             return;
         }
@@ -70,7 +74,11 @@ impl DeviceMmio for Ged {
     }
 
     fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
-        guest_warn!(self.bad_access, "ged: {}-byte write at offset {offset:#x} ignored", data.len());
+        guest_warn!(
+            self.bad_access,
+            "ged: {}-byte write at offset {offset:#x} ignored",
+            data.len()
+        );
     }
 }
 
@@ -93,7 +101,10 @@ mod tests {
         ged.notify(GedEvent::Memory).unwrap();
         assert_eq!(irq.read().unwrap(), 2);
         let v = read(&ged, regs::EVENT, 4);
-        assert_eq!(u32::from_le_bytes(v.try_into().unwrap()), regs::EVENT_CPU | regs::EVENT_MEMORY);
+        assert_eq!(
+            u32::from_le_bytes(v.try_into().unwrap()),
+            regs::EVENT_CPU | regs::EVENT_MEMORY
+        );
         assert_eq!(read(&ged, regs::EVENT, 4), vec![0; 4]);
     }
 

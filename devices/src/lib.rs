@@ -15,7 +15,7 @@ pub mod power;
 pub mod pvpanic;
 pub mod serial;
 
-pub use cpu_hotplug::{CpuHotplugController, CpuSlotState, CpuHotplugObservation};
+pub use cpu_hotplug::{CpuHotplugController, CpuHotplugObservation, CpuSlotState};
 pub use exit::{ExitReason, ExitSignal};
 pub use ged::{Ged, GedEvent};
 pub use power::AcpiPowerDevice;

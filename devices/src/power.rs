@@ -36,7 +36,11 @@ impl DevicePio for AcpiPowerDevice {
     fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let port = regs::SLEEP_CONTROL_PORT.wrapping_add(offset);
         let [value] = data else {
-            guest_warn!(self.bad_access, "power: {}-byte write to port {port:#x} ignored", data.len());
+            guest_warn!(
+                self.bad_access,
+                "power: {}-byte write to port {port:#x} ignored",
+                data.len()
+            );
             return;
         };
         match port {
@@ -46,7 +50,10 @@ impl DevicePio for AcpiPowerDevice {
                     tracing::info!("guest entered S5 (power off)");
                     self.exit.request(ExitReason::PowerOff);
                 } else if value & regs::SLP_EN != 0 {
-                    guest_warn!(self.bad_access, "power: unsupported sleep type {slp_typ} ignored");
+                    guest_warn!(
+                        self.bad_access,
+                        "power: unsupported sleep type {slp_typ} ignored"
+                    );
                 }
             }
             // The guest clears WAK_STS (bit 7) before sleeping; there is nothing to clear.
@@ -56,7 +63,10 @@ impl DevicePio for AcpiPowerDevice {
                 self.exit.request(ExitReason::Reset);
             }
             _ => {
-                guest_warn!(self.bad_access, "power: write {value:#x} to port {port:#x} ignored");
+                guest_warn!(
+                    self.bad_access,
+                    "power: write {value:#x} to port {port:#x} ignored"
+                );
             }
         }
     }
@@ -83,7 +93,11 @@ mod tests {
     #[test]
     fn s5_powers_off() {
         let (dev, exit) = device();
-        write(&dev, regs::SLEEP_CONTROL_PORT, &[(regs::S5_SLP_TYP << regs::SLP_TYP_SHIFT) | regs::SLP_EN]);
+        write(
+            &dev,
+            regs::SLEEP_CONTROL_PORT,
+            &[(regs::S5_SLP_TYP << regs::SLP_TYP_SHIFT) | regs::SLP_EN],
+        );
         assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
     }
 
@@ -97,8 +111,16 @@ mod tests {
     #[test]
     fn other_writes_are_ignored() {
         let (dev, exit) = device();
-        write(&dev, regs::SLEEP_CONTROL_PORT, &[regs::S5_SLP_TYP << regs::SLP_TYP_SHIFT]);
-        write(&dev, regs::SLEEP_CONTROL_PORT, &[(3 << regs::SLP_TYP_SHIFT) | regs::SLP_EN]);
+        write(
+            &dev,
+            regs::SLEEP_CONTROL_PORT,
+            &[regs::S5_SLP_TYP << regs::SLP_TYP_SHIFT],
+        );
+        write(
+            &dev,
+            regs::SLEEP_CONTROL_PORT,
+            &[(3 << regs::SLP_TYP_SHIFT) | regs::SLP_EN],
+        );
         write(&dev, regs::RESET_PORT, &[0x42]);
         write(&dev, regs::RESET_PORT, &[regs::RESET_VALUE, 0]);
         write(&dev, regs::SLEEP_STATUS_PORT, &[0x80]);

@@ -80,7 +80,10 @@ impl DevicePio for SerialDevice {
     fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         let len = data.len();
         let (Ok(off), [byte]) = (u8::try_from(offset), &mut *data) else {
-            guest_warn!(self.bad_access, "serial: {len}-byte read at offset {offset} ignored");
+            guest_warn!(
+                self.bad_access,
+                "serial: {len}-byte read at offset {offset} ignored"
+            );
             data.fill(0);
             return;
         };
@@ -91,7 +94,11 @@ impl DevicePio for SerialDevice {
 
     fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let (Ok(off), [byte]) = (u8::try_from(offset), data) else {
-            guest_warn!(self.bad_access, "serial: {}-byte write at offset {offset} ignored", data.len());
+            guest_warn!(
+                self.bad_access,
+                "serial: {}-byte write at offset {offset} ignored",
+                data.len()
+            );
             return;
         };
         if let Ok(mut uart) = self.uart.lock() {

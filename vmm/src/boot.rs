@@ -186,10 +186,12 @@ pub fn load_initramfs(
     let initrd_max = kernel
         .setup_header
         .map_or(0x7fff_ffff, |h| u64::from(h.initrd_addr_max));
-    let address = place_initramfs(size, layout.low_ram_end(), kernel.end, initrd_max)
-        .ok_or_else(|| BootError::InitramfsTooLarge {
-            path: path.to_owned(),
-            size,
+    let address =
+        place_initramfs(size, layout.low_ram_end(), kernel.end, initrd_max).ok_or_else(|| {
+            BootError::InitramfsTooLarge {
+                path: path.to_owned(),
+                size,
+            }
         })?;
     let len = usize::try_from(size).map_err(|_| BootError::InitramfsTooLarge {
         path: path.to_owned(),
@@ -294,7 +296,10 @@ pub fn write_zero_page(
 }
 
 /// Writes every ACPI table at its address.
-pub fn write_acpi_tables(mem: &GuestMemoryMmap, tables: &acpi::AcpiTables) -> Result<(), BootError> {
+pub fn write_acpi_tables(
+    mem: &GuestMemoryMmap,
+    tables: &acpi::AcpiTables,
+) -> Result<(), BootError> {
     for t in &tables.tables {
         mem.write_slice(&t.bytes, GuestAddress(t.address))
             .map_err(|source| BootError::GuestMemory {
@@ -320,8 +325,14 @@ mod tests {
 
     #[test]
     fn initramfs_too_large_is_refused() {
-        assert_eq!(place_initramfs(600 << 20, 512 << 20, 16 << 20, 0x7fff_ffff), None);
-        assert_eq!(place_initramfs(500 << 20, 512 << 20, 16 << 20, 0x7fff_ffff), None);
+        assert_eq!(
+            place_initramfs(600 << 20, 512 << 20, 16 << 20, 0x7fff_ffff),
+            None
+        );
+        assert_eq!(
+            place_initramfs(500 << 20, 512 << 20, 16 << 20, 0x7fff_ffff),
+            None
+        );
     }
 
     #[test]
@@ -335,10 +346,13 @@ mod tests {
         let map = e820_map(&MemoryLayout::new(512 << 20, 0));
         assert_eq!(map.len(), 2);
         assert_eq!((map[0].addr, map[0].size), (0, EBDA_START));
-        assert_eq!((map[1].addr, map[1].size), (HIMEM_START, (512 << 20) - HIMEM_START));
+        assert_eq!(
+            (map[1].addr, map[1].size),
+            (HIMEM_START, (512 << 20) - HIMEM_START)
+        );
         let big = e820_map(&MemoryLayout::new(4 << 30, 0));
         assert_eq!(big.len(), 3);
-        assert_eq!(big[2].addr, 1 << 32);
+        assert_eq!({ big[2].addr }, 1 << 32);
     }
 
     #[test]
@@ -346,22 +360,38 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("plugvm-boot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("not-a-kernel");
-        std::fs::File::create(&p).unwrap().write_all(b"hello world").unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(b"hello world")
+            .unwrap();
         let mem = crate::memory::create_guest_memory(&MemoryLayout::new(64 << 20, 0)).unwrap();
-        assert!(matches!(load_kernel(&mem, &p), Err(BootError::NotAKernel(_))));
-        assert!(matches!(load_kernel(&mem, &dir.join("missing")), Err(BootError::Read { .. })));
+        assert!(matches!(
+            load_kernel(&mem, &p),
+            Err(BootError::NotAKernel(_))
+        ));
+        assert!(matches!(
+            load_kernel(&mem, &dir.join("missing")),
+            Err(BootError::Read { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn zero_page_points_at_everything() {
-        let k = LoadedKernel { entry: 0x100200, end: 0x200000, setup_header: None };
+        let k = LoadedKernel {
+            entry: 0x100200,
+            end: 0x200000,
+            setup_header: None,
+        };
         let layout = MemoryLayout::new(256 << 20, 0);
         let p = build_zero_page(
             ZeroPageInputs {
                 kernel: &k,
                 cmdline_len: 12,
-                initramfs: Some(InitramfsPlacement { address: 0x800_0000, size: 1234 }),
+                initramfs: Some(InitramfsPlacement {
+                    address: 0x800_0000,
+                    size: 1234,
+                }),
                 rsdp: 0xe0000,
             },
             &layout,

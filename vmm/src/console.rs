@@ -113,7 +113,9 @@ impl SocketConsole {
             .name("serial-socket".into())
             .spawn(move || {
                 for stream in self.listener.incoming().flatten() {
-                    let Ok(reader) = stream.try_clone() else { continue };
+                    let Ok(reader) = stream.try_clone() else {
+                        continue;
+                    };
                     if let Ok(mut c) = self.client.0.lock() {
                         *c = Some(stream);
                     }

@@ -4,6 +4,7 @@
 //! devices, the event loop, the API and the binaries.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;

@@ -44,10 +44,10 @@ fn main() -> ExitCode {
                 Err(e) => return fail(1, e),
             };
             let host = HostLimits::probe(u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX));
-            if let Err(e) = config.validate_host(&host) {
+            if let Err(e) = config.validate(&host) {
                 return fail(1, e);
             }
-            let vm = match Vm::start(&kvm, &config) {
+            let mut vm = match Vm::start(&kvm, &config) {
                 Ok(vm) => vm,
                 Err(e) => return fail(1, e),
             };
@@ -59,9 +59,15 @@ fn main() -> ExitCode {
                         devices::ExitReason::PowerOff | devices::ExitReason::Shutdown => {
                             tracing::info!("VM ended: {reason:?}")
                         }
-                        devices::ExitReason::Reset => eprintln!("plugvm: the guest reset the machine (exit code {code})"),
-                        devices::ExitReason::GuestPanic => eprintln!("plugvm: the guest kernel panicked (exit code {code})"),
-                        devices::ExitReason::VcpuError => eprintln!("plugvm: a vCPU stopped with an error (exit code {code})"),
+                        devices::ExitReason::Reset => {
+                            eprintln!("plugvm: the guest reset the machine (exit code {code})")
+                        }
+                        devices::ExitReason::GuestPanic => {
+                            eprintln!("plugvm: the guest kernel panicked (exit code {code})")
+                        }
+                        devices::ExitReason::VcpuError => {
+                            eprintln!("plugvm: a vCPU stopped with an error (exit code {code})")
+                        }
                     }
                     ExitCode::from(u8::try_from(code).unwrap_or(1))
                 }

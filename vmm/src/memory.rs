@@ -136,7 +136,13 @@ mod tests {
     #[test]
     fn small_ram_stays_below_the_hole() {
         let l = MemoryLayout::new(512 << 20, 0);
-        assert_eq!(l.ram, vec![GuestRange { base: 0, size: 512 << 20 }]);
+        assert_eq!(
+            l.ram,
+            vec![GuestRange {
+                base: 0,
+                size: 512 << 20
+            }]
+        );
         assert_eq!(l.hotplug, None);
         assert_eq!(l.low_ram_end(), 512 << 20);
     }
@@ -144,8 +150,20 @@ mod tests {
     #[test]
     fn large_ram_splits_around_the_hole() {
         let l = MemoryLayout::new(4 << 30, 1 << 30);
-        assert_eq!(l.ram[0], GuestRange { base: 0, size: MMIO_HOLE_START });
-        assert_eq!(l.ram[1], GuestRange { base: MMIO_HOLE_END, size: (4 << 30) - MMIO_HOLE_START });
+        assert_eq!(
+            l.ram[0],
+            GuestRange {
+                base: 0,
+                size: MMIO_HOLE_START
+            }
+        );
+        assert_eq!(
+            l.ram[1],
+            GuestRange {
+                base: MMIO_HOLE_END,
+                size: (4 << 30) - MMIO_HOLE_START
+            }
+        );
         assert_eq!(l.ram_size(), 4 << 30);
         let h = l.hotplug.unwrap();
         assert_eq!(h.base, MMIO_HOLE_END + (1 << 30));

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use acpi::{MachineDescription, MemoryRange};
 use devices::{
-    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, PvPanicDevice,
-    SerialDevice,
+    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, PvPanicDevice, SerialDevice,
 };
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -16,6 +15,7 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::api::{self, ApiMessage, ApiRequest, ApiResponse, ApiServerHandle};
 use crate::arch::{self, BootRegsLayout, CpuTopology};
 use crate::boot::{self, BootError, ZeroPageInputs};
 use crate::config::{SerialConfig, VmConfig};
@@ -59,6 +59,9 @@ pub enum VmError {
     /// Boot setup of the first vCPU.
     #[error("cannot set up the boot vCPU: {0}")]
     BootRegs(#[from] arch::RegsError),
+    /// The API server.
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
     /// The VM config has no kernel.
     #[error("no kernel given")]
     NoKernel,
@@ -112,6 +115,43 @@ impl MutEventSubscriber for ExitWatcher {
             tracing::error!("cannot watch the exit event: {e:?}");
         }
     }
+}
+
+/// Drains the API's wake-up eventfd; the messages are handled by [`Vm::run_until_exit`].
+struct EventFdWatcher(EventFd);
+
+impl MutEventSubscriber for EventFdWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
+            tracing::error!("cannot watch the API wake-up event: {e:?}");
+        }
+    }
+}
+
+/// The VMM's end of the API: requests arrive on `requests`, `wake` says so.
+struct ApiEndpoint {
+    requests: std::sync::mpsc::Receiver<ApiMessage>,
+    wake: EventFd,
+    server: Option<ApiServerHandle>,
+}
+
+fn start_api(path: &std::path::Path) -> Result<ApiEndpoint, VmError> {
+    let (tx, requests) = std::sync::mpsc::channel();
+    let wake = eventfd()?;
+    let server_wake = wake
+        .try_clone()
+        .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
+    let server = api::start(path, tx, server_wake)?;
+    tracing::info!(path = %path.display(), "API server listening");
+    Ok(ApiEndpoint {
+        requests,
+        wake,
+        server: Some(server),
+    })
 }
 
 /// The devices of a VM, shared with the vCPU threads through the I/O manager.
@@ -169,8 +209,11 @@ fn create_devices(
     )
     .map_err(bus("ged"))?;
     io.register_mmio(
-        mmio(layout::cpu_hotplug::MMIO_BASE, layout::cpu_hotplug::MMIO_SIZE)
-            .map_err(bus("cpu-hotplug"))?,
+        mmio(
+            layout::cpu_hotplug::MMIO_BASE,
+            layout::cpu_hotplug::MMIO_SIZE,
+        )
+        .map_err(bus("cpu-hotplug"))?,
         cpu_hotplug.clone(),
     )
     .map_err(bus("cpu-hotplug"))?;
@@ -216,6 +259,8 @@ pub struct Vm {
     pub vcpus: Vec<VcpuHandle>,
     /// The VM's end.
     pub exit: Arc<ExitSignal>,
+    config: VmConfig,
+    api: Option<ApiEndpoint>,
     _terminal: TerminalGuard,
 }
 
@@ -223,6 +268,8 @@ impl Vm {
     /// Builds the VM of `config` and starts its boot vCPUs.
     pub fn start(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
         let payload = config.payload.as_ref().ok_or(VmError::NoKernel)?;
+        // The API socket first: a path in use must fail before anything is built.
+        let api = config.api_socket.as_deref().map(start_api).transpose()?;
         let fd = kvm
             .create_vm()
             .map_err(|e| VmError::KvmIoctl("KVM_CREATE_VM", e))?;
@@ -311,13 +358,19 @@ impl Vm {
         for (id, vfd) in (0..).zip(fds) {
             vcpus.push(vcpu::spawn_vcpu(id, vfd, devices.io.clone(), exit.clone())?);
         }
-        tracing::info!(vcpus = config.cpus.boot, max = config.cpus.max, "VM started");
+        tracing::info!(
+            vcpus = config.cpus.boot,
+            max = config.cpus.max,
+            "VM started"
+        );
         Ok(Vm {
             fd,
             memory: mem,
             devices,
             vcpus,
             exit,
+            config: config.clone(),
+            api,
             _terminal: terminal,
         })
     }
@@ -333,24 +386,86 @@ impl Vm {
     }
 
     /// Runs the event loop until a device or the API ends the VM.
-    pub fn run_until_exit(&self) -> Result<ExitReason, VmError> {
+    pub fn run_until_exit(&mut self) -> Result<ExitReason, VmError> {
         let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
             EventManager::new().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
         em.add_subscriber(Box::new(ExitWatcher {
             exit: self.exit.clone(),
         }));
+        if let Some(api) = &self.api {
+            let wake = api
+                .wake
+                .try_clone()
+                .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
+            em.add_subscriber(Box::new(EventFdWatcher(wake)));
+        }
         loop {
             if let Some(reason) = self.exit.reason() {
                 return Ok(reason);
             }
             em.run_with_timeout(1000)
                 .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+            self.handle_api_requests();
         }
+    }
+
+    fn handle_api_requests(&mut self) {
+        let messages: Vec<ApiMessage> = match &self.api {
+            Some(api) => api.requests.try_iter().collect(),
+            None => return,
+        };
+        for msg in messages {
+            tracing::debug!(endpoint = msg.request.endpoint(), "API request");
+            let response = self.handle_api_request(&msg.request);
+            // The client may have gone away; nothing to do then.
+            let _ = msg.respond.send(response);
+        }
+    }
+
+    fn handle_api_request(&mut self, request: &ApiRequest) -> ApiResponse {
+        match request {
+            ApiRequest::Shutdown => {
+                tracing::info!("shutdown requested through the API");
+                self.exit.request(ExitReason::Shutdown);
+                ApiResponse::no_content()
+            }
+            ApiRequest::VmInfo => ApiResponse::ok(self.info()),
+            other => ApiResponse::not_implemented(other),
+        }
+    }
+
+    /// The `vm.info` document: configuration, every possible vCPU with its state, memory.
+    pub fn info(&self) -> serde_json::Value {
+        let vcpus: Vec<serde_json::Value> = (0..self.config.cpus.max)
+            .map(|id| {
+                let state = match self.devices.cpu_hotplug.slot(id) {
+                    Some(s) if s.inserting => "adding",
+                    Some(s) if s.removing => "removing",
+                    Some(s) if s.enabled => "present",
+                    _ => "absent",
+                };
+                serde_json::json!({ "id": id, "state": state })
+            })
+            .collect();
+        let layout = MemoryLayout::new(self.config.memory.size, self.config.memory.hotplug_size);
+        serde_json::json!({
+            "config": self.config,
+            "state": "running",
+            "cpus": { "boot": self.config.cpus.boot, "max": self.config.cpus.max, "vcpus": vcpus },
+            "memory": {
+                "boot_ram": self.config.memory.size,
+                "ram_ranges": layout.ram.iter().map(|r| serde_json::json!({"base": r.base, "size": r.size})).collect::<Vec<_>>(),
+                "hotplug_region": layout.hotplug.map(|r| serde_json::json!({"base": r.base, "size": r.size})),
+            },
+        })
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop_vcpus();
+        if let Some(server) = self.api.as_mut().and_then(|a| a.server.take()) {
+            server.shutdown();
+        }
     }
 }

@@ -88,10 +88,26 @@ mod tests {
 
     fn base() -> CpuId {
         let entries = [
-            kvm_cpuid_entry2 { function: 1, ebx: 0x0008_0800, ..Default::default() },
-            kvm_cpuid_entry2 { function: 0xb, index: 0, ..Default::default() },
-            kvm_cpuid_entry2 { function: 0xb, index: 1, ..Default::default() },
-            kvm_cpuid_entry2 { function: 0x8000_0008, ecx: 0xffff_ffff, ..Default::default() },
+            kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0x0008_0800,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xb,
+                index: 0,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xb,
+                index: 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                ecx: 0xffff_ffff,
+                ..Default::default()
+            },
         ];
         CpuId::from_entries(&entries).unwrap()
     }

@@ -28,7 +28,11 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = (bits(entry, 56, 0xff) << 24) | bits(entry, 16, 0xff_ffff);
     let limit_raw = (bits(entry, 48, 0xf) << 16) | bits(entry, 0, 0xffff);
     let g = bits(entry, 55, 1) as u8;
-    let limit = if g == 0 { limit_raw } else { (limit_raw << 12) | 0xfff };
+    let limit = if g == 0 {
+        limit_raw
+    } else {
+        (limit_raw << 12) | 0xfff
+    };
     let present = bits(entry, 47, 1) as u8;
     kvm_segment {
         base,

@@ -82,7 +82,9 @@ pub fn setup_boot_regs(
         mem.write_obj((i << 21) | 0x83, GuestAddress(pd + i * 8))?;
     }
 
-    let mut sregs = vcpu.get_sregs().map_err(|e| RegsError::Kvm("KVM_GET_SREGS", e))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| RegsError::Kvm("KVM_GET_SREGS", e))?;
     let code = segment_from_gdt(BOOT_GDT[1], 1);
     let data = segment_from_gdt(BOOT_GDT[2], 2);
     sregs.gdt.base = layout.gdt;
@@ -100,7 +102,8 @@ pub fn setup_boot_regs(
     sregs.cr3 = layout.pml4;
     sregs.cr4 |= X86_CR4_PAE;
     sregs.efer |= EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&sregs).map_err(|e| RegsError::Kvm("KVM_SET_SREGS", e))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| RegsError::Kvm("KVM_SET_SREGS", e))?;
 
     let regs = kvm_regs {
         rflags: 0x2,
@@ -110,7 +113,8 @@ pub fn setup_boot_regs(
         rsi: layout.zero_page,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(|e| RegsError::Kvm("KVM_SET_REGS", e))
+    vcpu.set_regs(&regs)
+        .map_err(|e| RegsError::Kvm("KVM_SET_REGS", e))
 }
 
 /// The x87/SSE control words Linux expects after reset.
@@ -120,7 +124,8 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(|e| RegsError::Kvm("KVM_SET_FPU", e))
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| RegsError::Kvm("KVM_SET_FPU", e))
 }
 
 const MSR_IA32_TSC: u32 = 0x10;
@@ -167,7 +172,9 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let entries = boot_msrs();
     let msrs = Msrs::from_entries(&entries).map_err(RegsError::MsrList)?;
-    let set = vcpu.set_msrs(&msrs).map_err(|e| RegsError::Kvm("KVM_SET_MSRS", e))?;
+    let set = vcpu
+        .set_msrs(&msrs)
+        .map_err(|e| RegsError::Kvm("KVM_SET_MSRS", e))?;
     if set != entries.len() {
         return Err(RegsError::MsrsNotSet {
             set,
@@ -201,12 +208,23 @@ fn with_delivery_mode(reg: u32, mode: u32) -> u32 {
 
 /// LINT0 as ExtINT (the PIC's output) and LINT1 as NMI, as a PC's BIOS leaves them.
 pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let mut lapic = vcpu.get_lapic().map_err(|e| RegsError::Kvm("KVM_GET_LAPIC", e))?;
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(|e| RegsError::Kvm("KVM_GET_LAPIC", e))?;
     let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT0, with_delivery_mode(lvt0, APIC_MODE_EXTINT));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT0,
+        with_delivery_mode(lvt0, APIC_MODE_EXTINT),
+    );
     let lvt1 = lapic_reg(&lapic.regs, APIC_LVT1);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT1, with_delivery_mode(lvt1, APIC_MODE_NMI));
-    vcpu.set_lapic(&lapic).map_err(|e| RegsError::Kvm("KVM_SET_LAPIC", e))
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT1,
+        with_delivery_mode(lvt1, APIC_MODE_NMI),
+    );
+    vcpu.set_lapic(&lapic)
+        .map_err(|e| RegsError::Kvm("KVM_SET_LAPIC", e))
 }
 
 #[cfg(test)]

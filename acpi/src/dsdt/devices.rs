@@ -1,0 +1,88 @@
+//! The fixed devices: `\_S5_`, the COM1 serial port, pvpanic and the motherboard
+//! resources device that reserves the platform's register blocks.
+
+use acpi_tables::aml::{
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate, IO, ONE, ZERO,
+};
+
+use crate::aml_ext::{bytes, path};
+use crate::layout::{self, power, pvpanic, serial};
+use crate::Error;
+
+/// `Name (\_S5_, Package { SLP_TYP, 0, 0, 0 })`: Linux writes `SLP_TYP << 2 | SLP_EN` to
+/// the sleep control register to power off (the second value is for PM1b, which a
+/// hardware-reduced platform does not have).
+pub(crate) fn s5() -> Result<Vec<u8>, Error> {
+    let typ = power::S5_SLP_TYP;
+    Ok(bytes(&Name::new(
+        path("\\_S5_")?,
+        &Package::new(vec![&typ, &ZERO, &ZERO, &ZERO]),
+    )))
+}
+
+/// `Device (COM1)`: the 16550 at 0x3f8, ISA IRQ 4.
+pub(crate) fn com1() -> Result<Vec<u8>, Error> {
+    let io = IO::new(serial::PORT, serial::PORT, 1, port_len(serial::PORT_LEN)?);
+    let irq = Interrupt::new(true, true, false, false, serial::IRQ);
+    Ok(bytes(&Device::new(
+        path("COM1")?,
+        vec![
+            &Name::new(path("_HID")?, &EISAName::new("PNP0501")),
+            &Name::new(path("_UID")?, &ZERO),
+            &Name::new(path("_CRS")?, &ResourceTemplate::new(vec![&io, &irq])),
+        ],
+    )))
+}
+
+/// `Device (PEVT)`: QEMU's pvpanic ISA device, so that Linux's pvpanic driver reports
+/// guest panics to the VMM.
+pub(crate) fn pvpanic() -> Result<Vec<u8>, Error> {
+    let io = IO::new(pvpanic::PORT, pvpanic::PORT, 1, 1);
+    Ok(bytes(&Device::new(
+        path("PEVT")?,
+        vec![
+            &Name::new(path("_HID")?, &"QEMU0001"),
+            &Name::new(path("_CRS")?, &ResourceTemplate::new(vec![&io])),
+            &Name::new(path("_STA")?, &0x0fu8),
+        ],
+    )))
+}
+
+/// `Device (MBRD)` (PNP0C02): claims the GED and CPU hotplug MMIO blocks and the power
+/// ports, so that Linux marks them busy instead of handing them to a driver.
+pub(crate) fn motherboard() -> Result<Vec<u8>, Error> {
+    let ged = mmio(layout::ged::MMIO_BASE, layout::ged::MMIO_SIZE)?;
+    let cpu = mmio(
+        layout::cpu_hotplug::MMIO_BASE,
+        layout::cpu_hotplug::MMIO_SIZE,
+    )?;
+    let ports = IO::new(
+        power::SLEEP_CONTROL_PORT,
+        power::SLEEP_CONTROL_PORT,
+        1,
+        port_len(power::PORT_LEN)?,
+    );
+    Ok(bytes(&Device::new(
+        path("MBRD")?,
+        vec![
+            &Name::new(path("_HID")?, &EISAName::new("PNP0C02")),
+            &Name::new(path("_UID")?, &ONE),
+            &Name::new(
+                path("_CRS")?,
+                &ResourceTemplate::new(vec![&ged, &cpu, &ports]),
+            ),
+        ],
+    )))
+}
+
+fn mmio(base: u64, size: u64) -> Result<Memory32Fixed, Error> {
+    let base32 = u32::try_from(base)
+        .map_err(|_| Error::InvalidLayout(format!("MMIO block {base:#x} above 4 GiB")))?;
+    let size32 = u32::try_from(size)
+        .map_err(|_| Error::InvalidLayout(format!("MMIO block size {size:#x}")))?;
+    Ok(Memory32Fixed::new(true, base32, size32))
+}
+
+fn port_len(len: u16) -> Result<u8, Error> {
+    u8::try_from(len).map_err(|_| Error::InvalidLayout(format!("{len} I/O ports in one range")))
+}

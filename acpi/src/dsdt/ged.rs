@@ -1,0 +1,76 @@
+//! `\_SB_.GED_`: the Generic Event Device (ACPI0013). Its interrupt makes Linux evaluate
+//! `_EVT`, which reads the event register (reading clears it) and runs the scan of every
+//! subsystem whose bit is set.
+
+use acpi_tables::aml::{
+    And, Device, FieldAccessType, FieldUpdateRule, If, Interrupt, Local, Method, MethodCall, Name,
+    OpRegion, OpRegionSpace, ResourceTemplate, Store, ZERO,
+};
+use acpi_tables::Aml;
+
+use super::fields::{field, FieldUnit};
+use crate::aml_ext::{bytes, path};
+use crate::layout::ged;
+use crate::Error;
+
+/// What `_EVT` does per event bit: (bit of the event register, method to call).
+///
+/// Extension point: the memory hotplug scan goes here as
+/// `(ged::EVENT_MEMORY, "\\_SB_.MHPC.MSCN")` once its device is in the DSDT.
+fn handlers() -> Vec<(u32, &'static str)> {
+    vec![(ged::EVENT_CPU, super::cpu::SCAN_METHOD)]
+}
+
+/// `Device (GED_)`.
+pub(crate) fn build() -> Result<Vec<u8>, Error> {
+    let hid = Name::new(path("_HID")?, &"ACPI0013");
+    let uid = Name::new(path("_UID")?, &ZERO);
+    // Only the interrupt: Linux's GED driver fails to probe on any other resource type in
+    // _CRS ("unable to parse IRQ resource"), so the register block is an OpRegion only.
+    let irq = Interrupt::new(true, true, false, false, ged::IRQ);
+    let crs = Name::new(path("_CRS")?, &ResourceTemplate::new(vec![&irq]));
+    let region = OpRegion::new(
+        path("GDST")?,
+        OpRegionSpace::SystemMemory,
+        &ged::MMIO_BASE,
+        &ged::MMIO_SIZE,
+    );
+    let fields = field(
+        "GDST",
+        FieldAccessType::DWord,
+        FieldUpdateRule::WriteAsZeroes,
+        ged::MMIO_SIZE,
+        &[FieldUnit::register("GDAT", ged::EVENT, 4)],
+    )?;
+
+    // Read the (clear-on-read) register exactly once, then test the copy.
+    let gdat = Name::new_field_name("GDAT");
+    let read = Store::new(&Local(0), &gdat);
+    let handlers = handlers();
+    let paths = handlers
+        .iter()
+        .map(|(_, p)| path(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let calls: Vec<MethodCall> = paths
+        .into_iter()
+        .map(|p| MethodCall::new(p, vec![]))
+        .collect();
+    let tests: Vec<And> = handlers
+        .iter()
+        .map(|(bit, _)| And::new(&ZERO, &Local(0), bit))
+        .collect();
+    let ifs: Vec<If> = tests
+        .iter()
+        .zip(&calls)
+        .map(|(t, c)| If::new(t, vec![c]))
+        .collect();
+    let mut body: Vec<&dyn Aml> = vec![&read];
+    body.extend(ifs.iter().map(|i| i as &dyn Aml));
+    // Serialized: two GED interrupts must not interleave their reads of the register.
+    let evt = Method::new(path("_EVT")?, 1, true, body);
+
+    Ok(bytes(&Device::new(
+        path("GED_")?,
+        vec![&hid, &uid, &crs, &region, &fields, &evt],
+    )))
+}

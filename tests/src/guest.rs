@@ -1,0 +1,348 @@
+//! Running real Linux guests under plugvm for integration tests.
+//!
+//! A guest test needs a KVM that can run Linux. Where the host has none (PVM, see
+//! `resources/kvm-host.sh`), [`kvm_guest_test!`](crate::kvm_guest_test) re-runs the one test
+//! inside the nested-KVM test bed: the test binary itself, with `--exact NAME`, so everything
+//! the test looks at (plugvm's exit code, timing, its `/proc` entries) is observed where
+//! plugvm runs. The guest image and the plugvm binary are prepared outside first (the test
+//! bed has no network and is slow at building).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{plugvm_binary, workspace_root};
+
+/// Set inside the test bed by `kvm-host.sh`.
+const INSIDE_VAR: &str = "PLUGVM_KVMHOST_INSIDE";
+/// The plugvm binary built outside, passed to the test bed.
+const BIN_VAR: &str = "PLUGVM_TEST_BINARY";
+/// Ready line the guest's `/init` prints.
+pub const READY_LINE: &str = "PLUGVM-GUEST-READY";
+
+/// The kernel and initramfs from `resources/guest-image.sh`.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    /// Debian's bzImage.
+    pub kernel: PathBuf,
+    /// The busybox initramfs.
+    pub initramfs: PathBuf,
+    /// The ELF vmlinux extracted from the bzImage, if the script made one.
+    pub vmlinux: Option<PathBuf>,
+}
+
+/// Prepares (or finds cached) the guest image. Panics with the script's output on failure.
+pub fn guest_image() -> GuestImage {
+    static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
+    let result = IMAGE.get_or_init(|| {
+        let script = workspace_root().join("resources/guest-image.sh");
+        let out = Command::new(&script)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let get = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key).map(PathBuf::from))
+        };
+        Ok(GuestImage {
+            kernel: get("kernel=").ok_or("guest-image.sh printed no kernel=")?,
+            initramfs: get("initramfs=").ok_or("guest-image.sh printed no initramfs=")?,
+            vmlinux: get("vmlinux="),
+        })
+    });
+    match result {
+        Ok(img) => img.clone(),
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
+/// Whether this host's KVM runs Linux guests directly (VT-x/AMD-V).
+pub fn host_has_hardware_virtualization() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// The plugvm binary: built here, or the one built outside when inside the test bed.
+pub fn guest_test_binary() -> PathBuf {
+    match std::env::var_os(BIN_VAR) {
+        Some(p) if std::env::var_os(INSIDE_VAR).is_some() => PathBuf::from(p),
+        _ => plugvm_binary(),
+    }
+}
+
+/// Returns `true` when the caller should run its test body here. Otherwise runs test
+/// `name` of this binary inside the nested-KVM test bed, panics if it failed there, and
+/// returns `false`.
+pub fn run_here_or_in_kvm_host(name: &str) -> bool {
+    if std::env::var_os(INSIDE_VAR).is_some() || host_has_hardware_virtualization() {
+        return true;
+    }
+    let binary = plugvm_binary();
+    let _ = guest_image();
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let kvm_host = workspace_root().join("resources/kvm-host.sh");
+    eprintln!("running {name} inside the nested KVM host");
+    let status = Command::new(&kvm_host)
+        .args(["--timeout", "600", "--"])
+        .arg(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(BIN_VAR, &binary)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", kvm_host.display()));
+    assert!(
+        status.success(),
+        "{name} failed inside the nested KVM host ({status})"
+    );
+    false
+}
+
+/// Declares a test that boots real guests: it runs inside the nested-KVM test bed when the
+/// host cannot run Linux guests itself.
+#[macro_export]
+macro_rules! kvm_guest_test {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            let full = concat!(module_path!(), "::", stringify!($name));
+            // The harness names tests without the crate prefix.
+            let name = full.split_once("::").map_or(full, |(_, rest)| rest);
+            if $crate::guest::run_here_or_in_kvm_host(name) {
+                $body
+            }
+        }
+    };
+}
+
+/// Base64 (standard alphabet, padded) for `plugvm.run=`.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What a guest run produced.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// plugvm's exit code (`None` if it was killed).
+    pub exit_code: Option<i32>,
+    /// The serial console (plugvm's stdout).
+    pub console: String,
+    /// plugvm's stderr.
+    pub stderr: String,
+    /// Output of the `plugvm.run` script, between its markers.
+    pub script_output: Option<String>,
+    /// The script's exit code from `PLUGVM-RUN-END rc=N`.
+    pub script_rc: Option<i32>,
+    /// Time from plugvm's start to the ready line.
+    pub ready_after: Option<Duration>,
+    /// Time from the `PLUGVM-RUN-END` line to plugvm's exit.
+    pub end_to_exit: Option<Duration>,
+    /// Whether plugvm had to be killed at the timeout.
+    pub timed_out: bool,
+}
+
+impl GuestRun {
+    /// Lines of the console that report ACPI problems.
+    pub fn acpi_problems(&self) -> Vec<&str> {
+        self.console
+            .lines()
+            .filter(|l| {
+                l.contains("ACPI Error")
+                    || l.contains("ACPI BIOS Error")
+                    || l.contains("ACPI Warning")
+            })
+            .collect()
+    }
+
+    /// The value printed by the script as `key=value`.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        let prefix = format!("{key}=");
+        self.script_output
+            .as_deref()?
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
+    }
+}
+
+/// Options of a guest boot.
+#[derive(Clone, Debug)]
+pub struct GuestBoot<'a> {
+    /// `--cpus`.
+    pub cpus: &'a str,
+    /// `--memory`.
+    pub memory: &'a str,
+    /// Shell script run by the guest's `/init` (then it powers off).
+    pub script: &'a str,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: &'a str,
+    /// Kernel to boot (defaults to the guest image's bzImage).
+    pub kernel: Option<&'a Path>,
+    /// Kill plugvm after this long.
+    pub timeout: Duration,
+}
+
+impl Default for GuestBoot<'_> {
+    fn default() -> Self {
+        GuestBoot {
+            cpus: "boot=1",
+            memory: "size=512M",
+            script: "true",
+            extra_cmdline: "",
+            kernel: None,
+            timeout: Duration::from_secs(240),
+        }
+    }
+}
+
+/// Boots the guest image under plugvm with `opts` and waits for plugvm to end.
+pub fn boot_guest(opts: &GuestBoot<'_>) -> GuestRun {
+    let img = guest_image();
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 pci=off plugvm.run={} {}",
+        base64(opts.script.as_bytes()),
+        opts.extra_cmdline
+    );
+    let mut child = Command::new(guest_test_binary())
+        .arg("--kernel")
+        .arg(opts.kernel.unwrap_or(&img.kernel))
+        .arg("--initramfs")
+        .arg(&img.initramfs)
+        .args([
+            "--cpus",
+            opts.cpus,
+            "--memory",
+            opts.memory,
+            "--serial",
+            "stdio",
+        ])
+        .args(["--cmdline", &cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start plugvm: {e}"));
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        if let Some(out) = stdout {
+            for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut stderr_pipe = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr_pipe.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if start.elapsed() > opts.timeout => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break None,
+        }
+    };
+    let exited = Instant::now();
+    let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
+
+    let mut console = String::new();
+    let mut ready_after = None;
+    let mut end_at = None;
+    let mut script_output: Option<String> = None;
+    let mut in_script = false;
+    let mut script_rc = None;
+    for (at, line) in rx.try_iter() {
+        if line.contains(READY_LINE) && ready_after.is_none() {
+            ready_after = Some(at.duration_since(start));
+        }
+        if line.starts_with("PLUGVM-RUN-BEGIN") {
+            in_script = true;
+            script_output = Some(String::new());
+        } else if let Some(rc) = line.strip_prefix("PLUGVM-RUN-END rc=") {
+            in_script = false;
+            script_rc = rc.trim().parse().ok();
+            end_at = Some(at);
+        } else if in_script {
+            if let Some(s) = script_output.as_mut() {
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+        console.push_str(&line);
+        console.push('\n');
+    }
+    GuestRun {
+        exit_code: status.and_then(|s| s.code()),
+        console,
+        stderr,
+        script_output,
+        script_rc,
+        ready_after,
+        end_to_exit: end_at.map(|t| exited.saturating_duration_since(t)),
+        timed_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}

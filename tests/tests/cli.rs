@@ -1,0 +1,392 @@
+//! The `plugvm` binary's command line, run for real: exit codes and error messages.
+//!
+//! Exit codes: 0 for `--help`, `--version` and a successful `--dump-acpi-tables`; 2 for
+//! command-line errors; 1 for runtime/host errors. Every error is one `plugvm: ` line on
+//! stderr naming the flag or file and the bad value, and never a panic. No test boots Linux:
+//! where a kernel must pass loading, [`write_tiny_elf_kernel`] stands in for one.
+
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use plugvm_tests::{
+    assert_cli_error, run_plugvm, run_plugvm_with_timeout, write_tiny_elf_kernel, ScratchDir,
+};
+
+/// Runs plugvm and checks it failed with `code` and one line containing `needles`.
+///
+/// Scratch paths never contain the word "kernel", so a needle "kernel" must come from the
+/// message itself.
+fn fails(args: &[&str], code: i32, needles: &[&str]) -> String {
+    assert_cli_error(&run_plugvm(args), code, needles)
+}
+
+/// [`fails`] for runs given a [`write_tiny_elf_kernel`] image, which a plugvm that misses the
+/// expected error would start: a shorter timeout bounds that.
+fn fails_with_tiny_kernel(args: &[&str], code: i32, needles: &[&str]) -> String {
+    assert_cli_error(
+        &run_plugvm_with_timeout(args, Duration::from_secs(10)),
+        code,
+        needles,
+    )
+}
+
+fn text(path: &std::path::Path) -> &str {
+    path.to_str().expect("scratch paths are UTF-8")
+}
+
+// --- informational -------------------------------------------------------------------------
+
+#[test]
+fn help_prints_usage_and_exits_0() {
+    let out = run_plugvm(["--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    for needle in [
+        "Usage: plugvm",
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--serial",
+        "--api-socket",
+        "--dump-acpi-tables",
+    ] {
+        assert!(stdout.contains(needle), "help lacks {needle}:\n{stdout}");
+    }
+}
+
+#[test]
+fn version_prints_one_line_and_exits_0() {
+    let out = run_plugvm(["--version"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("plugvm {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+// --- command-line errors: exit code 2 --------------------------------------------------------
+
+#[test]
+fn no_kernel_is_a_usage_error() {
+    fails(&[], 2, &["--kernel"]);
+    fails(&["--cpus", "boot=2"], 2, &["--kernel"]);
+}
+
+#[test]
+fn boot_above_max() {
+    fails(
+        &["--kernel", "k", "--cpus", "boot=4,max=2"],
+        2,
+        &["--cpus", "boot=4", "max=2"],
+    );
+}
+
+#[test]
+fn zero_cpus() {
+    fails(
+        &["--kernel", "k", "--cpus", "boot=0"],
+        2,
+        &["--cpus", "boot=0"],
+    );
+    fails(
+        &["--kernel", "k", "--cpus", "max=0"],
+        2,
+        &["--cpus", "max=0"],
+    );
+}
+
+#[test]
+fn malformed_cpus() {
+    fails(
+        &["--kernel", "k", "--cpus", "boot=two"],
+        2,
+        &["--cpus", "two"],
+    );
+    fails(&["--kernel", "k", "--cpus", "4"], 2, &["--cpus", "'4'"]);
+    fails(
+        &["--kernel", "k", "--cpus", "boot=1,boot=2"],
+        2,
+        &["--cpus", "boot"],
+    );
+    fails(&["--kernel", "k", "--cpus", ""], 2, &["--cpus"]);
+}
+
+#[test]
+fn memory_below_minimum() {
+    fails(
+        &["--kernel", "k", "--memory", "size=32M"],
+        2,
+        &["--memory", "size=32", "64 MiB"],
+    );
+}
+
+#[test]
+fn memory_not_aligned() {
+    fails(
+        &["--kernel", "k", "--memory", "size=100000K"],
+        2,
+        &["--memory", "1 MiB"],
+    );
+    fails(
+        &["--kernel", "k", "--memory", "size=1G,hotplug_size=100M"],
+        2,
+        &["--memory", "hotplug_size", "128 MiB"],
+    );
+    fails(
+        &["--kernel", "k", "--memory", "size=1G,hotplug_slots=4"],
+        2,
+        &["--memory", "hotplug_slots"],
+    );
+}
+
+#[test]
+fn malformed_sizes() {
+    for value in [
+        "size=12Q",
+        "size=",
+        "size=-1",
+        "size=1.5G",
+        "size=99999999999999T",
+    ] {
+        fails(
+            &["--kernel", "k", "--memory", value],
+            2,
+            &["--memory", value],
+        );
+    }
+}
+
+#[test]
+fn unknown_flags() {
+    fails(&["--kernel", "k", "--frobnicate"], 2, &["--frobnicate"]);
+    fails(&["--kernal", "k"], 2, &["--kernal", "--kernel"]);
+    fails(&["--kernel", "k", "stray"], 2, &["stray"]);
+    fails(&["--kernel", "k", "-x"], 2, &["-x"]);
+}
+
+#[test]
+fn unknown_keys() {
+    fails(
+        &["--kernel", "k", "--cpus", "boot=1,sockets=2"],
+        2,
+        &["--cpus", "sockets"],
+    );
+    fails(
+        &["--kernel", "k", "--memory", "size=1G,numa=1"],
+        2,
+        &["--memory", "numa"],
+    );
+}
+
+#[test]
+fn bad_serial() {
+    fails(
+        &["--kernel", "k", "--serial", "tty"],
+        2,
+        &["--serial", "tty"],
+    );
+    fails(
+        &["--kernel", "k", "--serial", "file="],
+        2,
+        &["--serial", "file="],
+    );
+}
+
+#[test]
+fn repeated_and_valueless_flags() {
+    fails(&["--kernel", "a", "--kernel", "b"], 2, &["--kernel"]);
+    fails(&["--kernel"], 2, &["--kernel"]);
+    fails(&["--kernel", "k", "--cmdline", "a\nb"], 2, &["--cmdline"]);
+}
+
+// --- runtime and host errors: exit code 1 ----------------------------------------------------
+
+#[test]
+fn missing_kernel_file() {
+    let dir = ScratchDir::new("missing-image");
+    let path = dir.join("no-such-image");
+    fails(&["--kernel", text(&path)], 1, &["kernel", text(&path)]);
+}
+
+/// Tests run as root, so a mode-000 file is still readable: a directory and a dangling
+/// symlink are what cannot be read as a kernel.
+#[test]
+fn unreadable_kernel_directory() {
+    let dir = ScratchDir::new("dir-image");
+    fails(
+        &["--kernel", text(dir.path())],
+        1,
+        &["kernel", text(dir.path())],
+    );
+}
+
+#[test]
+fn unreadable_kernel_dangling_symlink() {
+    let dir = ScratchDir::new("link-image");
+    let link = dir.join("image-link");
+    std::os::unix::fs::symlink(dir.join("gone"), &link).expect("symlink");
+    fails(&["--kernel", text(&link)], 1, &["kernel", text(&link)]);
+}
+
+#[test]
+fn kernel_that_is_not_a_kernel() {
+    let dir = ScratchDir::new("text-image");
+    let path = dir.write("notes.txt", "this is not a kernel image\n");
+    fails(
+        &["--kernel", text(&path), "--serial", "null"],
+        1,
+        &["kernel", text(&path)],
+    );
+}
+
+#[test]
+fn initramfs_larger_than_memory() {
+    let dir = ScratchDir::new("big-initrd");
+    let kernel = write_tiny_elf_kernel(&dir, "image");
+    // Sparse: 256 MiB that take no disk space, for a 64 MiB guest.
+    let initrd = dir.sparse_file("initrd", 256 << 20);
+    fails_with_tiny_kernel(
+        &[
+            "--kernel",
+            text(&kernel),
+            "--initramfs",
+            text(&initrd),
+            "--memory",
+            "size=64M",
+            "--serial",
+            "null",
+        ],
+        1,
+        &["initramfs", text(&initrd), "does not fit"],
+    );
+}
+
+#[test]
+fn max_cpus_above_kvm_limit() {
+    let dir = ScratchDir::new("many-cpus");
+    let kernel = write_tiny_elf_kernel(&dir, "image");
+    fails_with_tiny_kernel(
+        &[
+            "--kernel",
+            text(&kernel),
+            "--cpus",
+            "boot=1,max=100000",
+            "--serial",
+            "null",
+        ],
+        1,
+        &["--cpus", "max=100000", "254"],
+    );
+    // Above plugvm's own limit, even where KVM would allow it.
+    fails_with_tiny_kernel(
+        &[
+            "--kernel",
+            text(&kernel),
+            "--cpus",
+            "boot=1,max=255",
+            "--serial",
+            "null",
+        ],
+        1,
+        &["--cpus", "max=255", "254"],
+    );
+}
+
+#[test]
+fn memory_above_host() {
+    let dir = ScratchDir::new("huge-memory");
+    let kernel = write_tiny_elf_kernel(&dir, "image");
+    fails_with_tiny_kernel(
+        &[
+            "--kernel",
+            text(&kernel),
+            "--memory",
+            "size=100000G",
+            "--serial",
+            "null",
+        ],
+        1,
+        &["--memory", "100000 GiB", "host"],
+    );
+}
+
+#[test]
+fn api_socket_in_use() {
+    let dir = ScratchDir::new("api-busy");
+    let kernel = write_tiny_elf_kernel(&dir, "image");
+    let socket = dir.join("api.sock");
+    let _listener = UnixListener::bind(&socket).expect("bind test listener");
+    fails_with_tiny_kernel(
+        &[
+            "--kernel",
+            text(&kernel),
+            "--api-socket",
+            text(&socket),
+            "--serial",
+            "null",
+        ],
+        1,
+        &["--api-socket", text(&socket), "in use"],
+    );
+}
+
+// --- --dump-acpi-tables ----------------------------------------------------------------------
+
+/// Checks an ACPI table file: signature, length field, checksum.
+fn check_table(dir: &ScratchDir, file: &str, signature: &[u8; 4]) {
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.len() >= 36,
+        "{file}: {} bytes, shorter than a header",
+        bytes.len()
+    );
+    assert_eq!(&bytes[..4], signature, "{file}: signature");
+    let length = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    assert_eq!(length as usize, bytes.len(), "{file}: length field");
+    let sum = bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b));
+    assert_eq!(sum, 0, "{file}: checksum");
+}
+
+#[test]
+fn dump_acpi_tables_without_kernel() {
+    let dir = ScratchDir::new("acpi-dump");
+    let out = run_plugvm([
+        "--dump-acpi-tables",
+        text(dir.path()),
+        "--cpus",
+        "boot=2,max=4",
+        "--memory",
+        "size=1G,hotplug_size=1G",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    check_table(&dir, "DSDT.dat", b"DSDT");
+    check_table(&dir, "APIC.dat", b"APIC");
+    check_table(&dir, "FACP.dat", b"FACP");
+}
+
+#[test]
+fn dump_acpi_tables_still_checks_the_command_line() {
+    let dir = ScratchDir::new("acpi-dump-bad");
+    fails(
+        &[
+            "--dump-acpi-tables",
+            text(dir.path()),
+            "--cpus",
+            "boot=3,max=2",
+        ],
+        2,
+        &["--cpus", "boot=3"],
+    );
+    fails(
+        &["--dump-acpi-tables", text(dir.path()), "--initramfs", "i"],
+        2,
+        &["--initramfs", "--kernel"],
+    );
+}

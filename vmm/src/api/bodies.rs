@@ -1,0 +1,207 @@
+//! Request bodies: strict serde types, their checks, and field introspection.
+
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// Body of `PUT /api/v1/vm.resize`: at least one of the two targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeBody {
+    /// Wanted number of vCPUs (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_vcpus: Option<u32>,
+    /// Wanted RAM size in bytes (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_ram: Option<u64>,
+    /// Keep what succeeded instead of rolling everything back on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_effort: Option<bool>,
+}
+
+/// Body of `PUT /api/v1/vm.add-vcpu`; the body may also be empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddVcpuBody {
+    /// The vCPU to plug; the VMM picks the lowest free one if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
+}
+
+/// Body of `PUT /api/v1/vm.remove-vcpu`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveVcpuBody {
+    /// The vCPU to unplug.
+    pub id: u32,
+}
+
+/// Body of `PUT /api/v1/vm.add-memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemoryBody {
+    /// Size of the region in bytes (at least 1).
+    pub size: u64,
+}
+
+/// Body of `PUT /api/v1/vm.remove-memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveMemoryBody {
+    /// The memory slot to unplug.
+    pub slot: u32,
+}
+
+/// Parses a JSON body for `endpoint`; the error is one sentence for the client.
+pub(crate) fn parse<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!(
+            "{endpoint} needs a JSON object as request body, got an empty body."
+        ));
+    }
+    // Derived structs would also accept a JSON array of the fields in order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(format!("Invalid {endpoint} body: expected a JSON object."));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("Invalid {endpoint} body: {e}."))
+}
+
+/// Like [`parse`], but an empty body means `T::default()`.
+pub(crate) fn parse_optional<T: DeserializeOwned + Default>(
+    endpoint: &str,
+    body: &[u8],
+) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse(endpoint, body)
+}
+
+impl ResizeBody {
+    /// Checks what serde cannot: one target at least, none of them zero.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.desired_vcpus.is_none() && self.desired_ram.is_none() {
+            return Err("vm.resize needs desired_vcpus, desired_ram or both.".to_string());
+        }
+        if self.desired_vcpus == Some(0) {
+            return Err("vm.resize: desired_vcpus must be at least 1.".to_string());
+        }
+        if self.desired_ram == Some(0) {
+            return Err("vm.resize: desired_ram must be at least 1 byte.".to_string());
+        }
+        Ok(())
+    }
+}
+
+impl AddMemoryBody {
+    /// Rejects a zero size.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.size == 0 {
+            return Err("vm.add-memory: size must be at least 1 byte.".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// The field names that `T`'s derived `Deserialize` accepts, read from
+/// serde itself so that the OpenAPI check cannot drift from the code.
+pub(crate) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut probe = FieldProbe { fields: &[] };
+    // The probe always fails once it has seen the field list.
+    let _ = T::deserialize(&mut probe);
+    probe.fields
+}
+
+/// A deserializer that records the field list of the struct asked for.
+struct FieldProbe {
+    fields: &'static [&'static str],
+}
+
+#[derive(Debug)]
+struct ProbeDone;
+
+impl std::fmt::Display for ProbeDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("field probe")
+    }
+}
+
+impl std::error::Error for ProbeDone {}
+
+impl de::Error for ProbeDone {
+    fn custom<T: std::fmt::Display>(_msg: T) -> Self {
+        ProbeDone
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut FieldProbe {
+    type Error = ProbeDone;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, ProbeDone> {
+        Err(ProbeDone)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, ProbeDone> {
+        self.fields = fields;
+        Err(ProbeDone)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_field_names_come_from_serde() {
+        assert_eq!(
+            field_names::<ResizeBody>(),
+            ["desired_vcpus", "desired_ram", "best_effort"]
+        );
+        assert_eq!(field_names::<RemoveMemoryBody>(), ["slot"]);
+    }
+
+    #[test]
+    fn api_resize_validation() {
+        let parsed: ResizeBody = parse("vm.resize", br#"{"desired_vcpus": 4}"#).unwrap();
+        assert!(parsed.validate().is_ok());
+        let err = parse::<ResizeBody>("vm.resize", b"{}").unwrap().validate();
+        assert_eq!(
+            err.unwrap_err(),
+            "vm.resize needs desired_vcpus, desired_ram or both."
+        );
+        let zero = ResizeBody {
+            desired_vcpus: Some(0),
+            ..Default::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn api_parse_errors_are_sentences() {
+        let err = parse::<RemoveVcpuBody>("vm.remove-vcpu", br#"{"id": 1, "x": 2}"#).unwrap_err();
+        assert!(
+            err.starts_with("Invalid vm.remove-vcpu body: unknown field `x`"),
+            "{err}"
+        );
+        let err = parse::<RemoveVcpuBody>("vm.remove-vcpu", br#"{"id": -1}"#).unwrap_err();
+        assert!(err.contains("expected u32"), "{err}");
+        let err = parse::<RemoveVcpuBody>("vm.remove-vcpu", b"{}").unwrap_err();
+        assert!(err.contains("missing field `id`"), "{err}");
+        let err = parse::<RemoveVcpuBody>("vm.remove-vcpu", b"  ").unwrap_err();
+        assert!(err.contains("empty body"), "{err}");
+        assert_eq!(
+            parse_optional::<AddVcpuBody>("vm.add-vcpu", b"").unwrap(),
+            AddVcpuBody::default()
+        );
+    }
+}

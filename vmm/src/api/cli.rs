@@ -1,0 +1,307 @@
+//! `plugvm-remote`: command line, request building and output.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::Value;
+
+use super::client;
+use super::http::reason;
+use super::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX};
+
+/// Control a running plugvm through its API socket.
+#[derive(Debug, Parser)]
+#[command(name = "plugvm-remote", version)]
+pub struct Cli {
+    /// Path of the VMM's API socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Print the server's raw JSON instead of readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for the server's answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands, one per endpoint.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Check that the VMM answers.
+    Ping,
+    /// Shut the VM down.
+    Shutdown,
+    /// Show the VM's state.
+    Info,
+    /// Plug a vCPU (the lowest free id unless ID is given).
+    AddVcpu {
+        /// The vCPU id.
+        id: Option<u32>,
+        /// `--no-wait`.
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Unplug a vCPU.
+    RemoveVcpu {
+        /// The vCPU id.
+        id: u32,
+        /// `--no-wait`.
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Change the vCPU count and/or the RAM size in one transaction.
+    Resize(ResizeArgs),
+    /// Plug a memory region of SIZE (bytes, or with a K/M/G/T or KiB/MiB/GiB/TiB suffix).
+    AddMemory {
+        /// Region size, e.g. 512M.
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        /// `--no-wait`.
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Unplug the memory region in SLOT.
+    RemoveMemory {
+        /// The memory slot.
+        slot: u32,
+        /// `--no-wait`.
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// List hotplug transactions, or show the one with ID.
+    Transactions {
+        /// The transaction id.
+        id: Option<u64>,
+    },
+}
+
+/// `--no-wait`, for the hotplug subcommands.
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct WaitArg {
+    /// Answer once the operation has started, without waiting for the guest.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// Arguments of `resize`: `--cpus`, `--memory` or both.
+#[derive(Debug, PartialEq, Eq, Args)]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["cpus", "memory"])))]
+pub struct ResizeArgs {
+    /// Wanted number of vCPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: Option<u32>,
+    /// Wanted RAM size (bytes, or with a K/M/G/T or KiB/MiB/GiB/TiB suffix).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Keep what succeeded instead of rolling everything back.
+    #[arg(long)]
+    pub best_effort: bool,
+    /// `--no-wait`.
+    #[command(flatten)]
+    pub wait: WaitArg,
+}
+
+/// Parses a size with plugvm's syntax ([`crate::config::parse_size`]:
+/// `4096`, `512M`, `2GiB`...); zero is refused.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    match crate::config::parse_size(text) {
+        Ok(0) => Err("the size must be at least 1 byte".to_string()),
+        Ok(bytes) => Ok(bytes),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn wait_query(wait: &WaitArg) -> &'static str {
+    if wait.no_wait {
+        "?wait=false"
+    } else {
+        ""
+    }
+}
+
+fn json_body<T: serde::Serialize>(body: &T) -> Option<Vec<u8>> {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(body).ok()
+}
+
+/// The HTTP method, target and body for a command.
+pub fn to_request(command: &Command) -> (&'static str, String, Option<Vec<u8>>) {
+    let put = |endpoint: &str, wait: &WaitArg, body| {
+        (
+            "PUT",
+            format!("{API_PREFIX}/{endpoint}{}", wait_query(wait)),
+            body,
+        )
+    };
+    match command {
+        Command::Ping => ("GET", format!("{API_PREFIX}/vmm.ping"), None),
+        Command::Shutdown => ("PUT", format!("{API_PREFIX}/vm.shutdown"), None),
+        Command::Info => ("GET", format!("{API_PREFIX}/vm.info"), None),
+        Command::AddVcpu { id, wait } => {
+            put("vm.add-vcpu", wait, json_body(&AddVcpuBody { id: *id }))
+        }
+        Command::RemoveVcpu { id, wait } => put(
+            "vm.remove-vcpu",
+            wait,
+            json_body(&RemoveVcpuBody { id: *id }),
+        ),
+        Command::Resize(args) => {
+            let body = ResizeBody {
+                desired_vcpus: args.cpus,
+                desired_ram: args.memory,
+                best_effort: args.best_effort.then_some(true),
+            };
+            put("vm.resize", &args.wait, json_body(&body))
+        }
+        Command::AddMemory { size, wait } => put(
+            "vm.add-memory",
+            wait,
+            json_body(&AddMemoryBody { size: *size }),
+        ),
+        Command::RemoveMemory { slot, wait } => put(
+            "vm.remove-memory",
+            wait,
+            json_body(&RemoveMemoryBody { slot: *slot }),
+        ),
+        Command::Transactions { id: None } => {
+            ("GET", format!("{API_PREFIX}/hotplug/transactions"), None)
+        }
+        Command::Transactions { id: Some(id) } => (
+            "GET",
+            format!("{API_PREFIX}/hotplug/transactions/{id}"),
+            None,
+        ),
+    }
+}
+
+/// Renders a JSON value as `key: value` lines, nested keys joined by dots.
+pub fn render(value: &Value, prefix: &str, out: &mut String) {
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            map.iter().for_each(|(k, v)| render(v, &key(k), out))
+        }
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| render(v, &key(&i.to_string()), out)),
+        scalar => {
+            let text = match scalar {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if prefix.is_empty() {
+                out.push_str(&format!("{text}\n"));
+            } else {
+                out.push_str(&format!("{prefix}: {text}\n"));
+            }
+        }
+    }
+}
+
+fn readable(command: &Command, body: &Value) -> String {
+    match (command, body) {
+        (Command::Ping, Value::Object(map)) => format!(
+            "plugvm {} (build {}), pid {}\n",
+            map.get("version").and_then(Value::as_str).unwrap_or("?"),
+            map.get("build_version")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            map.get("pid")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "?".to_string()),
+        ),
+        (Command::Shutdown, Value::Null) => "The VM is shutting down.\n".to_string(),
+        (_, Value::Null) => "OK\n".to_string(),
+        (_, value) => {
+            let mut text = String::new();
+            render(value, "", &mut text);
+            text
+        }
+    }
+}
+
+/// Runs the parsed command; returns the exit code (0 on 2xx, 1 otherwise).
+pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let (method, target, body) = to_request(&cli.command);
+    let timeout = Duration::from_secs(cli.timeout);
+    let response = match client::request(&cli.api_socket, method, &target, body.as_deref(), timeout)
+    {
+        Ok(response) => response,
+        Err(e) => {
+            let _ = writeln!(err, "plugvm-remote: {e}");
+            return 1;
+        }
+    };
+    let parsed: Value = if response.body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&response.body) {
+            Ok(value) => value,
+            Err(_) if (200..300).contains(&response.status) => {
+                let _ = writeln!(err, "plugvm-remote: the server's answer is not JSON");
+                return 1;
+            }
+            Err(_) => Value::Null,
+        }
+    };
+    if !(200..300).contains(&response.status) {
+        let message = parsed
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| reason(response.status).to_string());
+        let _ = writeln!(err, "plugvm-remote: {message} (HTTP {})", response.status);
+        return 1;
+    }
+    let text = if cli.json {
+        if response.body.is_empty() {
+            String::new()
+        } else {
+            format!("{parsed}\n")
+        }
+    } else {
+        readable(&cli.command, &parsed)
+    };
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// Parses `args` (including the program name) and runs; returns the exit code
+/// (2 for usage errors, 0 for `--help` and `--version`).
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    execute(
+        &cli,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
+}
+
+#[cfg(test)]
+#[path = "cli_tests.rs"]
+mod tests;

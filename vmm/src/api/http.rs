@@ -1,0 +1,408 @@
+//! A deliberately small HTTP/1.1 reader and writer with hard limits.
+//!
+//! Only what a local JSON API needs: origin-form targets, `Content-Length`
+//! bodies (no transfer codings), `Expect: 100-continue`, keep-alive. Every
+//! read is bounded in size; the caller bounds it in time with [`DeadlineReader`].
+
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// Largest request line plus headers, in bytes; more gets 431.
+pub(crate) const MAX_HEAD_BYTES: u64 = 8 * 1024;
+/// Most header fields in one request; more gets 431.
+pub(crate) const MAX_HEADERS: usize = 64;
+
+/// The parsed request line and the headers that matter here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestHead {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    /// Declared body length (0 without `Content-Length`).
+    pub content_length: u64,
+    /// The client sent `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// The connection may serve another request after this one.
+    pub keep_alive: bool,
+}
+
+/// Why a request head could not be read. Each one ends the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// The client closed the connection (or went silent) before sending a byte.
+    Idle,
+    /// The connection failed or closed mid-request: nothing can be answered.
+    Broken,
+    /// The request timed out after it began: 408.
+    Timeout,
+    /// An answerable protocol error: status and one-sentence message.
+    Reject(u16, String),
+}
+
+fn reject(status: u16, message: impl Into<String>) -> HeadError {
+    HeadError::Reject(status, message.into())
+}
+
+/// Maps an I/O error while reading a started request.
+fn started_error(e: &io::Error) -> HeadError {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => HeadError::Timeout,
+        _ => HeadError::Broken,
+    }
+}
+
+/// A `Read` over a Unix stream that fails with `TimedOut` once `deadline` passes.
+pub(crate) struct DeadlineReader {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl DeadlineReader {
+    pub(crate) fn new(stream: UnixStream) -> Self {
+        DeadlineReader {
+            stream,
+            deadline: Instant::now(),
+        }
+    }
+
+    /// Gives the next reads `timeout` from now, in total.
+    pub(crate) fn set_budget(&mut self, timeout: Duration) {
+        self.deadline = Instant::now() + timeout;
+    }
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match self.stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::ErrorKind::TimedOut.into()),
+            other => other,
+        }
+    }
+}
+
+/// Reads one CRLF- (or LF-) terminated line within `budget` bytes.
+/// `Ok(None)` means a clean end of stream before any byte.
+fn read_line<R: BufRead>(reader: &mut R, budget: &mut u64) -> Result<Option<String>, HeadError> {
+    let mut line = Vec::new();
+    let mut limited = reader.by_ref().take(*budget);
+    let read = limited.read_until(b'\n', &mut line);
+    *budget = limited.limit();
+    match read {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(started_error(&e)),
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(if *budget == 0 {
+            reject(
+                431,
+                format!("Request line and headers exceed {MAX_HEAD_BYTES} bytes."),
+            )
+        } else {
+            HeadError::Broken
+        });
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if !line.is_ascii() {
+        return Err(reject(400, "Request line and headers must be ASCII text."));
+    }
+    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+}
+
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Reads a request line and headers. A timeout or close before the first
+/// byte is [`HeadError::Idle`], so idle kept-alive connections end quietly.
+pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadError> {
+    let mut budget = MAX_HEAD_BYTES;
+    // Wait for the first byte separately: silence there is not an error.
+    match reader.fill_buf() {
+        Ok([]) => return Err(HeadError::Idle),
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            return Err(HeadError::Idle)
+        }
+        Err(_) => return Err(HeadError::Broken),
+    }
+    // RFC 9112 2.2: ignore empty lines before the request line.
+    let request_line = loop {
+        match read_line(reader, &mut budget)? {
+            None => return Err(HeadError::Broken),
+            Some(line) if line.is_empty() => continue,
+            Some(line) => break line,
+        }
+    };
+    let parts: Vec<&str> = request_line.split(' ').collect();
+    let [method, target, version] = parts[..] else {
+        return Err(reject(
+            400,
+            "Malformed request line; expected `METHOD /path HTTP/1.1`.",
+        ));
+    };
+    if !is_token(method) || !target.starts_with('/') {
+        return Err(reject(
+            400,
+            "Malformed request line; expected `METHOD /path HTTP/1.1`.",
+        ));
+    }
+    let http11 = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        v if matches!(v.as_bytes(), [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit()) =>
+        {
+            return Err(reject(505, "Only HTTP/1.0 and HTTP/1.1 are supported."))
+        }
+        _ => {
+            return Err(reject(
+                400,
+                "Malformed request line; expected `METHOD /path HTTP/1.1`.",
+            ))
+        }
+    };
+    let mut head = RequestHead {
+        method: method.to_string(),
+        target: target.to_string(),
+        content_length: 0,
+        expect_continue: false,
+        keep_alive: http11,
+    };
+    let mut content_length: Option<u64> = None;
+    let mut count = 0;
+    loop {
+        let Some(line) = read_line(reader, &mut budget)? else {
+            return Err(HeadError::Broken);
+        };
+        if line.is_empty() {
+            break;
+        }
+        count += 1;
+        if count > MAX_HEADERS {
+            return Err(reject(
+                431,
+                format!("More than {MAX_HEADERS} header fields."),
+            ));
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(reject(
+                400,
+                "Malformed header line; expected `Name: value`.",
+            ));
+        };
+        if !is_token(name) {
+            return Err(reject(400, "Malformed header name."));
+        }
+        let value = value.trim_matches(|c| c == ' ' || c == '\t');
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let parsed = value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| value.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| reject(400, "Content-Length must be a non-negative integer."))?;
+                if content_length.is_some_and(|old| old != parsed) {
+                    return Err(reject(400, "Conflicting Content-Length headers."));
+                }
+                content_length = Some(parsed);
+            }
+            "transfer-encoding" => {
+                return Err(reject(
+                    501,
+                    "Transfer-Encoding is not supported; send Content-Length.",
+                ))
+            }
+            "connection" => {
+                for option in value.split(',').map(|o| o.trim().to_ascii_lowercase()) {
+                    match option.as_str() {
+                        "close" => head.keep_alive = false,
+                        "keep-alive" => head.keep_alive = true,
+                        _ => {}
+                    }
+                }
+            }
+            "expect" if value.eq_ignore_ascii_case("100-continue") => head.expect_continue = true,
+            "expect" => return Err(reject(417, "Only `Expect: 100-continue` is supported.")),
+            _ => {}
+        }
+    }
+    head.content_length = content_length.unwrap_or(0);
+    Ok(head)
+}
+
+/// Reads exactly `len` body bytes (the caller has checked `len` against its limit).
+pub(crate) fn read_body<R: Read>(reader: &mut R, len: usize) -> Result<Vec<u8>, HeadError> {
+    let mut body = vec![0; len];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| started_error(&e))?;
+    Ok(body)
+}
+
+/// The reason phrase of the status codes the server sends.
+pub(crate) fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        422 => "Unprocessable Content",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Writes a whole response. `body` is JSON; `None` writes no body (204).
+pub(crate) fn write_response<W: Write>(
+    out: &mut W,
+    status: u16,
+    body: Option<&[u8]>,
+    allow: Option<&str>,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\nServer: plugvm\r\n", reason(status));
+    if let Some(allow) = allow {
+        head.push_str(&format!("Allow: {allow}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    } else if status != 204 {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut message = head.into_bytes();
+    message.extend_from_slice(body.unwrap_or_default());
+    out.write_all(&message)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<RequestHead, HeadError> {
+        read_head(&mut io::Cursor::new(raw.as_bytes().to_vec()))
+    }
+
+    fn status(raw: &str) -> u16 {
+        match head(raw) {
+            Err(HeadError::Reject(status, _)) => status,
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn api_http_parses_a_request_head() {
+        let h = head("\r\nPUT /api/v1/vm.resize?wait=false HTTP/1.1\r\nHost: x\r\ncontent-length:  12 \r\nExpect: 100-continue\r\n\r\n").unwrap();
+        assert_eq!(
+            (h.method.as_str(), h.target.as_str()),
+            ("PUT", "/api/v1/vm.resize?wait=false")
+        );
+        assert_eq!(
+            (h.content_length, h.expect_continue, h.keep_alive),
+            (12, true, true)
+        );
+        let h = head("GET / HTTP/1.0\n\n").unwrap();
+        assert!(!h.keep_alive);
+        let h = head("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn api_http_rejects_bad_heads() {
+        assert_eq!(head(""), Err(HeadError::Idle));
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nHost: x\r\n"),
+            Err(HeadError::Broken)
+        );
+        assert_eq!(status("GET /\r\n\r\n"), 400);
+        assert_eq!(status("GET  / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET http://x/ HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("G(T / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), 505);
+        assert_eq!(status("GET / HTTP/2\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nNoColon\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\n Folded: x\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nContent-Length: +1\r\n\r\n"), 400);
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(status("GET / HTTP/1.1\r\nExpect: magic\r\n\r\n"), 417);
+        assert_eq!(status("GET /\u{e9} HTTP/1.1\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn api_http_limits_head_size() {
+        let long = format!(
+            "GET /{} HTTP/1.1\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES as usize)
+        );
+        assert_eq!(status(&long), 431);
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(status(&many), 431);
+    }
+
+    #[test]
+    fn api_http_writes_responses() {
+        let mut out = Vec::new();
+        write_response(&mut out, 405, Some(b"{}"), Some("GET"), false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(text.contains("Allow: GET\r\n") && text.contains("Content-Length: 2\r\n"));
+        assert!(text.contains("Connection: close\r\n") && text.ends_with("\r\n\r\n{}"));
+        let mut out = Vec::new();
+        write_response(&mut out, 204, None, None, true).unwrap();
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nServer: plugvm\r\n\r\n");
+    }
+}

@@ -1,0 +1,283 @@
+//! The VMM's control API: HTTP/1.1 and JSON over a Unix socket.
+//!
+//! The conventions follow Cloud Hypervisor's (`GET /api/v1/vmm.ping`,
+//! `PUT /api/v1/vm.resize`, ...). [`start`] binds the socket and spawns the
+//! server thread; every connection is served on its own short-lived thread,
+//! so a hotplug request that waits for the guest never delays a ping.
+//!
+//! Requests that need the VMM travel as [`ApiMessage`]s over an
+//! [`mpsc`] channel. After each send the server writes 1 to the `wake`
+//! [`EventFd`], so the event loop can poll that fd and drain the channel:
+//!
+//! ```no_run
+//! use std::sync::mpsc;
+//! use vmm::api::{self, ApiRequest, ApiResponse};
+//! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (to_vmm, from_api) = mpsc::channel();
+//! let wake = EventFd::new(EFD_NONBLOCK)?;
+//! let server = api::start("/run/plugvm.sock".as_ref(), to_vmm, wake.try_clone()?)?;
+//! // In the event loop, when `wake` is readable:
+//! let _ = wake.read();
+//! while let Ok(message) = from_api.try_recv() {
+//!     let response = match message.request {
+//!         ApiRequest::VmInfo => ApiResponse::ok(serde_json::json!({"state": "running"})),
+//!         other => ApiResponse::not_implemented(&other),
+//!     };
+//!     // The client may have gone away: a failed send is not an error.
+//!     let _ = message.respond.send(response);
+//! }
+//! server.shutdown();
+//! # Ok(())
+//! # }
+//! ```
+
+mod bodies;
+pub mod cli;
+pub mod client;
+mod http;
+mod routing;
+mod server;
+
+#[cfg(test)]
+mod openapi_tests;
+#[cfg(test)]
+mod server_tests;
+#[cfg(test)]
+mod socket_tests;
+#[cfg(test)]
+mod test_util;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use bodies::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
+pub use server::ApiServerHandle;
+
+/// The path prefix shared by every endpoint.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Largest request body the server reads, in bytes; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A request that the server forwards to the VMM.
+///
+/// `wait` is false when the client asked `?wait=false`: the VMM should then
+/// answer as soon as the operation has started instead of when the guest
+/// has acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `PUT /api/v1/vm.shutdown`: stop the VM and the VMM.
+    Shutdown,
+    /// `GET /api/v1/vm.info`: describe the VM.
+    VmInfo,
+    /// `PUT /api/v1/vm.add-vcpu`: plug one vCPU, the lowest free id if `id` is `None`.
+    AddVcpu {
+        /// The vCPU to plug, if the client chose one.
+        id: Option<u32>,
+        /// Whether to answer only once the guest has acknowledged.
+        wait: bool,
+    },
+    /// `PUT /api/v1/vm.remove-vcpu`: unplug one vCPU.
+    RemoveVcpu {
+        /// The vCPU to unplug.
+        id: u32,
+        /// Whether to answer only once the guest has acknowledged.
+        wait: bool,
+    },
+    /// `PUT /api/v1/vm.resize`: reach a vCPU count and/or a RAM size.
+    Resize {
+        /// Wanted number of vCPUs.
+        desired_vcpus: Option<u32>,
+        /// Wanted RAM size in bytes.
+        desired_ram: Option<u64>,
+        /// Keep what succeeded instead of rolling everything back on failure.
+        best_effort: bool,
+        /// Whether to answer only once the guest has acknowledged.
+        wait: bool,
+    },
+    /// `PUT /api/v1/vm.add-memory`: plug a memory region of `size` bytes.
+    AddMemory {
+        /// Size of the region in bytes.
+        size: u64,
+        /// Whether to answer only once the guest has acknowledged.
+        wait: bool,
+    },
+    /// `PUT /api/v1/vm.remove-memory`: unplug the memory region in `slot`.
+    RemoveMemory {
+        /// The memory slot to unplug.
+        slot: u32,
+        /// Whether to answer only once the guest has acknowledged.
+        wait: bool,
+    },
+    /// `GET /api/v1/hotplug/transactions`: list hotplug transactions.
+    Transactions,
+    /// `GET /api/v1/hotplug/transactions/{id}`: one hotplug transaction.
+    Transaction(u64),
+}
+
+impl ApiRequest {
+    /// The endpoint name, as in `vm.resize`, used in messages.
+    pub fn endpoint(&self) -> &'static str {
+        match self {
+            ApiRequest::Shutdown => "vm.shutdown",
+            ApiRequest::VmInfo => "vm.info",
+            ApiRequest::AddVcpu { .. } => "vm.add-vcpu",
+            ApiRequest::RemoveVcpu { .. } => "vm.remove-vcpu",
+            ApiRequest::Resize { .. } => "vm.resize",
+            ApiRequest::AddMemory { .. } => "vm.add-memory",
+            ApiRequest::RemoveMemory { .. } => "vm.remove-memory",
+            ApiRequest::Transactions => "hotplug/transactions",
+            ApiRequest::Transaction(_) => "hotplug/transactions/{id}",
+        }
+    }
+}
+
+/// The VMM's answer: an HTTP status code and a JSON body.
+///
+/// A `Value::Null` body is sent as an empty body (use it with 204).
+/// Error bodies should be `{"error": "<one sentence>"}`: see [`ApiResponse::error`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    /// HTTP status code, 200..=599.
+    pub status: u16,
+    /// JSON body; `Value::Null` for none.
+    pub body: Value,
+}
+
+impl ApiResponse {
+    /// 200 with `body`.
+    pub fn ok(body: Value) -> Self {
+        ApiResponse { status: 200, body }
+    }
+
+    /// 204 with no body.
+    pub fn no_content() -> Self {
+        ApiResponse {
+            status: 204,
+            body: Value::Null,
+        }
+    }
+
+    /// `status` with the body `{"error": message}`.
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        ApiResponse {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    /// 501 naming the endpoint of `request`.
+    pub fn not_implemented(request: &ApiRequest) -> Self {
+        Self::error(
+            501,
+            format!("{} is not implemented yet.", request.endpoint()),
+        )
+    }
+}
+
+/// A request for the VMM and the channel on which to answer it.
+///
+/// Answer exactly once; dropping `respond` makes the client get 503.
+#[derive(Debug)]
+pub struct ApiMessage {
+    /// What the client asked for.
+    pub request: ApiRequest,
+    /// Where to send the answer.
+    pub respond: mpsc::Sender<ApiResponse>,
+}
+
+/// Tunables of the API server; [`ApiConfig::default`] suits production.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// How long to wait for the VMM's answer before replying 503.
+    /// Keep it above the longest guest wait of a hotplug request.
+    pub vmm_timeout: Duration,
+    /// How long a client may take to send one whole request (or to start
+    /// the next one on a kept-alive connection) before it is dropped.
+    pub request_timeout: Duration,
+    /// How many connections are served at once; more get 503.
+    pub max_connections: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            vmm_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 32,
+        }
+    }
+}
+
+/// Errors of [`start`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Another live server is listening on the path.
+    #[error("API socket {0} is in use by a running server")]
+    InUse(PathBuf),
+    /// Something other than a socket exists at the path.
+    #[error("API socket path {0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Inspecting the existing path failed.
+    #[error("cannot inspect API socket path {path}: {source}")]
+    Inspect {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Binding, securing or publishing the socket failed.
+    #[error("cannot bind API socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Setting up the server's event polling failed.
+    #[error("cannot set up the API server's polling: {0}")]
+    Poll(io::Error),
+    /// The server thread could not be spawned.
+    #[error("cannot spawn the API server thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// Binds the API socket at `path` (mode 0600) and spawns the server thread.
+///
+/// Refuses a path on which a live server listens ([`ApiError::InUse`]) and
+/// a path holding anything but a socket ([`ApiError::NotASocket`]); a stale
+/// socket file is replaced. Uses [`ApiConfig::default`].
+pub fn start(
+    path: &Path,
+    to_vmm: mpsc::Sender<ApiMessage>,
+    wake: EventFd,
+) -> Result<ApiServerHandle, ApiError> {
+    start_with_config(path, to_vmm, wake, ApiConfig::default())
+}
+
+/// [`start`] with explicit tunables.
+pub fn start_with_config(
+    path: &Path,
+    to_vmm: mpsc::Sender<ApiMessage>,
+    wake: EventFd,
+    config: ApiConfig,
+) -> Result<ApiServerHandle, ApiError> {
+    server::start(path, to_vmm, wake, config)
+}
+
+/// The body of `GET /api/v1/vmm.ping`, answered by the server itself.
+pub fn ping_body() -> Value {
+    json!({
+        "build_version": option_env!("PLUGVM_BUILD_VERSION").unwrap_or(env!("CARGO_PKG_VERSION")),
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "features": [],
+    })
+}

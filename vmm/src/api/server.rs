@@ -1,0 +1,456 @@
+//! The server: socket binding, the accept thread, one thread per connection,
+//! and the round trip to the VMM.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufReader, ErrorKind};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::http::{self, DeadlineReader, HeadError};
+use super::routing::{self, Action};
+use super::{ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, MAX_BODY_BYTES};
+
+/// Longest socket path the kernel accepts (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+const LISTENER_TOKEN: u64 = 0;
+const STOP_TOKEN: u64 = 1;
+
+/// Device and inode of the socket file we published, so that shutdown
+/// removes only our own file.
+type FileId = (u64, u64);
+
+/// State shared by the accept thread and the connection threads.
+struct Shared {
+    to_vmm: mpsc::Sender<ApiMessage>,
+    wake: EventFd,
+    config: ApiConfig,
+    /// Clones of the open connections, to shut them down on stop.
+    connections: Mutex<HashMap<u64, UnixStream>>,
+    next_connection: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn connections(&self) -> MutexGuard<'_, HashMap<u64, UnixStream>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The running API server. Dropping it stops it, like [`ApiServerHandle::shutdown`].
+#[derive(Debug)]
+pub struct ApiServerHandle {
+    path: PathBuf,
+    file_id: FileId,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl ApiServerHandle {
+    /// The socket path the server listens on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, closes open connections and removes the socket file.
+    ///
+    /// Requests already forwarded to the VMM are not waited for: their
+    /// threads end when the VMM answers (or drops the request) or times out.
+    pub fn shutdown(self) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for ApiServerHandle {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        if let Err(e) = self.stop.write(1) {
+            tracing::error!("cannot signal the API server thread to stop: {e}");
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the API server thread panicked");
+            }
+        }
+        for stream in shared.connections().values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        remove_if_ours(&self.path, self.file_id);
+    }
+}
+
+/// Binds, secures and publishes the socket, then spawns the accept thread.
+pub(crate) fn start(
+    path: &Path,
+    to_vmm: mpsc::Sender<ApiMessage>,
+    wake: EventFd,
+    config: ApiConfig,
+) -> Result<ApiServerHandle, ApiError> {
+    let (listener, file_id) = bind(path)?;
+    let prepared = prepare(&listener).and_then(|(stop, epoll)| {
+        let thread_stop = stop.try_clone().map_err(ApiError::Poll)?;
+        Ok((stop, thread_stop, epoll))
+    });
+    let (stop, thread_stop, epoll) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => {
+            remove_if_ours(path, file_id);
+            return Err(e);
+        }
+    };
+    let shared = Arc::new(Shared {
+        to_vmm,
+        wake,
+        config,
+        connections: Mutex::new(HashMap::new()),
+        next_connection: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+    });
+    let thread_shared = Arc::clone(&shared);
+    let spawned = thread::Builder::new()
+        .name("api-server".into())
+        .spawn(move || accept_loop(listener, epoll, thread_stop, &thread_shared));
+    match spawned {
+        Ok(thread) => Ok(ApiServerHandle {
+            path: path.to_path_buf(),
+            file_id,
+            stop,
+            thread: Some(thread),
+            shared,
+        }),
+        Err(e) => {
+            remove_if_ours(path, file_id);
+            Err(ApiError::Spawn(e))
+        }
+    }
+}
+
+fn prepare(listener: &UnixListener) -> Result<(EventFd, Epoll), ApiError> {
+    listener.set_nonblocking(true).map_err(ApiError::Poll)?;
+    let stop = EventFd::new(EFD_NONBLOCK).map_err(ApiError::Poll)?;
+    let epoll = Epoll::new().map_err(ApiError::Poll)?;
+    for (fd, token) in [
+        (listener.as_raw_fd(), LISTENER_TOKEN),
+        (stop.as_raw_fd(), STOP_TOKEN),
+    ] {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(ApiError::Poll)?;
+    }
+    Ok((stop, epoll))
+}
+
+/// Checks what is at `path`, then binds a 0600 socket there.
+///
+/// The socket is bound inside a fresh 0700 directory beside `path`,
+/// chmod-ed, and renamed over `path`: no one can connect before the mode
+/// is set, and a stale socket is replaced atomically. If that temporary
+/// path would be too long for `sun_path`, the socket is bound in place.
+fn bind(path: &Path) -> Result<(UnixListener, FileId), ApiError> {
+    let bind_error = |source| ApiError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
+                tracing::info!("replacing stale API socket {}", path.display());
+            }
+            Err(source) => {
+                return Err(ApiError::Inspect {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        },
+        Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ApiError::Inspect {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| bind_error(ErrorKind::InvalidInput.into()))?;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.with_file_name(format!(
+        ".{}.{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temp = dir.join("s");
+    let listener = if temp.as_os_str().len() <= MAX_SOCKET_PATH {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(bind_error)?;
+        let published = bind_secured(&temp).and_then(|l| fs::rename(&temp, path).map(|()| l));
+        let _ = fs::remove_file(&temp);
+        let _ = fs::remove_dir(&dir);
+        published.map_err(bind_error)?
+    } else {
+        bind_secured(path).map_err(bind_error)?
+    };
+    let meta = fs::symlink_metadata(path).map_err(bind_error)?;
+    Ok((listener, (meta.dev(), meta.ino())))
+}
+
+fn bind_secured(path: &Path) -> std::io::Result<UnixListener> {
+    let listener = UnixListener::bind(path)?;
+    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(0o600)) {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+fn remove_if_ours(path: &Path, file_id: FileId) {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if (meta.dev(), meta.ino()) == file_id => {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!("cannot remove API socket {}: {e}", path.display());
+            }
+        }
+        _ => tracing::debug!("API socket {} is no longer ours", path.display()),
+    }
+}
+
+fn accept_loop(listener: UnixListener, epoll: Epoll, stop: EventFd, shared: &Arc<Shared>) {
+    let mut events = [EpollEvent::default(); 2];
+    loop {
+        let ready = match epoll.wait(-1, &mut events) {
+            Ok(n) => &events[..n],
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("API server stops: epoll_wait failed: {e}");
+                return;
+            }
+        };
+        if ready.iter().any(|e| e.data() == STOP_TOKEN) {
+            let _ = stop.read();
+            return;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => spawn_connection(shared, stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // Likely out of fds: back off instead of spinning.
+                    tracing::warn!("API server cannot accept: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_connection(shared: &Arc<Shared>, stream: UnixStream) {
+    let inner: &Shared = shared;
+    let setup = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(inner.config.request_timeout)))
+        .and_then(|()| stream.try_clone());
+    let clone = match setup {
+        Ok(clone) => clone,
+        Err(e) => {
+            tracing::warn!("API server drops a connection: {e}");
+            return;
+        }
+    };
+    let id = inner.next_connection.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut connections = inner.connections();
+        if connections.len() >= inner.config.max_connections {
+            drop(connections);
+            let body = error_body("Too many open API connections; retry later.");
+            let _ = http::write_response(&mut &stream, 503, Some(&body), None, false);
+            return;
+        }
+        connections.insert(id, clone);
+    }
+    let thread_shared = Arc::clone(shared);
+    let spawned = thread::Builder::new()
+        .name("api-connection".into())
+        .spawn(move || {
+            serve_connection(&thread_shared, stream);
+            thread_shared.connections().remove(&id);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("API server cannot spawn a connection thread: {e}");
+        inner.connections().remove(&id);
+    }
+}
+
+fn error_body(message: &str) -> Vec<u8> {
+    serde_json::json!({ "error": message })
+        .to_string()
+        .into_bytes()
+}
+
+/// Serves requests on one connection until it closes, fails or times out.
+fn serve_connection(shared: &Shared, stream: UnixStream) {
+    let mut writer = match stream.try_clone() {
+        Ok(writer) => writer,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(DeadlineReader::new(stream));
+    let timeout = shared.config.request_timeout;
+    while !shared.stopping.load(Ordering::SeqCst) {
+        reader.get_mut().set_budget(timeout);
+        let head = match http::read_head(&mut reader) {
+            Ok(head) => head,
+            Err(HeadError::Idle | HeadError::Broken) => return,
+            Err(HeadError::Timeout) => {
+                return fail(&mut writer, 408, "The request was not received in time.")
+            }
+            Err(HeadError::Reject(status, message)) => return fail(&mut writer, status, &message),
+        };
+        let len = match usize::try_from(head.content_length) {
+            Ok(len) if len <= MAX_BODY_BYTES => len,
+            _ => {
+                let message = format!(
+                    "Request body of {} bytes exceeds the {MAX_BODY_BYTES}-byte limit.",
+                    head.content_length
+                );
+                return fail(&mut writer, 413, &message);
+            }
+        };
+        let body = {
+            if head.expect_continue && len > 0 {
+                use std::io::Write;
+                if writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                    return;
+                }
+            }
+            match http::read_body(&mut reader, len) {
+                Ok(body) => body,
+                Err(HeadError::Timeout) => {
+                    return fail(
+                        &mut writer,
+                        408,
+                        "The request body was not received in time.",
+                    )
+                }
+                Err(_) => return,
+            }
+        };
+        let (response, allow) = handle(shared, &head.method, &head.target, &body);
+        tracing::debug!("API {} {} -> {}", head.method, head.target, response.status);
+        let body = encode_body(&response);
+        let written = http::write_response(
+            &mut writer,
+            response.status,
+            body.as_deref(),
+            allow.as_deref(),
+            head.keep_alive,
+        );
+        if written.is_err() || !head.keep_alive {
+            return;
+        }
+    }
+}
+
+/// Answers `status` with an error body and closes the connection.
+fn fail(writer: &mut UnixStream, status: u16, message: &str) {
+    let _ = http::write_response(writer, status, Some(&error_body(message)), None, false);
+}
+
+/// Routes a request and, if needed, gets the VMM's answer.
+fn handle(
+    shared: &Shared,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> (ApiResponse, Option<String>) {
+    match routing::route(method, target, body) {
+        Ok(Action::Reply(response)) => (response, None),
+        Ok(Action::Forward(request)) => (ask_vmm(shared, request), None),
+        Err(e) => {
+            let (status, message, allow) = e.into_parts();
+            (ApiResponse::error(status, message), allow)
+        }
+    }
+}
+
+/// Sends `request` to the VMM, wakes it, and waits for the answer.
+fn ask_vmm(shared: &Shared, request: ApiRequest) -> ApiResponse {
+    let endpoint = request.endpoint();
+    let (respond, answer) = mpsc::channel();
+    if shared.to_vmm.send(ApiMessage { request, respond }).is_err() {
+        return ApiResponse::error(503, "The VMM is not running.");
+    }
+    if let Err(e) = shared.wake.write(1) {
+        return ApiResponse::error(503, format!("Cannot wake the VMM: {e}."));
+    }
+    let timeout = shared.config.vmm_timeout;
+    match answer.recv_timeout(timeout) {
+        Ok(response) if (200..=599).contains(&response.status) => response,
+        Ok(response) => ApiResponse::error(
+            500,
+            format!(
+                "The VMM answered {endpoint} with invalid status {}.",
+                response.status
+            ),
+        ),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            tracing::warn!("the VMM did not answer {endpoint} within {timeout:?}");
+            ApiResponse::error(
+                503,
+                format!(
+                    "The VMM did not answer {endpoint} within {} s.",
+                    timeout.as_secs_f64()
+                ),
+            )
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => ApiResponse::error(
+            503,
+            format!("The VMM dropped the {endpoint} request unanswered."),
+        ),
+    }
+}
+
+/// The wire body of a response: none for 204 or a null body.
+fn encode_body(response: &ApiResponse) -> Option<Vec<u8>> {
+    if response.status == 204 || response.body.is_null() {
+        return None;
+    }
+    Some(
+        serde_json::to_vec(&response.body)
+            .unwrap_or_else(|_| error_body("The response could not be encoded.")),
+    )
+}

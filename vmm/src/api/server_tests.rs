@@ -1,0 +1,334 @@
+//! End-to-end tests of request handling over a real Unix socket.
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::client::{self, read_response};
+use super::test_util::{assert_error, fixture, quick_config, Behavior, TempDir};
+use super::*;
+
+#[test]
+fn api_server_serves_each_route() {
+    let f = fixture(Behavior::Normal, quick_config());
+    let (status, ping) = f.call("GET", "/api/v1/vmm.ping", None);
+    assert_eq!(status, 200);
+    assert_eq!(ping["pid"], json!(std::process::id()));
+    assert_eq!(ping["version"], json!(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        f.call("GET", "/api/v1/vm.info", None),
+        (200, json!({"state": "running"}))
+    );
+    assert_eq!(
+        f.call("PUT", "/api/v1/vm.shutdown", None),
+        (204, Value::Null)
+    );
+    let pending = [
+        (
+            "PUT",
+            "/api/v1/vm.add-vcpu",
+            Some(r#"{"id": 1}"#),
+            "vm.add-vcpu",
+        ),
+        (
+            "PUT",
+            "/api/v1/vm.remove-vcpu?wait=false",
+            Some(r#"{"id": 1}"#),
+            "vm.remove-vcpu",
+        ),
+        (
+            "PUT",
+            "/api/v1/vm.resize",
+            Some(r#"{"desired_vcpus": 2}"#),
+            "vm.resize",
+        ),
+        (
+            "PUT",
+            "/api/v1/vm.add-memory",
+            Some(r#"{"size": 134217728}"#),
+            "vm.add-memory",
+        ),
+        (
+            "PUT",
+            "/api/v1/vm.remove-memory",
+            Some(r#"{"slot": 0}"#),
+            "vm.remove-memory",
+        ),
+        (
+            "GET",
+            "/api/v1/hotplug/transactions",
+            None,
+            "hotplug/transactions",
+        ),
+        (
+            "GET",
+            "/api/v1/hotplug/transactions/3",
+            None,
+            "hotplug/transactions/{id}",
+        ),
+    ];
+    for (method, target, body, endpoint) in pending {
+        assert_error(
+            f.call(method, target, body),
+            501,
+            &format!("{endpoint} is not implemented"),
+        );
+    }
+    let seen = f.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 9);
+    assert_eq!(seen[3], ApiRequest::RemoveVcpu { id: 1, wait: false });
+    assert_eq!(seen[8], ApiRequest::Transaction(3));
+    assert!(
+        f.wake.read().unwrap() >= 9,
+        "the server wakes the VMM on each request"
+    );
+}
+
+#[test]
+fn api_server_rejects_hostile_requests_with_json_errors() {
+    let f = fixture(Behavior::Normal, quick_config());
+    assert_error(
+        f.call("PUT", "/api/v1/vm.resize", Some("{\"desired_vcpus\": ")),
+        400,
+        "EOF while parsing",
+    );
+    assert_error(
+        f.call("PUT", "/api/v1/vm.resize", Some(r#"{"vcpus": 2}"#)),
+        400,
+        "unknown field `vcpus`",
+    );
+    assert_error(
+        f.call("PUT", "/api/v1/vm.resize", Some(r#"{"desired_ram": "1G"}"#)),
+        400,
+        "invalid type: string",
+    );
+    assert_error(
+        f.call("PUT", "/api/v1/vm.remove-memory", Some("{}")),
+        400,
+        "missing field `slot`",
+    );
+    assert_error(
+        f.call("PUT", "/api/v1/vm.remove-vcpu", None),
+        400,
+        "empty body",
+    );
+    assert_error(
+        f.call("GET", "/api/v1/vm.nothing", None),
+        404,
+        "No endpoint at /api/v1/vm.nothing",
+    );
+    assert_error(
+        f.call("GET", "/api/v1/vm.add-vcpu?wait=no", None),
+        405,
+        "use PUT",
+    );
+    assert_error(
+        f.call("PUT", "/api/v1/vm.add-vcpu?wait=no", None),
+        400,
+        "true or false",
+    );
+    assert_error(
+        f.call("GET", "/api/v1/vm.info?x=1", None),
+        400,
+        "no query parameters",
+    );
+    assert_error(
+        f.call("GET", "/api/v1/hotplug/transactions/abc", None),
+        400,
+        "`abc`",
+    );
+    assert_error(
+        f.call("GET", "/api/v1/hotplug/transactions/-1", None),
+        400,
+        "`-1`",
+    );
+    let text = f.raw(b"DELETE /api/v1/vm.info HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(
+        text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
+            && text.contains("\r\nAllow: GET\r\n"),
+        "{text}"
+    );
+    for garbage in [
+        &b"\x00\x01\x02\r\n\r\n"[..],
+        b"GET /api/v1/vmm.ping HTTP/9\r\n\r\n",
+        b"\xff\xfe\r\n\r\n",
+    ] {
+        let text = f.raw(garbage);
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request\r\n") && text.contains("{\"error\":"),
+            "{text}"
+        );
+    }
+    let text =
+        f.raw(b"PUT /api/v1/vm.resize HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 501 "), "{text}");
+    let text = f.raw(format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000)).as_bytes());
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    // Nothing above hurt the server.
+    assert_eq!(f.call("GET", "/api/v1/vmm.ping", None).0, 200);
+}
+
+#[test]
+fn api_server_refuses_oversized_bodies_without_reading_them() {
+    let f = fixture(Behavior::Normal, quick_config());
+    // Declares 1 MiB but sends none of it: the answer must not wait for it.
+    let started = Instant::now();
+    let text = f.raw(b"PUT /api/v1/vm.resize HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.contains("exceeds the 16384-byte limit"), "{text}");
+    // Exactly at the limit is fine.
+    let mut body = br#"{"id": 1}"#.to_vec();
+    body.resize(MAX_BODY_BYTES, b' ');
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(f.call("PUT", "/api/v1/vm.remove-vcpu", Some(&body)).0, 501);
+    body.clone().push(' ');
+    let over = format!("{body} ");
+    assert_eq!(f.call("PUT", "/api/v1/vm.remove-vcpu", Some(&over)).0, 413);
+}
+
+#[test]
+fn api_server_times_out_slow_and_idle_clients() {
+    let f = fixture(Behavior::Normal, quick_config());
+    // Half a request line, then silence: 408.
+    let mut slow = UnixStream::connect(&f.path).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(b"GET /api/v1/vmm.ping HT").unwrap();
+    let mut text = String::new();
+    let _ = slow.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    // A body that never arrives: 408.
+    let text = f.raw(b"PUT /api/v1/vm.resize HTTP/1.1\r\nContent-Length: 20\r\n\r\n{");
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    // A silent connection is closed without an answer.
+    let mut idle = UnixStream::connect(&f.path).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(idle.read_to_end(&mut buf).unwrap(), 0);
+}
+
+#[test]
+fn api_server_keeps_connections_alive_and_honors_expect() {
+    let f = fixture(Behavior::Normal, quick_config());
+    let stream = UnixStream::connect(&f.path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    for _ in 0..3 {
+        writer
+            .write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut reader).unwrap().status, 200);
+    }
+    writer
+        .write_all(b"PUT /api/v1/vm.remove-vcpu HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 8\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    reader.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    writer.write_all(br#"{"id":1}"#).unwrap();
+    assert_eq!(read_response(&mut reader).unwrap().status, 501);
+}
+
+#[test]
+fn api_server_answers_503_when_the_vmm_is_slow_or_gone() {
+    let config = ApiConfig {
+        vmm_timeout: Duration::from_millis(300),
+        ..quick_config()
+    };
+    let f = fixture(Behavior::Hold, config.clone());
+    assert_error(
+        f.call("GET", "/api/v1/vm.info", None),
+        503,
+        "did not answer vm.info within 0.3 s",
+    );
+    let f = fixture(Behavior::Drop, config.clone());
+    assert_error(
+        f.call("PUT", "/api/v1/vm.shutdown", None),
+        503,
+        "dropped the vm.shutdown request",
+    );
+    // A VMM that has exited: its receiver is gone.
+    let dir = TempDir::new();
+    let path = dir.0.join("gone.sock");
+    let (to_vmm, from_api) = mpsc::channel();
+    drop(from_api);
+    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+    let _server = start_with_config(&path, to_vmm, wake, config).unwrap();
+    let response = client::request(
+        &path,
+        "GET",
+        "/api/v1/vm.info",
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.body, br#"{"error":"The VMM is not running."}"#);
+    // Ping needs no VMM.
+    let response = client::request(
+        &path,
+        "GET",
+        "/api/v1/vmm.ping",
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(response.status, 200);
+}
+
+#[test]
+fn api_server_pings_while_a_request_is_pending() {
+    let config = ApiConfig {
+        vmm_timeout: Duration::from_secs(2),
+        ..quick_config()
+    };
+    let f = Arc::new(fixture(Behavior::Hold, config));
+    let pending = {
+        let f = Arc::clone(&f);
+        thread::spawn(move || f.call("PUT", "/api/v1/vm.add-vcpu", None).0)
+    };
+    while f.seen.lock().unwrap().is_empty() {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(f.call("GET", "/api/v1/vmm.ping", None).0, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!pending.is_finished());
+    assert_eq!(pending.join().unwrap(), 503);
+}
+
+#[test]
+fn api_server_limits_concurrent_connections() {
+    let config = ApiConfig {
+        max_connections: 2,
+        request_timeout: Duration::from_secs(5),
+        ..quick_config()
+    };
+    let f = fixture(Behavior::Normal, config);
+    let _a = UnixStream::connect(&f.path).unwrap();
+    let _b = UnixStream::connect(&f.path).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let text = f.raw(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
+    assert!(
+        text.starts_with("HTTP/1.1 503 ") && text.contains("Too many"),
+        "{text}"
+    );
+}

@@ -1,0 +1,139 @@
+//! Test fixtures: a temp dir, a real API server and a fake VMM thread.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::client;
+use super::*;
+
+/// A private directory under the system temp dir, removed on drop.
+pub(crate) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub(crate) fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("plugvm-api-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the fake VMM does with a request.
+#[derive(Clone, Copy)]
+pub(crate) enum Behavior {
+    /// Answer 200 for vm.info, 204 for shutdown, 501 for the rest.
+    Normal,
+    /// Keep the message and never answer.
+    Hold,
+    /// Drop the message unanswered.
+    Drop,
+}
+
+pub(crate) struct Fixture {
+    pub dir: TempDir,
+    pub path: PathBuf,
+    pub server: Option<ApiServerHandle>,
+    pub seen: Arc<Mutex<Vec<ApiRequest>>>,
+    pub wake: EventFd,
+}
+
+pub(crate) fn quick_config() -> ApiConfig {
+    ApiConfig {
+        vmm_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_millis(500),
+        max_connections: 8,
+    }
+}
+
+pub(crate) fn fixture(behavior: Behavior, config: ApiConfig) -> Fixture {
+    let dir = TempDir::new();
+    let path = dir.0.join("api.sock");
+    let (to_vmm, from_api) = mpsc::channel::<ApiMessage>();
+    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+    let server = start_with_config(&path, to_vmm, wake.try_clone().unwrap(), config).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let vmm_seen = Arc::clone(&seen);
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for message in from_api {
+            vmm_seen.lock().unwrap().push(message.request.clone());
+            let response = match (behavior, &message.request) {
+                (Behavior::Hold, _) => {
+                    held.push(message);
+                    continue;
+                }
+                (Behavior::Drop, _) => continue,
+                (Behavior::Normal, ApiRequest::VmInfo) => {
+                    ApiResponse::ok(json!({"state": "running"}))
+                }
+                (Behavior::Normal, ApiRequest::Shutdown) => ApiResponse::no_content(),
+                (Behavior::Normal, other) => ApiResponse::not_implemented(other),
+            };
+            let _ = message.respond.send(response);
+        }
+    });
+    Fixture {
+        dir,
+        path,
+        server: Some(server),
+        seen,
+        wake,
+    }
+}
+
+impl Fixture {
+    pub(crate) fn call(&self, method: &str, target: &str, body: Option<&str>) -> (u16, Value) {
+        let response = client::request(
+            &self.path,
+            method,
+            target,
+            body.map(str::as_bytes),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let body = if response.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&response.body).unwrap()
+        };
+        (response.status, body)
+    }
+
+    /// Sends raw bytes and returns everything the server writes until it closes.
+    pub(crate) fn raw(&self, bytes: &[u8]) -> String {
+        let mut stream = UnixStream::connect(&self.path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    }
+}
+
+/// Asserts an error response: the status and a `{"error": "..."}` body.
+pub(crate) fn assert_error(result: (u16, Value), status: u16, needle: &str) {
+    assert_eq!(result.0, status, "{:?}", result.1);
+    let object = result.1.as_object().expect("error body is an object");
+    assert_eq!(object.len(), 1, "{object:?}");
+    let message = object["error"].as_str().expect("error is a string");
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    assert!(message.ends_with('.'), "{message:?}");
+}

@@ -1,0 +1,374 @@
+//! plugvm's configuration: the command line, parsed into a [`Command`], and its checks.
+//!
+//! Two kinds of errors, two exit codes:
+//!
+//! * [`UsageError`] (exit code 2, or 0 for `--help`/`--version`): the command line itself is
+//!   wrong. Found by [`parse_args`] without touching the host.
+//! * [`ConfigError`] (exit code 1): the command line is well formed, but this host cannot
+//!   run it. Found by [`VmConfig::validate_host`] (pure, against [`HostLimits`]) and
+//!   [`VmConfig::validate_files`] (kernel, initramfs, serial file, sockets).
+//!
+//! ```
+//! use vmm::config::{parse_args, Command, HostLimits};
+//!
+//! let cmd = parse_args(["plugvm", "--kernel", "/boot/vmlinuz", "--cpus", "boot=2,max=4"]).unwrap();
+//! let Command::Run(config) = cmd else { unreachable!() };
+//! assert_eq!((config.cpus.boot, config.cpus.max), (2, 4));
+//! assert_eq!(config.memory.size, 512 << 20);
+//! let host = HostLimits { max_vcpus: 1024, host_memory: 8 << 30 };
+//! assert!(config.validate_host(&host).is_ok());
+//!
+//! let err = parse_args(["plugvm", "--kernel", "k", "--cpus", "boot=4,max=2"]).unwrap_err();
+//! assert_eq!(err.to_string(), "plugvm: --cpus: boot=4 exceeds max=2");
+//! assert_eq!(err.exit_code(), 2);
+//! ```
+//!
+//! Each option has its own module (`cpus`, `memory`, `serial`), with its own error type
+//! and tests; `size` and `options` hold the shared syntax; `host` the host checks.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::Parser;
+
+mod cpus;
+mod host;
+mod memory;
+mod options;
+mod serial;
+mod size;
+
+pub use cpus::{CpusConfig, CpusError, PLUGVM_MAX_VCPUS};
+pub use host::{ConfigError, FileRole, HostLimits};
+pub use memory::{
+    MemoryConfig, MemoryError, DEFAULT_HOTPLUG_SLOTS, DEFAULT_MEMORY_SIZE, HOTPLUG_BLOCK_SIZE,
+    MAX_HOTPLUG_SLOTS, MEMORY_ALIGNMENT, MIN_MEMORY,
+};
+pub use options::OptionsError;
+pub use serial::{SerialConfig, SerialError, SocketPathError, MAX_SOCKET_PATH_LEN};
+pub use size::{parse_size, ApproxSize, ByteSize, SizeError, GIB, KIB, MIB, TIB};
+
+/// The kernel command line when `--cmdline` is not given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off";
+
+/// The longest kernel command line accepted: x86's `COMMAND_LINE_SIZE` (2048) less the NUL.
+/// The loader may find the kernel's own `cmdline_size` smaller.
+pub const MAX_CMDLINE_LEN: usize = 2047;
+
+/// The kernel to boot and what to pass it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PayloadConfig {
+    /// `--kernel`: a bzImage or ELF vmlinux.
+    pub kernel: PathBuf,
+    /// `--initramfs`.
+    pub initramfs: Option<PathBuf>,
+    /// `--cmdline`: printable ASCII, at most [`MAX_CMDLINE_LEN`] bytes.
+    pub cmdline: String,
+}
+
+/// Everything needed to build the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct VmConfig {
+    /// `--cpus`.
+    pub cpus: CpusConfig,
+    /// `--memory`.
+    pub memory: MemoryConfig,
+    /// `--kernel`, `--initramfs`, `--cmdline`; `None` only for [`Command::DumpAcpiTables`]
+    /// without `--kernel`.
+    pub payload: Option<PayloadConfig>,
+    /// `--serial`.
+    pub serial: SerialConfig,
+    /// `--api-socket`: where to serve the HTTP API, if anywhere.
+    pub api_socket: Option<PathBuf>,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Boot and run the VM (`payload` is `Some`).
+    Run(VmConfig),
+    /// Write the ACPI tables the VM would get (DSDT.dat, APIC.dat, FACP.dat...) into `dir`,
+    /// then exit. `config.payload` is `None` unless `--kernel` was given too.
+    DumpAcpiTables {
+        /// The VM the tables describe.
+        config: VmConfig,
+        /// `--dump-acpi-tables DIR`.
+        dir: PathBuf,
+    },
+}
+
+/// A command line that cannot be run as given: print it and exit with [`exit_code`].
+///
+/// `Display` is one line starting with `plugvm: ` for real errors, naming the flag and the
+/// value; for [`Help`](UsageError::Help) and [`Version`](UsageError::Version) it is the
+/// text to print on stdout. [`report`](UsageError::report) prints either to the right stream.
+///
+/// [`exit_code`]: UsageError::exit_code
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// `--help`: the help text (exit code 0).
+    #[error("{0}")]
+    Help(String),
+    /// `--version`: the version line (exit code 0).
+    #[error("{0}")]
+    Version(String),
+    /// Rejected by the argument parser itself: an unknown flag, a missing or repeated value,
+    /// a value that is not UTF-8 where text is needed...
+    #[error("plugvm: {}", clap_one_line(.0))]
+    Syntax(clap::Error),
+    /// Neither `--kernel` nor `--dump-acpi-tables`.
+    #[error("plugvm: --kernel PATH is required (unless --dump-acpi-tables DIR is given)")]
+    MissingKernel,
+    /// `--initramfs` or `--cmdline` without `--kernel`.
+    #[error("plugvm: {0} needs --kernel")]
+    RequiresKernel(&'static str),
+    /// A bad `--cpus`.
+    #[error("plugvm: --cpus: {}", one_line(.0))]
+    Cpus(#[from] CpusError),
+    /// A bad `--memory`.
+    #[error("plugvm: --memory: {}", one_line(.0))]
+    Memory(#[from] MemoryError),
+    /// A bad `--serial`.
+    #[error("plugvm: --serial: {}", one_line(.0))]
+    Serial(#[from] SerialError),
+    /// An `--api-socket` path too long for a Unix socket.
+    #[error("plugvm: --api-socket: {}", one_line(.0))]
+    ApiSocket(#[source] SocketPathError),
+    /// A text option (`--cpus`, `--memory`, `--cmdline`) that is not valid UTF-8.
+    #[error("plugvm: {flag}: {} is not valid UTF-8", one_line(format_args!("{value:?}")))]
+    NotUtf8 {
+        /// The option.
+        flag: &'static str,
+        /// Its value, with invalid bytes replaced by U+FFFD.
+        value: String,
+    },
+    /// A `--cmdline` longer than [`MAX_CMDLINE_LEN`].
+    #[error("plugvm: --cmdline: {len} bytes long; the limit is {MAX_CMDLINE_LEN}")]
+    CmdlineTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A `--cmdline` with a character other than printable ASCII (the boot protocol's
+    /// command line is ASCII; control characters such as newlines would split it).
+    #[error("plugvm: --cmdline: invalid character {ch:?} at byte {index} (only printable ASCII is allowed)")]
+    CmdlineInvalidChar {
+        /// The character.
+        ch: char,
+        /// Its byte offset.
+        index: usize,
+    },
+}
+
+impl UsageError {
+    /// 0 for `--help` and `--version`, 2 for every real usage error.
+    pub fn exit_code(&self) -> i32 {
+        if self.is_informational() {
+            0
+        } else {
+            2
+        }
+    }
+
+    /// Whether this is `--help`/`--version` output rather than an error.
+    pub fn is_informational(&self) -> bool {
+        matches!(self, UsageError::Help(_) | UsageError::Version(_))
+    }
+
+    /// Prints the message where it belongs: stdout for help and version, stderr (one line)
+    /// for errors. The caller then exits with [`exit_code`](Self::exit_code).
+    pub fn report(&self) {
+        if self.is_informational() {
+            let text = self.to_string();
+            if text.ends_with('\n') {
+                print!("{text}");
+            } else {
+                println!("{text}");
+            }
+        } else {
+            eprintln!("{self}");
+        }
+    }
+}
+
+/// `text` with control characters (newlines, NULs, escapes) shown escaped, so that a message
+/// quoting user input stays on one line and cannot drive the terminal.
+pub(crate) fn one_line(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// One line for a clap error: clap's own message without its `error: ` prefix, tips and
+/// usage (clap's rendering spans several lines), plus the argument it suggests, if any.
+fn clap_one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let message = rendered.split("\n\n").next().unwrap_or_default().trim();
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    let message = if message.is_empty() {
+        "invalid arguments"
+    } else {
+        message
+    };
+    let mut line = match (err.kind(), err.get(ContextKind::InvalidArg)) {
+        // The one message quoting raw user input, which may contain blank lines itself.
+        (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) => {
+            format!("unexpected argument '{}' found", one_line(arg))
+        }
+        _ => one_line(message.replace("\n  ", " ")),
+    };
+    if let Some(ContextValue::String(arg)) = err.get(ContextKind::SuggestedArg) {
+        line.push_str(&format!(" (did you mean '{arg}'?)"));
+    }
+    if err.kind() == ErrorKind::UnknownArgument {
+        line.push_str("; see 'plugvm --help'");
+    }
+    line
+}
+
+/// The command line as clap sees it. Option values are checked after clap, in
+/// [`parse_args`], so that each error has its own [`UsageError`] variant.
+#[derive(Debug, Parser)]
+#[command(
+    name = "plugvm",
+    bin_name = "plugvm",
+    version,
+    about = "A KVM microVM monitor with CPU and memory hotplug",
+    override_usage = "plugvm --kernel PATH [OPTIONS]\n       plugvm --dump-acpi-tables DIR [OPTIONS]"
+)]
+struct Cli {
+    /// Linux kernel image (bzImage or ELF vmlinux). Required unless --dump-acpi-tables is given
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+
+    /// Initial ramdisk loaded for the kernel
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+
+    /// Kernel command line [default: "console=ttyS0 panic=-1 pci=off"]
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<OsString>,
+
+    /// vCPUs at boot and the most that can be hotplugged (max defaults to boot)
+    #[arg(long, value_name = "boot=N[,max=M]", default_value = "boot=1")]
+    cpus: OsString,
+
+    /// Boot RAM (a multiple of 1M, at least 64M) and hotplug area (a multiple of 128M; 8 slots
+    /// by default). SIZE: bytes, or a K/M/G/T suffix (powers of 1024; KiB... also accepted)
+    #[arg(
+        long,
+        value_name = "size=SIZE[,hotplug_size=SIZE][,hotplug_slots=N]",
+        default_value = "size=512M"
+    )]
+    memory: OsString,
+
+    /// Where the guest's serial console (ttyS0) goes
+    #[arg(
+        long,
+        value_name = "stdio|file=PATH|socket=PATH|null",
+        default_value = "stdio"
+    )]
+    serial: OsString,
+
+    /// Serve the HTTP API on this Unix socket
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+
+    /// Write the VM's ACPI tables (DSDT.dat, APIC.dat, FACP.dat, ...) into DIR and exit
+    /// without booting
+    #[arg(long, value_name = "DIR")]
+    dump_acpi_tables: Option<PathBuf>,
+}
+
+/// Parses the command line (`args` includes argv\[0\], which is ignored).
+///
+/// Everything that can be checked without the host is checked here; see the module docs for
+/// what comes later. Never panics, whatever the input.
+pub fn parse_args<I, T>(args: I) -> Result<Command, UsageError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|err| match err.kind() {
+        ErrorKind::DisplayHelp => UsageError::Help(err.render().to_string()),
+        ErrorKind::DisplayVersion => UsageError::Version(err.render().to_string()),
+        _ => UsageError::Syntax(err),
+    })?;
+
+    let cpus = CpusConfig::parse(&utf8("--cpus", cli.cpus)?)?;
+    let memory = MemoryConfig::parse(&utf8("--memory", cli.memory)?)?;
+    let serial = SerialConfig::parse(&cli.serial)?;
+    if let Some(path) = &cli.api_socket {
+        serial::check_socket_path(path).map_err(UsageError::ApiSocket)?;
+    }
+    let cmdline = cli.cmdline.map(|c| utf8("--cmdline", c)).transpose()?;
+    if let Some(cmdline) = &cmdline {
+        check_cmdline(cmdline)?;
+    }
+
+    let payload = match cli.kernel {
+        Some(kernel) => Some(PayloadConfig {
+            kernel,
+            initramfs: cli.initramfs,
+            cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
+        }),
+        None if cli.dump_acpi_tables.is_none() => return Err(UsageError::MissingKernel),
+        None if cli.initramfs.is_some() => return Err(UsageError::RequiresKernel("--initramfs")),
+        None if cmdline.is_some() => return Err(UsageError::RequiresKernel("--cmdline")),
+        None => None,
+    };
+
+    let config = VmConfig {
+        cpus,
+        memory,
+        payload,
+        serial,
+        api_socket: cli.api_socket,
+    };
+    Ok(match cli.dump_acpi_tables {
+        Some(dir) => Command::DumpAcpiTables { config, dir },
+        None => Command::Run(config),
+    })
+}
+
+fn utf8(flag: &'static str, value: OsString) -> Result<String, UsageError> {
+    value.into_string().map_err(|value| UsageError::NotUtf8 {
+        flag,
+        value: value.to_string_lossy().into_owned(),
+    })
+}
+
+fn check_cmdline(cmdline: &str) -> Result<(), UsageError> {
+    if let Some((index, ch)) = cmdline
+        .char_indices()
+        .find(|&(_, c)| !(' '..='~').contains(&c))
+    {
+        return Err(UsageError::CmdlineInvalidChar { ch, index });
+    }
+    if cmdline.len() > MAX_CMDLINE_LEN {
+        return Err(UsageError::CmdlineTooLong { len: cmdline.len() });
+    }
+    Ok(())
+}
+
+impl Command {
+    /// The VM configuration, whichever the command.
+    pub fn config(&self) -> &VmConfig {
+        match self {
+            Command::Run(config) | Command::DumpAcpiTables { config, .. } => config,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
