@@ -295,6 +295,34 @@ pub fn write_zero_page(
         })
 }
 
+/// Where a PC starts after reset (F000:FFF0), and where Linux jumps for a BIOS reboot.
+pub const RESET_VECTOR: u64 = 0xffff0;
+
+/// Real-mode code for the reset vector: writes the ACPI reset value to the reset register,
+/// then halts. There is no BIOS behind plugvm, yet Linux ends up here: on hardware-reduced
+/// ACPI it prefers an EFI reboot, and with no EFI it falls back to jumping to the BIOS reset
+/// vector (`reboot=bios`), which would otherwise run whatever bytes lie there forever.
+pub fn reset_vector_stub() -> Vec<u8> {
+    use acpi::layout::power::{RESET_PORT, RESET_VALUE};
+    let port = RESET_PORT.to_le_bytes();
+    vec![
+        0xb0, RESET_VALUE, // mov al, RESET_VALUE
+        0xba, port[0], port[1], // mov dx, RESET_PORT
+        0xee, // out dx, al
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp back to hlt
+    ]
+}
+
+/// Writes [`reset_vector_stub`] at [`RESET_VECTOR`].
+pub fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR))
+        .map_err(|source| BootError::GuestMemory {
+            what: "reset vector",
+            source,
+        })
+}
+
 /// Writes every ACPI table at its address.
 pub fn write_acpi_tables(
     mem: &GuestMemoryMmap,
@@ -316,11 +344,19 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn reset_stub_writes_the_reset_register_and_fits_below_1m() {
+        let stub = reset_vector_stub();
+        assert!(RESET_VECTOR + stub.len() as u64 <= HIMEM_START);
+        let port = acpi::layout::power::RESET_PORT.to_le_bytes();
+        assert_eq!(&stub[..6], &[0xb0, acpi::layout::power::RESET_VALUE, 0xba, port[0], port[1], 0xee]);
+    }
+
+    #[test]
     fn initramfs_goes_high_and_page_aligned() {
         let a = place_initramfs(10_000, 512 << 20, 16 << 20, 0x7fff_ffff).unwrap();
         assert_eq!(a % PAGE_SIZE, 0);
         assert!(a + 10_000 <= 512 << 20);
-        assert!(a > (512 << 20) - 3 * PAGE_SIZE);
+        assert!(a >= (512 << 20) - 3 * PAGE_SIZE);
     }
 
     #[test]

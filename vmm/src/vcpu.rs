@@ -153,21 +153,28 @@ fn run_vcpu(id: u32, fd: &mut VcpuFd, io: &IoManager, exit: &ExitSignal, stop: &
     tracing::debug!(vcpu = id, "vCPU thread started");
     while !stop.load(Ordering::SeqCst) {
         match fd.run() {
+            // Accesses nothing claims read as zero and are dropped, as on an empty ISA bus.
             Ok(VcpuExit::IoIn(port, data)) => {
                 if io.pio_read(PioAddress(port), data).is_err() {
+                    tracing::trace!(vcpu = id, port, len = data.len(), "unclaimed port read");
                     data.fill(0);
                 }
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                let _ = io.pio_write(PioAddress(port), data);
+                if io.pio_write(PioAddress(port), data).is_err() {
+                    tracing::trace!(vcpu = id, port, ?data, "unclaimed port write");
+                }
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if io.mmio_read(MmioAddress(addr), data).is_err() {
+                    tracing::trace!(vcpu = id, addr, len = data.len(), "unclaimed MMIO read");
                     data.fill(0);
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                let _ = io.mmio_write(MmioAddress(addr), data);
+                if io.mmio_write(MmioAddress(addr), data).is_err() {
+                    tracing::trace!(vcpu = id, addr, ?data, "unclaimed MMIO write");
+                }
             }
             Ok(VcpuExit::Hlt) => {}
             Ok(VcpuExit::Shutdown) => {

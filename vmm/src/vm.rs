@@ -298,6 +298,7 @@ impl Vm {
         let cmdline_len = boot::load_cmdline(&mem, &payload.cmdline)?;
         let tables = acpi::build_tables(&machine_description(config))?;
         boot::write_acpi_tables(&mem, &tables)?;
+        boot::write_reset_vector(&mem)?;
         let regs_layout = BootRegsLayout::default();
         let zero_page = boot::build_zero_page(
             ZeroPageInputs {

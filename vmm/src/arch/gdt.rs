@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn null_segment_is_unusable_and_fields_round_trip() {
         assert_eq!(segment_from_gdt(BOOT_GDT[0], 0).unusable, 1);
-        let e = gdt_entry(0x808b, 0x1234_5678, 0xabcde);
+        let e = gdt_entry(0x008b, 0x1234_5678, 0xabcde);
         let s = segment_from_gdt(e, 3);
         assert_eq!(s.base, 0x1234_5678);
         assert_eq!(s.limit, 0xabcde);
