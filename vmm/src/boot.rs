@@ -306,11 +306,15 @@ pub fn reset_vector_stub() -> Vec<u8> {
     use acpi::layout::power::{RESET_PORT, RESET_VALUE};
     let port = RESET_PORT.to_le_bytes();
     vec![
-        0xb0, RESET_VALUE, // mov al, RESET_VALUE
-        0xba, port[0], port[1], // mov dx, RESET_PORT
-        0xee, // out dx, al
-        0xf4, // hlt
-        0xeb, 0xfd, // jmp back to hlt
+        0xb0,
+        RESET_VALUE, // mov al, RESET_VALUE
+        0xba,
+        port[0],
+        port[1], // mov dx, RESET_PORT
+        0xee,    // out dx, al
+        0xf4,    // hlt
+        0xeb,
+        0xfd, // jmp back to hlt
     ]
 }
 
@@ -348,7 +352,17 @@ mod tests {
         let stub = reset_vector_stub();
         assert!(RESET_VECTOR + stub.len() as u64 <= HIMEM_START);
         let port = acpi::layout::power::RESET_PORT.to_le_bytes();
-        assert_eq!(&stub[..6], &[0xb0, acpi::layout::power::RESET_VALUE, 0xba, port[0], port[1], 0xee]);
+        assert_eq!(
+            &stub[..6],
+            &[
+                0xb0,
+                acpi::layout::power::RESET_VALUE,
+                0xba,
+                port[0],
+                port[1],
+                0xee
+            ]
+        );
     }
 
     #[test]

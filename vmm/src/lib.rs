@@ -9,6 +9,8 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod cpu_manager;
+pub mod hotplug_service;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

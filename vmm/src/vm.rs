@@ -1,7 +1,7 @@
 //! Building and running a VM: KVM, memory, the loaded guest, ACPI tables, devices, vCPUs and
 //! the event loop that waits for the VM to end.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use acpi::{MachineDescription, MemoryRange};
 use devices::{
@@ -20,8 +20,10 @@ use crate::arch::{self, BootRegsLayout, CpuTopology};
 use crate::boot::{self, BootError, ZeroPageInputs};
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::{self, ConsoleError, SocketConsole, StdoutWriter};
+use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet};
+use crate::hotplug_service::{self, GuestObservation, HotplugService};
 use crate::memory::{self, MemoryError, MemoryLayout};
-use crate::vcpu::{self, VcpuError, VcpuHandle};
+use crate::vcpu::{self, VcpuError};
 
 /// Where KVM puts the TSS it needs on Intel hosts (three pages below the IOAPIC area).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -62,6 +64,9 @@ pub enum VmError {
     /// The API server.
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    /// The hotplug engine refused its configuration.
+    #[error("hotplug engine: {0}")]
+    Hotplug(String),
     /// The VM config has no kernel.
     #[error("no kernel given")]
     NoKernel,
@@ -171,6 +176,7 @@ fn create_devices(
     config: &VmConfig,
     exit: &Arc<ExitSignal>,
     serial_out: Box<dyn std::io::Write + Send>,
+    observations: (std::sync::mpsc::Sender<GuestObservation>, EventFd),
 ) -> Result<Devices, VmError> {
     use acpi::layout;
     let serial_irq = eventfd()?;
@@ -182,7 +188,15 @@ fn create_devices(
 
     let serial = Arc::new(SerialDevice::new(serial_irq, serial_out));
     let ged = Arc::new(Ged::new(ged_irq));
-    let cpu_hotplug = Arc::new(CpuHotplugController::new(config.cpus.boot, config.cpus.max));
+    let mut cpu_hotplug = CpuHotplugController::new(config.cpus.boot, config.cpus.max);
+    let (tx, wake) = observations;
+    cpu_hotplug.set_observer(Box::new(move |obs| {
+        // The event loop may be gone when the VM ends; nothing to report then.
+        if tx.send(hotplug_service::cpu_observation(obs)).is_ok() {
+            let _ = wake.write(1);
+        }
+    }));
+    let cpu_hotplug = Arc::new(cpu_hotplug);
 
     let mut io = IoManager::new();
     let pio = |base: u16, len: u16| PioRange::new(PioAddress(base), len);
@@ -225,6 +239,44 @@ fn create_devices(
     })
 }
 
+fn create_hotplug_service(
+    config: &VmConfig,
+    devices: &Devices,
+    vcpus: &Arc<Mutex<VcpuSet>>,
+    observations: std::sync::mpsc::Receiver<GuestObservation>,
+) -> Result<HotplugService, VmError> {
+    use hotplug::{Engine, EngineConfig, MachineConfig, MonotonicClock, Orders, Role};
+    let machine = MachineConfig {
+        max_cpus: config.cpus.max,
+        boot_cpus: config.cpus.boot,
+        boot_memory: config.memory.size,
+        block_size: memory::HOTPLUG_ALIGNMENT,
+        hotplug_region_size: config.memory.hotplug_size,
+        memory_slots: config.memory.hotplug_slots,
+    };
+    let clock: Arc<dyn hotplug::Clock> = Arc::new(MonotonicClock::new());
+    let mut engine = Engine::new(machine, EngineConfig::default(), clock.clone())
+        .map_err(|e| VmError::Hotplug(e.to_string()))?;
+    engine
+        .register(
+            "cpu-controller",
+            Orders::standard(Role::AcpiBus),
+            Box::new(CpuControllerParticipant::new(
+                devices.cpu_hotplug.clone(),
+                devices.ged.clone(),
+            )),
+        )
+        .map_err(|e| VmError::Hotplug(e.to_string()))?;
+    engine
+        .register(
+            "vcpus",
+            Orders::standard(Role::Cpu),
+            Box::new(VcpuParticipant::new(vcpus.clone())),
+        )
+        .map_err(|e| VmError::Hotplug(e.to_string()))?;
+    Ok(HotplugService::new(engine, clock, observations))
+}
+
 /// Restores the terminal when dropped.
 struct TerminalGuard(bool);
 
@@ -250,13 +302,15 @@ impl Drop for TerminalGuard {
 /// A running VM. Dropping it stops the vCPUs before guest memory is unmapped.
 pub struct Vm {
     /// The KVM VM.
-    pub fd: VmFd,
+    pub fd: Arc<VmFd>,
     /// Guest memory.
     pub memory: vm_memory::GuestMemoryMmap,
     /// Devices.
     pub devices: Devices,
-    /// Running vCPU threads.
-    pub vcpus: Vec<VcpuHandle>,
+    /// vCPU threads and parked vCPUs.
+    pub vcpus: Arc<Mutex<VcpuSet>>,
+    hotplug: HotplugService,
+    hotplug_wake: EventFd,
     /// The VM's end.
     pub exit: Arc<ExitSignal>,
     config: VmConfig,
@@ -321,7 +375,12 @@ impl Vm {
                 (Box::new(s.writer()), Some(s))
             }
         };
-        let devices = create_devices(&fd, config, &exit, serial_out)?;
+        let (obs_tx, obs_rx) = std::sync::mpsc::channel();
+        let hotplug_wake = eventfd()?;
+        let obs_wake = hotplug_wake
+            .try_clone()
+            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
+        let devices = create_devices(&fd, config, &exit, serial_out, (obs_tx, obs_wake))?;
         let terminal = match (&config.serial, socket) {
             (SerialConfig::Stdio, _) => {
                 let guard = TerminalGuard::raw_if_tty();
@@ -347,18 +406,27 @@ impl Vm {
         let topology = CpuTopology {
             max_cpus: config.cpus.max,
         };
+        let fd = Arc::new(fd);
+        let mut set = VcpuSet::new(
+            fd.clone(),
+            devices.io.clone(),
+            exit.clone(),
+            supported,
+            topology,
+        );
         let mut fds = Vec::new();
         for id in 0..config.cpus.boot {
-            fds.push(vcpu::create_vcpu(&fd, id, &supported, topology)?);
+            fds.push(set.create(id)?);
         }
         if let Some(bsp) = fds.first() {
             arch::setup_boot_regs(bsp, &mem, &regs_layout, kernel.entry)?;
         }
         vcpu::install_kick_handler()?;
-        let mut vcpus = Vec::new();
         for (id, vfd) in (0..).zip(fds) {
-            vcpus.push(vcpu::spawn_vcpu(id, vfd, devices.io.clone(), exit.clone())?);
+            set.start(id, vfd)?;
         }
+        let vcpus = Arc::new(Mutex::new(set));
+        let hotplug = create_hotplug_service(config, &devices, &vcpus, obs_rx)?;
         tracing::info!(
             vcpus = config.cpus.boot,
             max = config.cpus.max,
@@ -369,6 +437,8 @@ impl Vm {
             memory: mem,
             devices,
             vcpus,
+            hotplug,
+            hotplug_wake,
             exit,
             config: config.clone(),
             api,
@@ -376,13 +446,11 @@ impl Vm {
         })
     }
 
-    /// Stops every vCPU thread; their fds are dropped.
+    /// Stops every vCPU thread.
     pub fn stop_vcpus(&mut self) {
-        for handle in self.vcpus.drain(..) {
-            let id = handle.id();
-            if handle.stop().is_none() {
-                tracing::warn!(vcpu = id, "vCPU thread ended abnormally");
-            }
+        match self.vcpus.lock() {
+            Ok(mut set) => set.stop_all(),
+            Err(_) => tracing::error!("vCPU set lock poisoned; threads left running"),
         }
     }
 
@@ -400,12 +468,23 @@ impl Vm {
                 .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
             em.add_subscriber(Box::new(EventFdWatcher(wake)));
         }
+        let hotplug_wake = self
+            .hotplug_wake
+            .try_clone()
+            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
+        em.add_subscriber(Box::new(EventFdWatcher(hotplug_wake)));
         loop {
             if let Some(reason) = self.exit.reason() {
                 return Ok(reason);
             }
-            em.run_with_timeout(1000)
+            let timeout = self
+                .hotplug
+                .time_to_deadline()
+                .map_or(1000, |d| d.as_millis().clamp(1, 1000) as i32);
+            em.run_with_timeout(timeout)
                 .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+            self.hotplug.process_observations();
+            self.hotplug.tick();
             self.handle_api_requests();
         }
     }
@@ -417,22 +496,60 @@ impl Vm {
         };
         for msg in messages {
             tracing::debug!(endpoint = msg.request.endpoint(), "API request");
-            let response = self.handle_api_request(&msg.request);
-            // The client may have gone away; nothing to do then.
-            let _ = msg.respond.send(response);
+            self.handle_api_request(msg);
         }
     }
 
-    fn handle_api_request(&mut self, request: &ApiRequest) -> ApiResponse {
-        match request {
+    fn handle_api_request(&mut self, msg: ApiMessage) {
+        // The client may have gone away by the time of the answer; nothing to do then.
+        let respond = msg.respond;
+        let hotplug_request = match msg.request {
             ApiRequest::Shutdown => {
                 tracing::info!("shutdown requested through the API");
                 self.exit.request(ExitReason::Shutdown);
-                ApiResponse::no_content()
+                let _ = respond.send(ApiResponse::no_content());
+                return;
             }
-            ApiRequest::VmInfo => ApiResponse::ok(self.info()),
-            other => ApiResponse::not_implemented(other),
-        }
+            ApiRequest::VmInfo => {
+                let _ = respond.send(ApiResponse::ok(self.info()));
+                return;
+            }
+            ApiRequest::Transactions => {
+                let _ = respond.send(self.hotplug.transactions());
+                return;
+            }
+            ApiRequest::Transaction(id) => {
+                let _ = respond.send(self.hotplug.transaction(id));
+                return;
+            }
+            ApiRequest::AddVcpu { id, wait } => (hotplug::Request::AddCpu { id }, wait),
+            ApiRequest::RemoveVcpu { id, wait } => (hotplug::Request::RemoveCpu { id }, wait),
+            ApiRequest::Resize {
+                desired_vcpus,
+                desired_ram: None,
+                best_effort,
+                wait,
+            } => (
+                hotplug::Request::Resize {
+                    vcpus: desired_vcpus,
+                    memory: None,
+                    best_effort,
+                },
+                wait,
+            ),
+            other => {
+                let _ = respond.send(ApiResponse::error(
+                    501,
+                    format!(
+                        "{}: memory hotplug is not implemented yet",
+                        other.endpoint()
+                    ),
+                ));
+                return;
+            }
+        };
+        let (request, wait) = hotplug_request;
+        self.hotplug.request(request, wait, respond);
     }
 
     /// The `vm.info` document: configuration, every possible vCPU with its state, memory.
@@ -449,10 +566,21 @@ impl Vm {
             })
             .collect();
         let layout = MemoryLayout::new(self.config.memory.size, self.config.memory.hotplug_size);
+        let (running, parked) = self
+            .vcpus
+            .lock()
+            .map(|s| (s.running_ids(), s.parked_ids()))
+            .unwrap_or_default();
         serde_json::json!({
             "config": self.config,
             "state": "running",
-            "cpus": { "boot": self.config.cpus.boot, "max": self.config.cpus.max, "vcpus": vcpus },
+            "cpus": {
+                "boot": self.config.cpus.boot,
+                "max": self.config.cpus.max,
+                "vcpus": vcpus,
+                "threads_running": running,
+                "parked": parked,
+            },
             "memory": {
                 "boot_ram": self.config.memory.size,
                 "ram_ranges": layout.ram.iter().map(|r| serde_json::json!({"base": r.base, "size": r.size})).collect::<Vec<_>>(),
