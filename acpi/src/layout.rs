@@ -119,3 +119,56 @@ pub mod cpu_hotplug {
     /// Value of the next-event register when no CPU has an event pending.
     pub const NO_EVENT: u32 = 0xffff_ffff;
 }
+
+/// Memory hotplug controller: selects a hotplug memory slot by its ACPI UID (the slot id,
+/// 1..=slots; slot 0 is boot memory and has no device) and reports its range and state.
+///
+/// | offset | width | access | meaning |
+/// |---|---|---|---|
+/// | 0x00 | 32 | RW | selector: the UID of the slot the other registers refer to |
+/// | 0x04 | 32 | R | base address, low half |
+/// | 0x08 | 32 | R | base address, high half |
+/// | 0x0c | 32 | R | length, low half |
+/// | 0x10 | 32 | R | length, high half |
+/// | 0x14 | 32 | R | proximity domain |
+/// | 0x18 | 8 | R | status: bit 0 enabled, bit 1 insert pending, bit 2 remove pending |
+/// | 0x18 | 8 | W | bit 1: acknowledge insert, bit 2: acknowledge remove, bit 3: eject (`_EJ0`) |
+/// | 0x1c | 32 | W | `_OST` source event for the selected slot |
+/// | 0x20 | 32 | W | `_OST` status for the selected slot: writing it records (event, status) |
+/// | 0x24 | 32 | R | next event: selects the next slot (from the selector, cyclic) with an insert or remove pending and returns its UID, or [`memory_hotplug::NO_EVENT`] |
+pub mod memory_hotplug {
+    /// MMIO base.
+    pub const MMIO_BASE: u64 = 0xfe00_2000;
+    /// Size of the register block.
+    pub const MMIO_SIZE: u64 = 0x28;
+    /// Offset of the 32-bit selector register.
+    pub const SELECTOR: u64 = 0x00;
+    /// Offset of the low half of the slot's base address.
+    pub const BASE_LOW: u64 = 0x04;
+    /// Offset of the high half of the slot's base address.
+    pub const BASE_HIGH: u64 = 0x08;
+    /// Offset of the low half of the slot's length.
+    pub const LENGTH_LOW: u64 = 0x0c;
+    /// Offset of the high half of the slot's length.
+    pub const LENGTH_HIGH: u64 = 0x10;
+    /// Offset of the proximity domain.
+    pub const PROXIMITY: u64 = 0x14;
+    /// Offset of the 8-bit status/command register.
+    pub const STATUS: u64 = 0x18;
+    /// Offset of the 32-bit `_OST` source event register.
+    pub const OST_EVENT: u64 = 0x1c;
+    /// Offset of the 32-bit `_OST` status register.
+    pub const OST_STATUS: u64 = 0x20;
+    /// Offset of the 32-bit next-event register.
+    pub const NEXT_EVENT: u64 = 0x24;
+    /// Status bit: the slot holds memory (enabled).
+    pub const STATUS_ENABLED: u8 = 1 << 0;
+    /// Status bit: an insert is pending (read); acknowledge it (write 1).
+    pub const STATUS_INSERTING: u8 = 1 << 1;
+    /// Status bit: a remove is pending (read); acknowledge it (write 1).
+    pub const STATUS_REMOVING: u8 = 1 << 2;
+    /// Status bit (write only): eject the selected slot.
+    pub const STATUS_EJECT: u8 = 1 << 3;
+    /// Value of the next-event register when no slot has an event pending.
+    pub const NO_EVENT: u32 = 0xffff_ffff;
+}
