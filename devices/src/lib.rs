@@ -7,17 +7,22 @@
 //! irqfds, and requests to end the VM go through [`ExitSignal`].
 #![warn(missing_docs)]
 
-pub mod cpu_hotplug;
 pub mod exit;
 pub mod ged;
 mod guest_log;
+pub mod hotplug_controller;
 pub mod power;
 pub mod pvpanic;
 pub mod serial;
+mod slot_registers;
 
-pub use cpu_hotplug::{CpuHotplugController, CpuHotplugObservation, CpuSlotState};
 pub use exit::{ExitReason, ExitSignal};
 pub use ged::{Ged, GedEvent};
+pub use hotplug_controller::{
+    ControllerLayout, CpuHotplugController, CpuLayout, HotplugController, MemoryHotplugController,
+    MemoryLayout, SlotRange,
+};
 pub use power::AcpiPowerDevice;
 pub use pvpanic::PvPanicDevice;
 pub use serial::{EventFdTrigger, SerialDevice};
+pub use slot_registers::{HotplugObservation, HotplugSlotState};

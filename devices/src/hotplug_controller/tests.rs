@@ -1,0 +1,211 @@
+use std::sync::{Arc, Mutex};
+
+use super::*;
+
+type Seen = Arc<Mutex<Vec<HotplugObservation>>>;
+
+fn observed<L: ControllerLayout>(mut c: HotplugController<L>) -> (HotplugController<L>, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    c.set_observer(Box::new(move |o| sink.lock().unwrap().push(o)));
+    (c, seen)
+}
+
+fn w32<L: ControllerLayout>(c: &HotplugController<L>, off: u64, v: u32) {
+    c.mmio_write(MmioAddress(0), off, &v.to_le_bytes());
+}
+fn r32<L: ControllerLayout>(c: &HotplugController<L>, off: u64) -> u32 {
+    let mut d = [0u8; 4];
+    c.mmio_read(MmioAddress(0), off, &mut d);
+    u32::from_le_bytes(d)
+}
+fn w8<L: ControllerLayout>(c: &HotplugController<L>, off: u64, v: u8) {
+    c.mmio_write(MmioAddress(0), off, &[v]);
+}
+fn r8<L: ControllerLayout>(c: &HotplugController<L>, off: u64) -> u8 {
+    let mut d = [0u8; 1];
+    c.mmio_read(MmioAddress(0), off, &mut d);
+    d[0]
+}
+
+#[test]
+fn boot_cpus_are_enabled_others_absent() {
+    let (c, seen) = observed(CpuHotplugController::for_cpus(2, 8));
+    w32(&c, cpu::SELECTOR, 1);
+    assert_eq!(r8(&c, cpu::STATUS), cpu::STATUS_ENABLED);
+    w32(&c, cpu::SELECTOR, 2);
+    assert_eq!(r8(&c, cpu::STATUS), 0);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[
+            HotplugObservation::StatusRead { uid: 1 },
+            HotplugObservation::StatusRead { uid: 2 }
+        ]
+    );
+}
+
+#[test]
+fn insert_scan_ack_and_ost() {
+    let (c, seen) = observed(CpuHotplugController::for_cpus(2, 8));
+    assert_eq!(r32(&c, cpu::NEXT_EVENT), cpu::NO_EVENT);
+    c.update(5, |s| {
+        s.enabled = true;
+        s.inserting = true;
+    });
+    assert_eq!(r32(&c, cpu::NEXT_EVENT), 5);
+    assert_eq!(r32(&c, cpu::SELECTOR), 5);
+    assert_eq!(
+        r8(&c, cpu::STATUS),
+        cpu::STATUS_ENABLED | cpu::STATUS_INSERTING
+    );
+    w8(&c, cpu::STATUS, cpu::STATUS_INSERTING);
+    assert_eq!(r32(&c, cpu::NEXT_EVENT), cpu::NO_EVENT);
+    w32(&c, cpu::OST_EVENT, 1);
+    w32(&c, cpu::OST_STATUS, 0);
+    assert!(seen.lock().unwrap().contains(&HotplugObservation::Ost {
+        uid: 5,
+        event: 1,
+        status: 0
+    }));
+    assert_eq!(
+        c.slot(5),
+        Some(HotplugSlotState {
+            enabled: true,
+            ..Default::default()
+        })
+    );
+}
+
+#[test]
+fn next_event_is_cyclic_from_the_selector() {
+    let (c, _) = observed(CpuHotplugController::for_cpus(2, 8));
+    c.update(1, |s| s.removing = true);
+    c.update(6, |s| s.inserting = true);
+    w32(&c, cpu::SELECTOR, 3);
+    assert_eq!(r32(&c, cpu::NEXT_EVENT), 6);
+    w8(&c, cpu::STATUS, cpu::STATUS_INSERTING);
+    assert_eq!(r32(&c, cpu::NEXT_EVENT), 1);
+    assert_eq!(
+        r8(&c, cpu::STATUS),
+        cpu::STATUS_ENABLED | cpu::STATUS_REMOVING
+    );
+}
+
+#[test]
+fn eject_only_when_asked_to_leave() {
+    let (c, seen) = observed(CpuHotplugController::for_cpus(2, 8));
+    w32(&c, cpu::SELECTOR, 1);
+    w8(&c, cpu::STATUS, cpu::STATUS_EJECT);
+    assert!(
+        c.slot(1).unwrap().enabled,
+        "unrequested eject must be ignored"
+    );
+    c.update(1, |s| {
+        s.removing = true;
+        s.eject_allowed = true;
+    });
+    w8(&c, cpu::STATUS, cpu::STATUS_EJECT);
+    assert_eq!(c.slot(1), Some(HotplugSlotState::default()));
+    assert!(seen
+        .lock()
+        .unwrap()
+        .contains(&HotplugObservation::Ejected { uid: 1 }));
+}
+
+#[test]
+fn hostile_accesses_are_ignored() {
+    let (c, seen) = observed(CpuHotplugController::for_cpus(2, 8));
+    w32(&c, cpu::SELECTOR, 8);
+    w32(&c, cpu::SELECTOR, u32::MAX);
+    assert_eq!(r32(&c, cpu::SELECTOR), 0);
+    c.mmio_write(MmioAddress(0), cpu::SELECTOR, &[1, 0]);
+    c.mmio_write(MmioAddress(0), 0x1000, &[1]);
+    c.mmio_write(MmioAddress(0), cpu::NEXT_EVENT, &[0; 4]);
+    c.mmio_write(MmioAddress(0), cpu::STATUS, &[]);
+    let mut wide = [0xffu8; 8];
+    c.mmio_read(MmioAddress(0), cpu::SELECTOR, &mut wide);
+    assert_eq!(wide, [0; 8]);
+    let mut odd = [0xffu8; 2];
+    c.mmio_read(MmioAddress(0), cpu::STATUS, &mut odd);
+    assert_eq!(odd, [0; 2]);
+    // CPUs have no range registers.
+    assert_eq!(r32(&c, mem::BASE_LOW), 0);
+    assert_eq!(r32(&c, cpu::SELECTOR), 0);
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(c.access_count() >= 10);
+}
+
+#[test]
+fn one_slot_controller_cannot_reach_other_state() {
+    let c = CpuHotplugController::for_cpus(1, 1);
+    assert!(!c.update(1, |s| s.enabled = true));
+    assert_eq!(c.slot(1), None);
+    c.update(0, |s| s.inserting = true);
+    assert_eq!(r32(&c, cpu::NEXT_EVENT), 0);
+}
+
+#[test]
+fn memory_slots_start_at_one_and_report_their_range() {
+    let (m, seen) = observed(MemoryHotplugController::for_memory_slots(4));
+    assert_eq!(
+        m.slot(0),
+        None,
+        "slot 0 is boot memory, not a hotplug device"
+    );
+    assert!(m.set_range(
+        2,
+        Some(SlotRange {
+            base: 0x1_2000_0000,
+            length: 0x1000_0000,
+            proximity: 0
+        })
+    ));
+    assert!(!m.set_range(0, None));
+    assert!(!m.set_range(5, None));
+    m.update(2, |s| {
+        s.enabled = true;
+        s.inserting = true;
+    });
+    assert_eq!(r32(&m, mem::NEXT_EVENT), 2);
+    assert_eq!(r32(&m, mem::BASE_LOW), 0x2000_0000);
+    assert_eq!(r32(&m, mem::BASE_HIGH), 1);
+    assert_eq!(r32(&m, mem::LENGTH_LOW), 0x1000_0000);
+    assert_eq!(r32(&m, mem::LENGTH_HIGH), 0);
+    assert_eq!(r32(&m, mem::PROXIMITY), 0);
+    assert_eq!(
+        r8(&m, mem::STATUS),
+        mem::STATUS_ENABLED | mem::STATUS_INSERTING
+    );
+    w8(&m, mem::STATUS, mem::STATUS_INSERTING);
+    w32(&m, mem::OST_EVENT, 1);
+    w32(&m, mem::OST_STATUS, 0);
+    assert!(seen.lock().unwrap().contains(&HotplugObservation::Ost {
+        uid: 2,
+        event: 1,
+        status: 0
+    }));
+    // An empty slot reads as zero-length.
+    w32(&m, mem::SELECTOR, 3);
+    assert_eq!(r32(&m, mem::LENGTH_LOW), 0);
+    w32(&m, mem::SELECTOR, 0);
+    assert_eq!(r32(&m, mem::SELECTOR), 3, "selecting slot 0 is refused");
+}
+
+#[test]
+fn memory_eject_needs_a_pending_removal() {
+    let (m, seen) = observed(MemoryHotplugController::for_memory_slots(2));
+    m.update(1, |s| s.enabled = true);
+    w32(&m, mem::SELECTOR, 1);
+    w8(&m, mem::STATUS, mem::STATUS_EJECT);
+    assert!(m.slot(1).unwrap().enabled);
+    m.update(1, |s| {
+        s.removing = true;
+        s.eject_allowed = true;
+    });
+    w8(&m, mem::STATUS, mem::STATUS_EJECT);
+    assert!(!m.slot(1).unwrap().enabled);
+    assert_eq!(
+        seen.lock().unwrap().last(),
+        Some(&HotplugObservation::Ejected { uid: 1 })
+    );
+}
