@@ -1,7 +1,9 @@
 //! Writes the ACPI tables of a machine to a directory, one `NAME.dat` per table, for
 //! `iasl -d` or `acpiexec`.
 //!
-//! `cargo run -p acpi --example dump -- BOOT_CPUS MAX_CPUS DIR [HOTPLUG_MEMORY_MIB]`
+//! `cargo run -p acpi --example dump -- BOOT_CPUS MAX_CPUS DIR [HOTPLUG_MEMORY_MIB [HOTPLUG_SLOTS]]`
+//!
+//! With hotplug memory and no slot count, the machine gets 8 hotplug slots.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +17,11 @@ fn main() -> ExitCode {
         args.get(1).and_then(|a| a.parse().ok()),
         args.get(2).map(PathBuf::from),
     ) else {
-        eprintln!("usage: dump BOOT_CPUS MAX_CPUS DIR [HOTPLUG_MEMORY_MIB]");
+        eprintln!("usage: dump BOOT_CPUS MAX_CPUS DIR [HOTPLUG_MEMORY_MIB [HOTPLUG_SLOTS]]");
         return ExitCode::FAILURE;
     };
     let hotplug_mib: Option<u64> = args.get(3).and_then(|a| a.parse().ok());
+    let slots: u32 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(8);
     let desc = MachineDescription {
         boot_cpus: boot,
         max_cpus: max,
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
             base: layout::MMIO_HOLE_END,
             size: mib << 20,
         }),
+        hotplug_slots: if hotplug_mib.is_some() { slots } else { 0 },
     };
     let tables = match build_tables(&desc) {
         Ok(t) => t,

@@ -5,8 +5,9 @@
 //! memory region, SRAT. The VMM copies every [`AcpiTable`] to its `address` in guest memory
 //! and points `boot_params.acpi_rsdp_addr` at [`AcpiTables::rsdp_address`].
 //!
-//! The DSDT describes the CPU hotplug controller and the Generic Event Device from the
-//! register constants in [`layout`], the same ones the emulated devices decode.
+//! The DSDT describes the CPU hotplug controller, the memory hotplug controller (when there
+//! are hotplug memory slots) and the Generic Event Device from the register constants in
+//! [`layout`], the same ones the emulated devices decode.
 //!
 //! ```
 //! use acpi::{build_tables, MachineDescription, MemoryRange};
@@ -16,6 +17,7 @@
 //!     max_cpus: 8,
 //!     ram: vec![MemoryRange { base: 0, size: 512 << 20 }],
 //!     hotplug_memory: None,
+//!     hotplug_slots: 0,
 //! };
 //! let tables = build_tables(&desc).unwrap();
 //! assert_eq!(tables.rsdp_address, acpi::layout::RSDP_ADDR);
@@ -36,7 +38,7 @@ mod srat;
 
 use std::path::Path;
 
-pub use machine::{MachineDescription, MemoryRange, MAX_CPUS};
+pub use machine::{MachineDescription, MemoryRange, MAX_CPUS, MAX_HOTPLUG_SLOTS};
 
 /// Why the tables could not be built.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]

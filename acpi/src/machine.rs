@@ -12,6 +12,13 @@ use crate::Error;
 /// would allow 4096.
 pub const MAX_CPUS: u32 = 512;
 
+/// Most hotplug memory slots the tables can describe (`MachineDescription::hotplug_slots`).
+///
+/// Every slot costs a `PNP0C80` device (about 110 bytes of DSDT) and a `Notify` branch;
+/// 64 slots with [`MAX_CPUS`] CPUs still fit the table area (checked by a test). Slot
+/// device names (`M001`..`MFFF`) would allow 4095.
+pub const MAX_HOTPLUG_SLOTS: u32 = 64;
+
 /// A range of guest physical memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryRange {
@@ -45,6 +52,10 @@ pub struct MachineDescription {
     /// Region reserved for hotplugged memory: published as hotpluggable in the SRAT so
     /// that Linux sizes its memory map for it.
     pub hotplug_memory: Option<MemoryRange>,
+    /// Number of hotplug memory slots, UIDs `1..=hotplug_slots`: one `PNP0C80` memory device
+    /// each, whose range the memory hotplug controller reports at run time. 0 without a
+    /// hotplug region, `1..=`[`MAX_HOTPLUG_SLOTS`] with one.
+    pub hotplug_slots: u32,
 }
 
 impl MachineDescription {
@@ -65,6 +76,17 @@ impl MachineDescription {
                 max_cpus: self.max_cpus,
                 limit: MAX_CPUS,
             });
+        }
+        match (&self.hotplug_memory, self.hotplug_slots) {
+            (None, 0) => {}
+            (None, n) => return invalid(format!("{n} hotplug slots without a hotplug region")),
+            (Some(_), 0) => return invalid("hotplug region without hotplug slots".into()),
+            (Some(_), n) if n > MAX_HOTPLUG_SLOTS => {
+                return invalid(format!(
+                    "{n} hotplug slots requested, at most {MAX_HOTPLUG_SLOTS} are supported"
+                ))
+            }
+            (Some(_), _) => {}
         }
         if self.ram.is_empty() {
             return invalid("no boot RAM".into());
@@ -109,6 +131,7 @@ mod tests {
                 size: 1 << 30,
             }],
             hotplug_memory: None,
+            hotplug_slots: 0,
         }
     }
 
@@ -130,6 +153,9 @@ mod tests {
             base: layout::MMIO_HOLE_END + (1 << 30),
             size: 4 << 30,
         });
+        d.hotplug_slots = 8;
+        assert_eq!(d.validate(), Ok(()));
+        d.hotplug_slots = MAX_HOTPLUG_SLOTS;
         assert_eq!(d.validate(), Ok(()));
         assert_eq!(d.hotplug_cpus(), 6);
     }
@@ -180,6 +206,7 @@ mod tests {
             base: 1 << 29,
             size: 1 << 30,
         });
+        d.hotplug_slots = 1;
         assert!(is_invalid(&d), "hotplug region over RAM");
 
         let mut d = desc(1, 1);
@@ -187,6 +214,24 @@ mod tests {
             base: layout::MMIO_HOLE_START - (1 << 20),
             size: 2 << 20,
         });
+        d.hotplug_slots = 1;
         assert!(is_invalid(&d), "hotplug region in the MMIO hole");
+    }
+
+    #[test]
+    fn slots_iff_hotplug_region() {
+        let region = MemoryRange {
+            base: layout::MMIO_HOLE_END,
+            size: 1 << 30,
+        };
+        let mut d = desc(1, 1);
+        d.hotplug_slots = 1;
+        assert!(is_invalid(&d), "slots without a region");
+        d.hotplug_memory = Some(region);
+        assert_eq!(d.validate(), Ok(()));
+        d.hotplug_slots = 0;
+        assert!(is_invalid(&d), "region without slots");
+        d.hotplug_slots = MAX_HOTPLUG_SLOTS + 1;
+        assert!(is_invalid(&d), "too many slots");
     }
 }

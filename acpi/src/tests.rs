@@ -27,6 +27,7 @@ pub(crate) fn desc(boot_cpus: u32, max_cpus: u32) -> MachineDescription {
             size: 1 << 30,
         }],
         hotplug_memory: None,
+        hotplug_slots: 0,
     }
 }
 
@@ -48,6 +49,7 @@ pub(crate) fn desc_with_hotplug_memory(boot_cpus: u32, max_cpus: u32) -> Machine
             base: layout::MMIO_HOLE_END + (1 << 30),
             size: 8 << 30,
         }),
+        hotplug_slots: 8,
     }
 }
 
@@ -111,6 +113,21 @@ fn check_set(t: &AcpiTables, d: &MachineDescription) {
             .any(|w| w[0] == 0x5b && w[1] == 0x82 && &w[4..8] == name.as_bytes());
         assert!(opened, "no Device ({name})");
     }
+
+    // One memory device per hotplug slot, and the memory scan wired to the GED, only with
+    // hotplug slots. EISAID("PNP0C80") is DWordConst 0x800cd041.
+    assert_eq!(
+        count(dsdt, &[0x0c, 0x41, 0xd0, 0x0c, 0x80]),
+        d.hotplug_slots as usize
+    );
+    for slot in 1..=d.hotplug_slots {
+        let name = dsdt::slot_device_name(slot).unwrap();
+        let opened = dsdt
+            .windows(8)
+            .any(|w| w[0] == 0x5b && w[1] == 0x82 && &w[4..8] == name.as_bytes());
+        assert!(opened, "no Device ({name})");
+    }
+    assert_eq!(count(dsdt, b"MHPCMSCN") > 0, d.hotplug_slots > 0);
 }
 
 #[test]
@@ -119,17 +136,21 @@ fn builds_consistent_table_sets() {
         let d = desc(boot, max);
         check_set(&build_tables(&d).unwrap(), &d);
     }
-    let d = desc_with_hotplug_memory(2, 8);
-    check_set(&build_tables(&d).unwrap(), &d);
+    for slots in [1, 8, MAX_HOTPLUG_SLOTS] {
+        let mut d = desc_with_hotplug_memory(2, 8);
+        d.hotplug_slots = slots;
+        check_set(&build_tables(&d).unwrap(), &d);
+    }
 }
 
 #[test]
 fn largest_configuration_fits() {
-    let d = desc_with_hotplug_memory(1, MAX_CPUS);
+    let mut d = desc_with_hotplug_memory(1, MAX_CPUS);
+    d.hotplug_slots = MAX_HOTPLUG_SLOTS;
     let t = build_tables(&d).unwrap();
     check_set(&t, &d);
     eprintln!(
-        "{MAX_CPUS} CPUs: {} bytes of {}",
+        "{MAX_CPUS} CPUs, {MAX_HOTPLUG_SLOTS} slots: {} bytes of {}",
         t.end_address() - layout::RSDP_ADDR,
         layout::ACPI_TABLES_END - layout::RSDP_ADDR
     );
@@ -144,6 +165,18 @@ fn invalid_descriptions_error_out() {
     assert!(matches!(
         build_tables(&desc(1, MAX_CPUS + 1)),
         Err(Error::TooManyCpus { .. })
+    ));
+    let mut d = desc(1, 1);
+    d.hotplug_slots = 1;
+    assert!(matches!(
+        build_tables(&d),
+        Err(Error::InvalidDescription(_))
+    ));
+    let mut d = desc_with_hotplug_memory(1, 1);
+    d.hotplug_slots = MAX_HOTPLUG_SLOTS + 1;
+    assert!(matches!(
+        build_tables(&d),
+        Err(Error::InvalidDescription(_))
     ));
 }
 

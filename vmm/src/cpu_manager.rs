@@ -212,7 +212,7 @@ impl CpuControllerParticipant {
     fn update(
         &self,
         id: u32,
-        f: impl FnOnce(&mut devices::CpuSlotState),
+        f: impl FnOnce(&mut devices::HotplugSlotState),
     ) -> Result<(), ParticipantError> {
         if self.controller.update(id, f) {
             Ok(())
@@ -278,7 +278,7 @@ impl HotplugParticipant for CpuControllerParticipant {
         let id = cpu_of(op)?;
         match op.direction() {
             // Withdrawn: the CPU reads absent again; a guest that scans later finds nothing.
-            Direction::Add => self.update(id, |s| *s = devices::CpuSlotState::default()),
+            Direction::Add => self.update(id, |s| *s = devices::HotplugSlotState::default()),
             Direction::Remove => self.update(id, |s| {
                 s.removing = false;
                 s.eject_allowed = false;
@@ -293,7 +293,7 @@ impl HotplugParticipant for CpuControllerParticipant {
         let id = cpu_of(op)?;
         match op.direction() {
             Direction::Add => self.update(id, |s| s.inserting = false),
-            Direction::Remove => self.update(id, |s| *s = devices::CpuSlotState::default()),
+            Direction::Remove => self.update(id, |s| *s = devices::HotplugSlotState::default()),
         }
     }
 }
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn controller_participant_publishes_and_withdraws() {
-        let ctl = Arc::new(CpuHotplugController::new(1, 4));
+        let ctl = Arc::new(CpuHotplugController::for_cpus(1, 4));
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let ged = Arc::new(Ged::new(irq.try_clone().unwrap()));
         let mut p = CpuControllerParticipant::new(ctl.clone(), ged.clone());
@@ -331,7 +331,7 @@ mod tests {
             "a present CPU cannot be added again"
         );
         p.rollback_publish(&add).unwrap();
-        assert_eq!(ctl.slot(2), Some(devices::CpuSlotState::default()));
+        assert_eq!(ctl.slot(2), Some(devices::HotplugSlotState::default()));
 
         let remove = op(OpKind::RemoveCpu, 0);
         p.publish(&remove).unwrap();

@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use devices::CpuHotplugObservation;
+use devices::HotplugObservation;
 use hotplug::{
     Clock, Completion, DeviceId, DeviceResult, Directive, Engine, FailureReason, GuestEvent,
     Report, Request, TxId, TxStatus,
@@ -19,14 +19,15 @@ use crate::api::ApiResponse;
 /// A guest access the engine must hear about.
 pub type GuestObservation = (DeviceId, GuestEvent);
 
-/// Maps a CPU controller observation to the engine's terms.
-pub fn cpu_observation(obs: CpuHotplugObservation) -> GuestObservation {
+/// Maps a controller observation to the engine's terms; `device` names the device kind
+/// from its UID (`DeviceId::cpu` or `DeviceId::memory_slot`).
+pub fn observation(obs: HotplugObservation, device: fn(u32) -> DeviceId) -> GuestObservation {
     match obs {
-        CpuHotplugObservation::StatusRead { cpu } => (DeviceId::cpu(cpu), GuestEvent::StatusRead),
-        CpuHotplugObservation::Ost { cpu, event, status } => {
-            (DeviceId::cpu(cpu), GuestEvent::ost(event, status))
+        HotplugObservation::StatusRead { uid } => (device(uid), GuestEvent::StatusRead),
+        HotplugObservation::Ost { uid, event, status } => {
+            (device(uid), GuestEvent::ost(event, status))
         }
-        CpuHotplugObservation::Ejected { cpu } => (DeviceId::cpu(cpu), GuestEvent::Eject),
+        HotplugObservation::Ejected { uid } => (device(uid), GuestEvent::Eject),
     }
 }
 

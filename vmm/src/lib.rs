@@ -12,5 +12,6 @@ pub mod console;
 pub mod cpu_manager;
 pub mod hotplug_service;
 pub mod memory;
+pub mod memory_manager;
 pub mod vcpu;
 pub mod vm;

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use acpi::{MachineDescription, MemoryRange};
 use devices::{
-    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, PvPanicDevice, SerialDevice,
+    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, MemoryHotplugController,
+    PvPanicDevice, SerialDevice,
 };
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -23,7 +24,11 @@ use crate::console::{self, ConsoleError, SocketConsole, StdoutWriter};
 use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet};
 use crate::hotplug_service::{self, GuestObservation, HotplugService};
 use crate::memory::{self, MemoryError, MemoryLayout};
+use crate::memory_manager::{
+    GuestMemoryMap, HotplugMemory, MemoryBackingParticipant, MemoryControllerParticipant,
+};
 use crate::vcpu::{self, VcpuError};
+use hotplug::DeviceId;
 
 /// Where KVM puts the TSS it needs on Intel hosts (three pages below the IOAPIC area).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -84,6 +89,11 @@ pub fn machine_description(config: &VmConfig) -> MachineDescription {
         max_cpus: config.cpus.max,
         ram: layout.ram.iter().map(range).collect(),
         hotplug_memory: layout.hotplug.as_ref().map(range),
+        hotplug_slots: if layout.hotplug.is_some() {
+            config.memory.hotplug_slots
+        } else {
+            0
+        },
     }
 }
 
@@ -167,6 +177,8 @@ pub struct Devices {
     pub ged: Arc<Ged>,
     /// The CPU hotplug controller.
     pub cpu_hotplug: Arc<CpuHotplugController>,
+    /// The memory hotplug controller, when there is a hotplug region.
+    pub memory_hotplug: Option<Arc<MemoryHotplugController>>,
     /// The I/O buses.
     pub io: Arc<IoManager>,
 }
@@ -188,15 +200,34 @@ fn create_devices(
 
     let serial = Arc::new(SerialDevice::new(serial_irq, serial_out));
     let ged = Arc::new(Ged::new(ged_irq));
-    let mut cpu_hotplug = CpuHotplugController::new(config.cpus.boot, config.cpus.max);
+    let mut cpu_hotplug = CpuHotplugController::for_cpus(config.cpus.boot, config.cpus.max);
     let (tx, wake) = observations;
+    let (cpu_tx, cpu_wake) = (
+        tx.clone(),
+        wake.try_clone()
+            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?,
+    );
     cpu_hotplug.set_observer(Box::new(move |obs| {
         // The event loop may be gone when the VM ends; nothing to report then.
-        if tx.send(hotplug_service::cpu_observation(obs)).is_ok() {
-            let _ = wake.write(1);
+        if cpu_tx
+            .send(hotplug_service::observation(obs, DeviceId::cpu))
+            .is_ok()
+        {
+            let _ = cpu_wake.write(1);
         }
     }));
     let cpu_hotplug = Arc::new(cpu_hotplug);
+    let memory_hotplug = (config.memory.hotplug_size > 0).then(|| {
+        let mut controller = MemoryHotplugController::for_memory_slots(config.memory.hotplug_slots);
+        let (tx, wake) = (tx.clone(), wake.try_clone());
+        controller.set_observer(Box::new(move |obs| {
+            let sent = tx.send(hotplug_service::observation(obs, DeviceId::memory_slot));
+            if let (Ok(()), Ok(wake)) = (sent, wake.as_ref()) {
+                let _ = wake.write(1);
+            }
+        }));
+        Arc::new(controller)
+    });
 
     let mut io = IoManager::new();
     let pio = |base: u16, len: u16| PioRange::new(PioAddress(base), len);
@@ -231,10 +262,22 @@ fn create_devices(
         cpu_hotplug.clone(),
     )
     .map_err(bus("cpu-hotplug"))?;
+    if let Some(controller) = &memory_hotplug {
+        io.register_mmio(
+            mmio(
+                layout::memory_hotplug::MMIO_BASE,
+                layout::memory_hotplug::MMIO_SIZE,
+            )
+            .map_err(bus("memory-hotplug"))?,
+            controller.clone(),
+        )
+        .map_err(bus("memory-hotplug"))?;
+    }
     Ok(Devices {
         serial,
         ged,
         cpu_hotplug,
+        memory_hotplug,
         io: Arc::new(io),
     })
 }
@@ -243,6 +286,7 @@ fn create_hotplug_service(
     config: &VmConfig,
     devices: &Devices,
     vcpus: &Arc<Mutex<VcpuSet>>,
+    memory: Option<&Arc<Mutex<HotplugMemory>>>,
     observations: std::sync::mpsc::Receiver<GuestObservation>,
 ) -> Result<HotplugService, VmError> {
     use hotplug::{Engine, EngineConfig, MachineConfig, MonotonicClock, Orders, Role};
@@ -274,6 +318,31 @@ fn create_hotplug_service(
             Box::new(VcpuParticipant::new(vcpus.clone())),
         )
         .map_err(|e| VmError::Hotplug(e.to_string()))?;
+    if let (Some(controller), Some(memory)) = (&devices.memory_hotplug, memory) {
+        let region_base = memory
+            .lock()
+            .map_err(|_| VmError::Hotplug("hotplug memory lock poisoned".into()))?
+            .range_of(hotplug::MemoryPlacement { offset: 0, size: 0 })
+            .base;
+        engine
+            .register(
+                "memory-controller",
+                Orders::standard(Role::AcpiResources),
+                Box::new(MemoryControllerParticipant::new(
+                    controller.clone(),
+                    devices.ged.clone(),
+                    region_base,
+                )),
+            )
+            .map_err(|e| VmError::Hotplug(e.to_string()))?;
+        engine
+            .register(
+                "memory",
+                Orders::standard(Role::Memory),
+                Box::new(MemoryBackingParticipant::new(memory.clone())),
+            )
+            .map_err(|e| VmError::Hotplug(e.to_string()))?;
+    }
     Ok(HotplugService::new(engine, clock, observations))
 }
 
@@ -304,7 +373,9 @@ pub struct Vm {
     /// The KVM VM.
     pub fd: Arc<VmFd>,
     /// Guest memory.
-    pub memory: vm_memory::GuestMemoryMmap,
+    pub memory: GuestMemoryMap,
+    /// The hotplug region's memory, when there is one.
+    pub hotplug_memory: Option<Arc<Mutex<HotplugMemory>>>,
     /// Devices.
     pub devices: Devices,
     /// vCPU threads and parked vCPUs.
@@ -340,7 +411,7 @@ impl Vm {
 
         let layout = MemoryLayout::new(config.memory.size, config.memory.hotplug_size);
         let mem = memory::create_guest_memory(&layout)?;
-        memory::register_memory_slots(&fd, &mem)?;
+        let boot_slots = memory::register_memory_slots(&fd, &mem)?;
         tracing::info!(ram = layout.ram_size(), "guest memory ready");
 
         let kernel = boot::load_kernel(&mem, &payload.kernel)?;
@@ -426,7 +497,17 @@ impl Vm {
             set.start(id, vfd)?;
         }
         let vcpus = Arc::new(Mutex::new(set));
-        let hotplug = create_hotplug_service(config, &devices, &vcpus, obs_rx)?;
+        let memory_map = GuestMemoryMap::new(mem);
+        let hotplug_memory = layout.hotplug.map(|region| {
+            Arc::new(Mutex::new(HotplugMemory::new(
+                fd.clone(),
+                memory_map.clone(),
+                region,
+                boot_slots,
+            )))
+        });
+        let hotplug =
+            create_hotplug_service(config, &devices, &vcpus, hotplug_memory.as_ref(), obs_rx)?;
         tracing::info!(
             vcpus = config.cpus.boot,
             max = config.cpus.max,
@@ -434,7 +515,8 @@ impl Vm {
         );
         Ok(Vm {
             fd,
-            memory: mem,
+            memory: memory_map,
+            hotplug_memory,
             devices,
             vcpus,
             hotplug,
@@ -526,26 +608,20 @@ impl Vm {
             ApiRequest::RemoveVcpu { id, wait } => (hotplug::Request::RemoveCpu { id }, wait),
             ApiRequest::Resize {
                 desired_vcpus,
-                desired_ram: None,
+                desired_ram,
                 best_effort,
                 wait,
             } => (
                 hotplug::Request::Resize {
                     vcpus: desired_vcpus,
-                    memory: None,
+                    memory: desired_ram,
                     best_effort,
                 },
                 wait,
             ),
-            other => {
-                let _ = respond.send(ApiResponse::error(
-                    501,
-                    format!(
-                        "{}: memory hotplug is not implemented yet",
-                        other.endpoint()
-                    ),
-                ));
-                return;
+            ApiRequest::AddMemory { size, wait } => (hotplug::Request::AddMemory { size }, wait),
+            ApiRequest::RemoveMemory { slot, wait } => {
+                (hotplug::Request::RemoveMemory { slot }, wait)
             }
         };
         let (request, wait) = hotplug_request;
@@ -585,8 +661,42 @@ impl Vm {
                 "boot_ram": self.config.memory.size,
                 "ram_ranges": layout.ram.iter().map(|r| serde_json::json!({"base": r.base, "size": r.size})).collect::<Vec<_>>(),
                 "hotplug_region": layout.hotplug.map(|r| serde_json::json!({"base": r.base, "size": r.size})),
+                "hotplug_slots": self.memory_slots_info(),
+                "plugged": self.hotplug_memory.as_ref().and_then(|m| m.lock().ok()).map_or(0, |m| m.plugged_bytes()),
+            },
+            "register_accesses": {
+                "cpu_hotplug": self.devices.cpu_hotplug.access_count(),
+                "memory_hotplug": self.devices.memory_hotplug.as_ref().map_or(0, |c| c.access_count()),
             },
         })
+    }
+
+    fn memory_slots_info(&self) -> Vec<serde_json::Value> {
+        let (Some(controller), Some(memory)) = (&self.devices.memory_hotplug, &self.hotplug_memory)
+        else {
+            return Vec::new();
+        };
+        let backed: std::collections::BTreeMap<u32, memory::GuestRange> = memory
+            .lock()
+            .map(|m| m.backed_slots().into_iter().collect())
+            .unwrap_or_default();
+        (1..=self.config.memory.hotplug_slots)
+            .map(|slot| {
+                let state = match controller.slot(slot) {
+                    Some(s) if s.inserting => "adding",
+                    Some(s) if s.removing => "removing",
+                    Some(s) if s.enabled => "present",
+                    _ => "absent",
+                };
+                let range = backed.get(&slot);
+                serde_json::json!({
+                    "slot": slot,
+                    "state": state,
+                    "base": range.map(|r| r.base),
+                    "size": range.map(|r| r.size),
+                })
+            })
+            .collect()
     }
 }
 

@@ -4,9 +4,11 @@
 use acpi_tables::aml::{
     Device, EISAName, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate, IO, ONE, ZERO,
 };
+use acpi_tables::Aml;
 
 use crate::aml_ext::{bytes, path};
 use crate::layout::{self, power, pvpanic, serial};
+use crate::machine::MachineDescription;
 use crate::Error;
 
 /// `Name (\_S5_, Package { SLP_TYP, 0, 0, 0 })`: Linux writes `SLP_TYP << 2 | SLP_EN` to
@@ -48,13 +50,18 @@ pub(crate) fn pvpanic() -> Result<Vec<u8>, Error> {
     )))
 }
 
-/// `Device (MBRD)` (PNP0C02): claims the GED and CPU hotplug MMIO blocks and the power
-/// ports, so that Linux marks them busy instead of handing them to a driver.
-pub(crate) fn motherboard() -> Result<Vec<u8>, Error> {
+/// `Device (MBRD)` (PNP0C02): claims the GED and CPU hotplug MMIO blocks, the memory
+/// hotplug block when the machine has hotplug slots, and the power ports, so that Linux
+/// marks them busy instead of handing them to a driver.
+pub(crate) fn motherboard(desc: &MachineDescription) -> Result<Vec<u8>, Error> {
     let ged = mmio(layout::ged::MMIO_BASE, layout::ged::MMIO_SIZE)?;
     let cpu = mmio(
         layout::cpu_hotplug::MMIO_BASE,
         layout::cpu_hotplug::MMIO_SIZE,
+    )?;
+    let memory = mmio(
+        layout::memory_hotplug::MMIO_BASE,
+        layout::memory_hotplug::MMIO_SIZE,
     )?;
     let ports = IO::new(
         power::SLEEP_CONTROL_PORT,
@@ -62,15 +69,17 @@ pub(crate) fn motherboard() -> Result<Vec<u8>, Error> {
         1,
         port_len(power::PORT_LEN)?,
     );
+    let mut resources: Vec<&dyn Aml> = vec![&ged, &cpu];
+    if desc.hotplug_slots > 0 {
+        resources.push(&memory);
+    }
+    resources.push(&ports);
     Ok(bytes(&Device::new(
         path("MBRD")?,
         vec![
             &Name::new(path("_HID")?, &EISAName::new("PNP0C02")),
             &Name::new(path("_UID")?, &ONE),
-            &Name::new(
-                path("_CRS")?,
-                &ResourceTemplate::new(vec![&ged, &cpu, &ports]),
-            ),
+            &Name::new(path("_CRS")?, &ResourceTemplate::new(resources)),
         ],
     )))
 }

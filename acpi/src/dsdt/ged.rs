@@ -11,18 +11,21 @@ use acpi_tables::Aml;
 use super::fields::{field, FieldUnit};
 use crate::aml_ext::{bytes, path};
 use crate::layout::ged;
+use crate::machine::MachineDescription;
 use crate::Error;
 
-/// What `_EVT` does per event bit: (bit of the event register, method to call).
-///
-/// Extension point: the memory hotplug scan goes here as
-/// `(ged::EVENT_MEMORY, "\\_SB_.MHPC.MSCN")` once its device is in the DSDT.
-fn handlers() -> Vec<(u32, &'static str)> {
-    vec![(ged::EVENT_CPU, super::cpu::SCAN_METHOD)]
+/// What `_EVT` does per event bit: (bit of the event register, method to call). The
+/// memory scan only exists (and is only called) when the machine has hotplug slots.
+fn handlers(desc: &MachineDescription) -> Vec<(u32, &'static str)> {
+    let mut h = vec![(ged::EVENT_CPU, super::cpu::SCAN_METHOD)];
+    if desc.hotplug_slots > 0 {
+        h.push((ged::EVENT_MEMORY, super::memory::SCAN_METHOD));
+    }
+    h
 }
 
-/// `Device (GED_)`.
-pub(crate) fn build() -> Result<Vec<u8>, Error> {
+/// `Device (GED_)` for `desc` (already validated).
+pub(crate) fn build(desc: &MachineDescription) -> Result<Vec<u8>, Error> {
     let hid = Name::new(path("_HID")?, &"ACPI0013");
     let uid = Name::new(path("_UID")?, &ZERO);
     // Only the interrupt: Linux's GED driver fails to probe on any other resource type in
@@ -46,7 +49,7 @@ pub(crate) fn build() -> Result<Vec<u8>, Error> {
     // Read the (clear-on-read) register exactly once, then test the copy.
     let gdat = Name::new_field_name("GDAT");
     let read = Store::new(&Local(0), &gdat);
-    let handlers = handlers();
+    let handlers = handlers(desc);
     let paths = handlers
         .iter()
         .map(|(_, p)| path(p))

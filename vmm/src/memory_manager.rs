@@ -1,0 +1,369 @@
+//! Memory hotplug on the host side: the hotplug region's slots, their backing memory and
+//! KVM memory slots, the guest memory map, and the two hotplug participants.
+//!
+//! * [`MemoryBackingParticipant`] owns host resources: Prepare of an add maps anonymous
+//!   memory (`MAP_NORESERVE`: nothing is committed until the guest touches it), registers
+//!   it as a KVM memory slot and inserts it into the guest memory map; Commit of a remove
+//!   (after the guest's `_EJ0`) deletes the KVM slot and unmaps the memory, so the host
+//!   gets it back.
+//! * [`MemoryControllerParticipant`] publishes the slot to the guest: its range and bits in
+//!   the memory hotplug controller and the GED interrupt.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use devices::{Ged, GedEvent, HotplugSlotState, MemoryHotplugController, SlotRange};
+use hotplug::{
+    DeviceId, DeviceOp, Direction, HotplugParticipant, MemoryPlacement, ParticipantError,
+};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion,
+};
+
+use crate::memory::GuestRange;
+
+/// The guest memory map, shared with whoever needs to read guest memory.
+pub type GuestMemoryMap = GuestMemoryAtomic<GuestMemoryMmap>;
+
+fn slot_of(op: &DeviceOp) -> Result<(u32, MemoryPlacement), ParticipantError> {
+    match (op.device, op.memory) {
+        (DeviceId::MemorySlot(s), Some(p)) => Ok((s.0, p)),
+        (DeviceId::MemorySlot(s), None) => Err(ParticipantError::new(format!(
+            "memory slot {} has no placement",
+            s.0
+        ))),
+        (other, _) => Err(ParticipantError::new(format!(
+            "{other} is not a memory slot"
+        ))),
+    }
+}
+
+/// A hotplugged slot's host resources.
+#[derive(Debug)]
+struct BackedSlot {
+    kvm_slot: u32,
+    range: GuestRange,
+}
+
+/// The hotplug region and the memory behind its slots.
+pub struct HotplugMemory {
+    vm: Arc<VmFd>,
+    map: GuestMemoryMap,
+    region: GuestRange,
+    first_kvm_slot: u32,
+    backed: BTreeMap<u32, BackedSlot>,
+}
+
+impl std::fmt::Debug for HotplugMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotplugMemory")
+            .field("region", &self.region)
+            .field("backed", &self.backed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HotplugMemory {
+    /// Memory for the hotplug `region`; hotplug slot `s` uses KVM slot `first_kvm_slot + s`.
+    pub fn new(
+        vm: Arc<VmFd>,
+        map: GuestMemoryMap,
+        region: GuestRange,
+        first_kvm_slot: u32,
+    ) -> Self {
+        HotplugMemory {
+            vm,
+            map,
+            region,
+            first_kvm_slot,
+            backed: BTreeMap::new(),
+        }
+    }
+
+    /// Guest range of a placement.
+    pub fn range_of(&self, p: MemoryPlacement) -> GuestRange {
+        GuestRange {
+            base: self.region.base + p.offset,
+            size: p.size,
+        }
+    }
+
+    /// Slots that have memory behind them, with their ranges.
+    pub fn backed_slots(&self) -> Vec<(u32, GuestRange)> {
+        self.backed.iter().map(|(s, b)| (*s, b.range)).collect()
+    }
+
+    fn set_kvm_slot(
+        &self,
+        kvm_slot: u32,
+        range: GuestRange,
+        host: u64,
+    ) -> Result<(), ParticipantError> {
+        let region = kvm_userspace_memory_region {
+            slot: kvm_slot,
+            guest_phys_addr: range.base,
+            memory_size: if host == 0 { 0 } else { range.size },
+            userspace_addr: host,
+            flags: 0,
+        };
+        // SAFETY: when adding, `host` is the start of a live mapping of `range.size` bytes
+        // owned by the guest memory map, which keeps it until the slot is deleted (size 0)
+        // below, before the mapping is dropped. Deleting a slot passes no memory.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| {
+            ParticipantError::with_source(format!("KVM memory slot {kvm_slot} for {range:x?}"), e)
+        })
+    }
+
+    /// Maps, registers and publishes in the memory map the memory of `slot`.
+    pub fn back(&mut self, slot: u32, placement: MemoryPlacement) -> Result<(), ParticipantError> {
+        if self.backed.contains_key(&slot) {
+            return Err(ParticipantError::new(format!(
+                "memory slot {slot} is already backed"
+            )));
+        }
+        let range = self.range_of(placement);
+        let size = usize::try_from(range.size)
+            .map_err(|_| ParticipantError::new(format!("slot size {} too large", range.size)))?;
+        let mapping = MmapRegion::<()>::build(
+            None,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        )
+        .map_err(|e| ParticipantError::with_source(format!("cannot map {size} bytes"), e))?;
+        let host = mapping.as_ptr() as u64;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(range.base))
+            .ok_or_else(|| ParticipantError::new(format!("invalid guest range {range:x?}")))?;
+        let kvm_slot = self.first_kvm_slot + slot;
+        {
+            let map = self
+                .map
+                .lock()
+                .map_err(|_| ParticipantError::new("guest memory map lock poisoned"))?;
+            let new_map = self
+                .map
+                .memory()
+                .insert_region(Arc::new(region))
+                .map_err(|e| {
+                    ParticipantError::with_source("cannot extend the guest memory map", e)
+                })?;
+            self.set_kvm_slot(kvm_slot, range, host)?;
+            map.replace(new_map);
+        }
+        tracing::info!(
+            slot,
+            kvm_slot,
+            base = format_args!("{:#x}", range.base),
+            size = range.size,
+            "memory slot backed"
+        );
+        self.backed.insert(slot, BackedSlot { kvm_slot, range });
+        Ok(())
+    }
+
+    /// Deletes the KVM slot of `slot` and unmaps its memory. `false` if it was not backed.
+    pub fn release(&mut self, slot: u32) -> Result<bool, ParticipantError> {
+        let Some(b) = self.backed.remove(&slot) else {
+            return Ok(false);
+        };
+        self.set_kvm_slot(b.kvm_slot, b.range, 0)?;
+        let map = self
+            .map
+            .lock()
+            .map_err(|_| ParticipantError::new("guest memory map lock poisoned"))?;
+        let (new_map, region) = self
+            .map
+            .memory()
+            .remove_region(GuestAddress(b.range.base), b.range.size)
+            .map_err(|e| ParticipantError::with_source("cannot shrink the guest memory map", e))?;
+        map.replace(new_map);
+        // The mapping goes when the last reference does: this one, unless a reader still
+        // holds an old snapshot of the map.
+        drop(region);
+        tracing::info!(
+            slot,
+            base = format_args!("{:#x}", b.range.base),
+            size = b.range.size,
+            "memory slot released"
+        );
+        Ok(true)
+    }
+
+    /// Bytes currently hotplugged.
+    pub fn plugged_bytes(&self) -> u64 {
+        self.backed.values().map(|b| b.range.size).sum()
+    }
+
+    /// The guest memory map.
+    pub fn map(&self) -> &GuestMemoryMap {
+        &self.map
+    }
+
+    /// Regions of the current memory map (base, size).
+    pub fn map_regions(&self) -> Vec<(u64, u64)> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        self.map
+            .memory()
+            .iter()
+            .map(|r| (r.start_addr().0, r.len()))
+            .collect()
+    }
+}
+
+fn locked<R>(
+    m: &Mutex<HotplugMemory>,
+    f: impl FnOnce(&mut HotplugMemory) -> Result<R, ParticipantError>,
+) -> Result<R, ParticipantError> {
+    let mut g = m
+        .lock()
+        .map_err(|_| ParticipantError::new("hotplug memory lock poisoned"))?;
+    f(&mut g)
+}
+
+/// Host memory behind a slot.
+#[derive(Debug)]
+pub struct MemoryBackingParticipant {
+    memory: Arc<Mutex<HotplugMemory>>,
+}
+
+impl MemoryBackingParticipant {
+    /// A participant managing `memory`.
+    pub fn new(memory: Arc<Mutex<HotplugMemory>>) -> Self {
+        MemoryBackingParticipant { memory }
+    }
+}
+
+impl HotplugParticipant for MemoryBackingParticipant {
+    fn prepare(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.direction() != Direction::Add {
+            return Ok(());
+        }
+        let (slot, placement) = slot_of(op)?;
+        locked(&self.memory, |m| m.back(slot, placement))
+    }
+
+    fn rollback_prepare(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.direction() != Direction::Add {
+            return Ok(());
+        }
+        let (slot, _) = slot_of(op)?;
+        locked(&self.memory, |m| m.release(slot).map(|_| ()))
+    }
+
+    fn commit(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.direction() != Direction::Remove {
+            return Ok(());
+        }
+        let (slot, _) = slot_of(op)?;
+        locked(&self.memory, |m| m.release(slot).map(|_| ()))
+    }
+}
+
+/// What the guest sees of a memory slot: the controller's range and bits, and the GED.
+#[derive(Debug)]
+pub struct MemoryControllerParticipant {
+    controller: Arc<MemoryHotplugController>,
+    ged: Arc<Ged>,
+    region_base: u64,
+}
+
+impl MemoryControllerParticipant {
+    /// A participant publishing through `controller` and `ged` for a hotplug region that
+    /// starts at `region_base`.
+    pub fn new(controller: Arc<MemoryHotplugController>, ged: Arc<Ged>, region_base: u64) -> Self {
+        MemoryControllerParticipant {
+            controller,
+            ged,
+            region_base,
+        }
+    }
+
+    fn update(
+        &self,
+        slot: u32,
+        f: impl FnOnce(&mut HotplugSlotState),
+    ) -> Result<(), ParticipantError> {
+        if self.controller.update(slot, f) {
+            Ok(())
+        } else {
+            Err(ParticipantError::new(format!(
+                "memory slot {slot} is beyond the controller's range"
+            )))
+        }
+    }
+
+    fn notify(&self) -> Result<(), ParticipantError> {
+        self.ged
+            .notify(GedEvent::Memory)
+            .map_err(|e| ParticipantError::with_source("cannot raise the GED interrupt", e))
+    }
+}
+
+impl HotplugParticipant for MemoryControllerParticipant {
+    fn publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+        if !matches!(op.device, DeviceId::MemorySlot(_)) {
+            return Ok(());
+        }
+        let (slot, p) = slot_of(op)?;
+        match op.direction() {
+            Direction::Add => {
+                let range = SlotRange {
+                    base: self.region_base + p.offset,
+                    length: p.size,
+                    proximity: 0,
+                };
+                if !self.controller.set_range(slot, Some(range)) {
+                    return Err(ParticipantError::new(format!("no memory slot {slot}")));
+                }
+                self.update(slot, |s| {
+                    *s = HotplugSlotState {
+                        enabled: true,
+                        inserting: true,
+                        ..Default::default()
+                    }
+                })?;
+            }
+            Direction::Remove => self.update(slot, |s| {
+                s.removing = true;
+                s.eject_allowed = true;
+            })?,
+        }
+        self.notify()
+    }
+
+    fn rollback_publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+        if !matches!(op.device, DeviceId::MemorySlot(_)) {
+            return Ok(());
+        }
+        let (slot, _) = slot_of(op)?;
+        match op.direction() {
+            Direction::Add => {
+                self.update(slot, |s| *s = HotplugSlotState::default())?;
+                self.controller.set_range(slot, None);
+                Ok(())
+            }
+            Direction::Remove => self.update(slot, |s| {
+                s.removing = false;
+                s.eject_allowed = false;
+            }),
+        }
+    }
+
+    fn commit(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+        if !matches!(op.device, DeviceId::MemorySlot(_)) {
+            return Ok(());
+        }
+        let (slot, _) = slot_of(op)?;
+        match op.direction() {
+            Direction::Add => self.update(slot, |s| s.inserting = false),
+            Direction::Remove => {
+                self.update(slot, |s| *s = HotplugSlotState::default())?;
+                self.controller.set_range(slot, None);
+                Ok(())
+            }
+        }
+    }
+}
