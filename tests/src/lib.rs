@@ -15,6 +15,7 @@
 //! ```
 
 pub mod guest;
+pub mod session;
 
 use std::ffi::OsStr;
 use std::io::Read;

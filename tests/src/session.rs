@@ -1,0 +1,643 @@
+//! A running guest that a test drives step by step: shell commands on its serial console and
+//! requests on plugvm's API socket, for as long as the test needs.
+//!
+//! [`GuestSession::start`] starts plugvm with `--api-socket` (in a [`ScratchDir`]),
+//! `--serial stdio` and a `plugvm.run` script that turns the guest's `/init` into a command
+//! server: it reads one line at a time from the console (plugvm's stdin, through the UART) and
+//! `eval`s it. [`GuestSession::exec`] wraps a command between two markers and returns what it
+//! printed; [`GuestSession::api`] sends one HTTP request and returns the status and JSON body.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use plugvm_tests::session::GuestSession;
+//!
+//! let s = GuestSession::start("boot=1,max=4", "size=512M", "");
+//! s.wait_ready(Duration::from_secs(120));
+//! assert_eq!(s.exec("cat /sys/devices/system/cpu/online", Duration::from_secs(10)), "0");
+//! let (status, body) = s.api("PUT", "vm.add-vcpu", Some(&serde_json::json!({})));
+//! assert_eq!(status, 200, "{body}"); // a failure prints the session's report (on drop)
+//! ```
+//!
+//! Console lines (and plugvm's stderr, and every command and API exchange) are kept with their
+//! time since plugvm started; [`GuestSession::report`] shows the last ones. Dropping a session
+//! while the test panics (a failed assertion, or a session method's own panic) prints that
+//! report (plus the guest's `dmesg` tail when the guest still answers), then kills plugvm.
+//! With `PLUGVM_TEST_SESSION_LOG=1` in the environment every session prints its whole log when
+//! dropped.
+//!
+//! The guest's console tty echoes input in canonical mode and turns `\n` into `\r\n` on
+//! output. The session script switches echo off (`stty -echo`), and the markers are written
+//! as two quoted halves (`echo "__PVM""_B_7__"`), so an echo of the typed line can never look
+//! like a marker. It also lowers the console log level (`dmesg -n 1`) so that kernel messages
+//! cannot land in the middle of a command's output (run `dmesg` to see them).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::guest::{base64, guest_image, guest_test_binary, READY_LINE};
+use crate::ScratchDir;
+
+/// Printed by the session script once the command loop is about to start.
+pub const SESSION_READY_LINE: &str = "PLUGVM-SESSION-READY";
+
+/// The `plugvm.run` script: quiet console, no echo, then a read-eval loop on the console.
+const SESSION_SCRIPT: &str = "stty -echo 2>/dev/null\n\
+dmesg -n 1 2>/dev/null\n\
+echo PLUGVM-SESSION-READY\n\
+while read -r line; do eval \"$line\"; done\n";
+
+/// How long one API request may take (hotplug requests wait for the guest, up to the
+/// transaction's deadline).
+pub const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Set (to anything) to print a session's whole log when it is dropped, failure or not.
+/// `kvm-host.sh` passes `PLUGVM_*` variables into the test bed.
+pub const LOG_VAR: &str = "PLUGVM_TEST_SESSION_LOG";
+
+/// How many lines [`GuestSession::report`] shows.
+const REPORT_LINES: usize = 120;
+
+/// Where a logged line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The serial console (plugvm's stdout).
+    Console,
+    /// plugvm's stderr.
+    Stderr,
+    /// A command sent to the guest, or an API exchange (written by the session itself).
+    Test,
+}
+
+/// One logged line.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// Time since plugvm was started.
+    pub at: Duration,
+    /// Where it came from.
+    pub source: Source,
+    /// The line, without its line ending.
+    pub text: String,
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<LogLine>,
+    /// plugvm closed its stdout (it exited).
+    console_closed: bool,
+}
+
+struct Log {
+    start: Instant,
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, source: Source, text: String) {
+        let at = self.start.elapsed();
+        self.lock().lines.push(LogLine { at, source, text });
+        self.changed.notify_all();
+    }
+
+    fn close_console(&self) {
+        self.lock().console_closed = true;
+        self.changed.notify_all();
+    }
+}
+
+fn spawn_reader<R: Read + Send + 'static>(
+    pipe: R,
+    log: Arc<Log>,
+    source: Source,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            log.push(source, text);
+        }
+        if source == Source::Console {
+            log.close_console();
+        }
+    })
+}
+
+/// A plugvm process running the test guest as a command server. See the module docs.
+pub struct GuestSession {
+    child: Mutex<Child>,
+    stdin: Mutex<Option<ChildStdin>>,
+    exit_status: Mutex<Option<ExitStatus>>,
+    log: Arc<Log>,
+    readers: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+    pid: u32,
+    next_marker: AtomicU32,
+    /// A command did not finish in time: the guest's shell may still be busy with it.
+    stuck: AtomicBool,
+    /// One guest command at a time (the guest's shell reads them one by one).
+    exec_lock: Mutex<()>,
+    _dir: ScratchDir,
+}
+
+impl GuestSession {
+    /// Starts plugvm with the guest image, `--cpus cpus --memory memory`, the API socket and
+    /// the session script; `extra_cmdline` is appended to the kernel command line. Returns
+    /// once the API socket exists (not when the guest is up: see [`Self::wait_ready`]).
+    /// Panics if plugvm cannot be started or exits before creating its socket.
+    pub fn start(cpus: &str, memory: &str, extra_cmdline: &str) -> GuestSession {
+        let img = guest_image();
+        let dir = ScratchDir::new("session");
+        let socket = dir.join("api.sock");
+        let cmdline = format!(
+            "console=ttyS0 panic=-1 pci=off plugvm.run={} {extra_cmdline}",
+            base64(SESSION_SCRIPT.as_bytes())
+        );
+        let mut cmd = Command::new(guest_test_binary());
+        cmd.arg("--kernel")
+            .arg(&img.kernel)
+            .arg("--initramfs")
+            .arg(&img.initramfs)
+            .args(["--cpus", cpus, "--memory", memory, "--serial", "stdio"])
+            .arg("--api-socket")
+            .arg(&socket)
+            .args(["--cmdline", cmdline.trim_end()])
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = format!("{cmd:?}");
+        let start = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+        let log = Arc::new(Log {
+            start,
+            state: Mutex::new(LogState::default()),
+            changed: Condvar::new(),
+        });
+        log.push(Source::Test, format!("started {shown}"));
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(spawn_reader(out, Arc::clone(&log), Source::Console));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(spawn_reader(err, Arc::clone(&log), Source::Stderr));
+        }
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let session = GuestSession {
+            child: Mutex::new(child),
+            stdin: Mutex::new(stdin),
+            exit_status: Mutex::new(None),
+            log,
+            readers,
+            socket,
+            pid,
+            next_marker: AtomicU32::new(1),
+            stuck: AtomicBool::new(false),
+            exec_lock: Mutex::new(()),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !session.socket.exists() {
+            if session.try_exit_status().is_some() {
+                panic!("plugvm exited before creating its API socket (session report below)");
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "plugvm created no API socket at {} within 30 s (session report below)",
+                    session.socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        session
+    }
+
+    /// plugvm's process id (for `/proc/<pid>/...`).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The API socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Time since plugvm was started.
+    pub fn elapsed(&self) -> Duration {
+        self.log.start.elapsed()
+    }
+
+    /// Adds a line to the session's log (shown by [`Self::report`]).
+    pub fn note(&self, text: impl Into<String>) {
+        self.log.push(Source::Test, text.into());
+    }
+
+    /// Waits until the guest is up and its command loop runs; returns the time from plugvm's
+    /// start to the guest's ready line. Panics on timeout or plugvm's exit.
+    pub fn wait_ready(&self, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        let (_, ready) = self.wait_for_line(0, |l| l.contains(READY_LINE), timeout, "ready line");
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.wait_for_line(
+            0,
+            |l| l.contains(SESSION_READY_LINE),
+            left.max(Duration::from_secs(10)),
+            "session script start",
+        );
+        self.note(format!("guest ready after {:?}", ready.at));
+        ready.at
+    }
+
+    /// Index of the next console line to arrive: pass it to [`Self::wait_for_console_since`]
+    /// to look only at what comes after now.
+    pub fn console_mark(&self) -> usize {
+        self.log.lock().lines.len()
+    }
+
+    /// Waits for a console line (any since plugvm started) that satisfies `pred` and returns
+    /// it. Panics on timeout or plugvm's exit.
+    pub fn wait_for_console(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        self.wait_for_console_since(0, pred, timeout)
+    }
+
+    /// Like [`Self::wait_for_console`], looking only at lines from index `mark` on (see
+    /// [`Self::console_mark`]).
+    pub fn wait_for_console_since(
+        &self,
+        mark: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
+        self.wait_for_line(mark, pred, timeout, "console line")
+            .1
+            .text
+    }
+
+    /// The console lines that satisfy `pred`, so far.
+    pub fn console_lines(&self, pred: impl Fn(&str) -> bool) -> Vec<LogLine> {
+        self.log
+            .lock()
+            .lines
+            .iter()
+            .filter(|l| l.source == Source::Console && pred(&l.text))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for a console line from index `mark` on that satisfies `pred`; returns its index
+    /// and the line.
+    fn wait_for_line(
+        &self,
+        mark: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+        what: &str,
+    ) -> (usize, LogLine) {
+        match self.try_wait_for_line(mark, pred, timeout) {
+            Ok(found) => found,
+            Err(why) => panic!("no {what}: {why} (session report below)"),
+        }
+    }
+
+    fn try_wait_for_line(
+        &self,
+        mark: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<(usize, LogLine), String> {
+        let deadline = Instant::now() + timeout;
+        let mut next = mark;
+        let mut state = self.log.lock();
+        loop {
+            while next < state.lines.len() {
+                let line = &state.lines[next];
+                if line.source == Source::Console && pred(&line.text) {
+                    return Ok((next, line.clone()));
+                }
+                next += 1;
+            }
+            if state.console_closed {
+                return Err("plugvm closed its console (it exited)".to_string());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("timed out after {timeout:?}"));
+            }
+            // Wake up now and then even without output, to notice plugvm's exit.
+            let wait = (deadline - now).min(Duration::from_millis(500));
+            state = self
+                .log
+                .changed
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            drop(state);
+            if self.try_exit_status().is_some() {
+                // Let the reader thread deliver the last lines first.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            state = self.log.lock();
+        }
+    }
+
+    /// Runs `cmd` (one line of shell, no trailing `&`) in the guest and returns its output
+    /// (lines joined with `\n`, trimmed; `PLUGVM-HOTPLUG` lines of the uevent handler left
+    /// out). Panics if it exits non-zero or does not finish in `timeout`.
+    pub fn exec(&self, cmd: &str, timeout: Duration) -> String {
+        let (rc, out) = self.exec_status(cmd, timeout);
+        if rc != 0 {
+            panic!("guest command {cmd:?} exited with {rc}; output:\n{out}");
+        }
+        out
+    }
+
+    /// Like [`Self::exec`], but returns the exit code with the output instead of panicking on
+    /// a non-zero one.
+    pub fn exec_status(&self, cmd: &str, timeout: Duration) -> (i32, String) {
+        match self.try_exec(cmd, timeout) {
+            Ok(r) => r,
+            Err(why) => panic!("guest command {cmd:?}: {why} (session report below)"),
+        }
+    }
+
+    fn try_exec(&self, cmd: &str, timeout: Duration) -> Result<(i32, String), String> {
+        let cmd = cmd.trim().trim_end_matches(';');
+        if cmd.contains('\n') {
+            return Err("commands must be one line".to_string());
+        }
+        let _one_at_a_time = self.exec_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stuck.load(Ordering::Relaxed) {
+            return Err("an earlier command never finished".to_string());
+        }
+        let n = self.next_marker.fetch_add(1, Ordering::Relaxed);
+        let begin = format!("__PVM_B_{n}__");
+        let end = format!("__PVM_E_{n}__");
+        // Quoted halves: neither the tty's echo of this line nor `set -x` output can match.
+        let line = format!("echo \"__PVM\"\"_B_{n}__\"; {cmd} ; echo \"__PVM\"\"_E_{n}__ $?\"\n");
+        let mark = self.console_mark();
+        self.note(format!("exec #{n}: {cmd}"));
+        {
+            let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+            let pipe = stdin.as_mut().ok_or("plugvm's stdin is closed")?;
+            pipe.write_all(line.as_bytes())
+                .and_then(|()| pipe.flush())
+                .map_err(|e| format!("cannot write to plugvm's stdin: {e}"))?;
+        }
+        let deadline = Instant::now() + timeout;
+        let left = |d: Instant| d.saturating_duration_since(Instant::now());
+        let found = self
+            .try_wait_for_line(mark, |l| l.contains(&begin), left(deadline))
+            .and_then(|(b, _)| {
+                self.try_wait_for_line(b + 1, |l| l.contains(&end), left(deadline))
+                    .map(|(e, line)| (b, e, line))
+            });
+        let (b, e, end_line) = match found {
+            Ok(f) => f,
+            Err(why) => {
+                self.stuck.store(true, Ordering::Relaxed);
+                return Err(why);
+            }
+        };
+        let (before_end, after_end) = end_line
+            .text
+            .split_once(&end)
+            .unwrap_or(("", end_line.text.as_str()));
+        let rc: i32 = after_end
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("cannot read the exit code in {:?}", end_line.text))?;
+        let state = self.log.lock();
+        let mut out: Vec<&str> = state.lines[b + 1..e]
+            .iter()
+            .filter(|l| l.source == Source::Console && !l.text.starts_with("PLUGVM-HOTPLUG "))
+            .map(|l| l.text.as_str())
+            .collect();
+        if !before_end.is_empty() {
+            // Output without a final newline shares the end marker's line.
+            out.push(before_end);
+        }
+        let out = out.join("\n").trim().to_string();
+        drop(state);
+        self.note(format!("exec #{n} rc={rc}"));
+        Ok((rc, out))
+    }
+
+    /// Runs `cmd` in the guest every 200 ms until its output satisfies `pred` and returns that
+    /// output. Panics (with the last output) after `timeout`.
+    pub fn poll_exec(&self, cmd: &str, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, out) = self.exec_status(cmd, Duration::from_secs(30));
+            if pred(&out) {
+                return out;
+            }
+            if Instant::now() >= deadline {
+                panic!("guest command {cmd:?} still printed {out:?} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends `method path` with `body` (JSON) to the API and returns the status and the body
+    /// (`Value::Null` if empty, a `Value::String` if it is not JSON). `path` is either a full
+    /// target (`/api/v1/vm.info`) or relative to `/api/v1/` (`vm.info`). Panics if the request
+    /// cannot be made.
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let raw = body.map(Value::to_string);
+        self.api_raw(method, path, raw.as_deref().map(str::as_bytes))
+    }
+
+    /// Like [`Self::api`] with a raw body (for malformed JSON).
+    pub fn api_raw(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+        let target = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("{}/{path}", vmm::api::API_PREFIX)
+        };
+        let shown_body = body.map(String::from_utf8_lossy).unwrap_or_default();
+        self.note(format!("API {method} {target} {shown_body}"));
+        let started = Instant::now();
+        let result = vmm::api::client::request(&self.socket, method, &target, body, API_TIMEOUT);
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => panic!("API {method} {target}: {e} (session report below)"),
+        };
+        let text = String::from_utf8_lossy(&response.body).to_string();
+        self.note(format!(
+            "API {method} {target} -> {} in {:?}: {}",
+            response.status,
+            started.elapsed(),
+            truncate(&text, 4000)
+        ));
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (response.status, value)
+    }
+
+    /// The names of plugvm's threads that are vCPU threads (`vcpuN`), sorted.
+    pub fn vcpu_threads(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.pid);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| s.starts_with("vcpu"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// plugvm's exit status if it has exited (reaps it).
+    pub fn try_exit_status(&self) -> Option<ExitStatus> {
+        let mut status = self.exit_status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.is_none() {
+            let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(Some(s)) = child.try_wait() {
+                *status = Some(s);
+            }
+        }
+        *status
+    }
+
+    /// Waits up to `timeout` for plugvm to exit; returns its exit code (`None`: killed by a
+    /// signal). Panics if it is still running then.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_exit_status() {
+                self.note(format!("plugvm exited: {s}"));
+                return s.code();
+            }
+            if Instant::now() >= deadline {
+                panic!("plugvm still running after {timeout:?} (session report below)");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asks plugvm to stop (`PUT vm.shutdown`, which must answer 2xx) and returns its exit
+    /// code. Panics if it does not exit within 30 s.
+    pub fn shutdown(&self) -> Option<i32> {
+        let (status, body) = self.api("PUT", "vm.shutdown", None);
+        assert!(
+            (200..300).contains(&status),
+            "vm.shutdown answered {status} {body}"
+        );
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// The last logged lines (console, stderr, commands and API exchanges) with their times,
+    /// and plugvm's state.
+    pub fn report(&self) -> String {
+        self.render_log(REPORT_LINES)
+    }
+
+    /// Every logged line, formatted like [`Self::report`].
+    pub fn full_log(&self) -> String {
+        self.render_log(usize::MAX)
+    }
+
+    fn render_log(&self, last: usize) -> String {
+        let state = self.log.lock();
+        let skip = state.lines.len().saturating_sub(last);
+        let mut out = format!(
+            "--- plugvm (pid {}) {}; last {} of {} log lines ---\n",
+            self.pid,
+            match *self.exit_status.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(s) => format!("exited: {s}"),
+                None => "running".to_string(),
+            },
+            state.lines.len() - skip,
+            state.lines.len()
+        );
+        for line in &state.lines[skip..] {
+            let tag = match line.source {
+                Source::Console => "con",
+                Source::Stderr => "err",
+                Source::Test => "TEST",
+            };
+            out.push_str(&format!(
+                "[{:>8.3}] {tag} {}\n",
+                line.at.as_secs_f64(),
+                line.text
+            ));
+        }
+        out.push_str("--- end ---");
+        out
+    }
+}
+
+impl Drop for GuestSession {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Diagnostics: the kernel's view, if the guest still answers.
+            if self.try_exit_status().is_none() && !self.stuck.load(Ordering::Relaxed) {
+                // Its output lands in the log as console lines.
+                let _ = self.try_exec("dmesg | tail -n 30", Duration::from_secs(15));
+            }
+            eprintln!("{}", self.report());
+        } else if std::env::var_os(LOG_VAR).is_some() {
+            eprintln!("{}", self.full_log());
+        }
+        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if self.try_exit_status().is_none() {
+            let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_script_fits_the_command_line() {
+        // x86 kernel command lines are limited to 2048 bytes.
+        assert!(base64(SESSION_SCRIPT.as_bytes()).len() < 300);
+        assert!(SESSION_SCRIPT.contains(SESSION_READY_LINE));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+    }
+}
