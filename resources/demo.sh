@@ -1,15 +1,80 @@
 #!/usr/bin/env bash
-# The plugvm demo: builds plugvm, prepares the guest image (Debian's stock kernel and a
-# busybox initramfs) and boots it to a shell on the serial console. Where the host's KVM
-# cannot run Linux (no VT-x/AMD-V), it runs inside the nested-KVM test bed.
-# Type `poweroff` in the guest to end it (plugvm exits with code 0).
+# The plugvm demo: builds plugvm, prepares the guest image (Debian's stock kernel and a busybox
+# initramfs), boots it and hotplugs vCPUs and memory into it through the API while the guest's
+# console shows what the guest itself sees. Where the host's KVM cannot run Linux (no
+# VT-x/AMD-V), it runs inside the nested-KVM test bed (resources/kvm-host.sh).
+#
+#   resources/demo.sh           scripted hotplug demo
+#   resources/demo.sh --shell   boot to an interactive shell on the serial console
+#                               (type `poweroff` to end; plugvm exits with 0)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-"$repo/resources/install-deps.sh"
-cargo build --release --bins >&2
+mode=${1:-demo}
+
+if [[ -z "${PLUGVM_KVMHOST_INSIDE:-}" ]]; then
+    "$repo/resources/install-deps.sh"
+    echo "==> building plugvm" >&2
+    cargo build --release --bins >&2
+    echo "==> preparing the guest image" >&2
+    "$repo/resources/guest-image.sh" >/dev/null
+    exec "$repo/resources/kvm-host.sh" --timeout 900 -- "$repo/resources/demo.sh" "$mode"
+fi
+
 eval "$("$repo/resources/guest-image.sh" | grep -E '^(kernel|initramfs)=')"
-exec "$repo/resources/kvm-host.sh" -- "$repo/target/release/plugvm" \
-    --kernel "$kernel" --initramfs "$initramfs" \
-    --cpus boot=2,max=4 --memory size=512M,hotplug_size=1G \
-    --cmdline "console=ttyS0 panic=-1 pci=off quiet" "$@"
+plugvm=$repo/target/release/plugvm
+remote=$repo/target/release/plugvm-remote
+
+if [[ "$mode" == "--shell" ]]; then
+    exec "$plugvm" --kernel "$kernel" --initramfs "$initramfs" \
+        --cpus boot=2,max=4 --memory size=512M,hotplug_size=1G \
+        --cmdline "console=ttyS0 panic=-1 pci=off quiet"
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+sock=$work/api.sock
+# The guest reports what it sees every two seconds.
+script='while true; do echo "guest: CPUs online $(cat /sys/devices/system/cpu/online), MemTotal $(awk "/MemTotal/ {print int(\$2/1024)}" /proc/meminfo) MiB"; sleep 2; done'
+b64=$(printf '%s' "$script" | base64 -w0)
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+api() {
+    echo "\$ plugvm-remote $*"
+    "$remote" --api-socket "$sock" "$@" || echo "(exit code $?)"
+}
+
+say "booting Debian's kernel: 1 vCPU (max 4), 512 MiB + 1 GiB hotplug region"
+"$plugvm" --kernel "$kernel" --initramfs "$initramfs" \
+    --cpus boot=1,max=4 --memory size=512M,hotplug_size=1G,hotplug_slots=4 \
+    --api-socket "$sock" \
+    --cmdline "console=ttyS0 panic=-1 pci=off quiet plugvm.run=$b64" </dev/null &
+vmm=$!
+for _ in $(seq 1 120); do [[ -S "$sock" ]] && "$remote" --api-socket "$sock" ping >/dev/null 2>&1 && break; sleep 1; done
+sleep 8
+
+say "hot-add a vCPU: the call returns when the guest answered _OST"
+api add-vcpu
+sleep 3
+say "resize to 4 vCPUs (one all-or-nothing transaction)"
+api resize --cpus 4
+sleep 3
+say "hot-remove vCPU 2: the guest offlines it, ejects it, and says so"
+api remove-vcpu 2
+sleep 3
+say "hot-add 256 MiB of memory"
+api add-memory 256M
+sleep 3
+say "remove it again (the guest onlined it movable, so it can give it back)"
+api remove-memory 1
+sleep 3
+say "the journal: every transaction with its phases and the guest's verdicts"
+"$remote" --api-socket "$sock" --json transactions | python3 -c '
+import json, sys
+for t in json.load(sys.stdin)["transactions"]:
+    ev = ", ".join(f"{e[\"kind\"]}{(\"(\" + str(e[\"event\"][\"code\"]) + \",\" + hex(e[\"status\"][\"code\"]) + \")\") if e[\"kind\"] == \"ost\" else \"\"}" for e in t["guest_events"] if e["kind"] != "status_read")
+    print(f"  tx {t[\"id\"]}: {t[\"request\"][\"kind\"]:<14} {t[\"status\"]:<11} {t[\"duration_us\"]/1000:7.1f} ms   guest: {ev}")
+'
+say "shutting down"
+api shutdown
+wait "$vmm" && echo "plugvm exited with 0"
