@@ -230,6 +230,25 @@ impl<L: ControllerLayout> HotplugController<L> {
         }
     }
 
+    /// Withdraws a removal request from slot `uid`. If the guest already ejected the device
+    /// (an all-or-nothing batch rolled back after the guest let it go), the slot is plugged
+    /// back in: enabled with an insert pending, so that the guest's next scan adds it again.
+    /// Returns whether that re-insert is needed (the caller raises the GED event), or `None`
+    /// if there is no such slot.
+    pub fn withdraw_removal(&self, uid: u32) -> Option<bool> {
+        let mut reinsert = false;
+        let found = self.update(uid, |s| {
+            s.removing = false;
+            s.eject_allowed = false;
+            if !s.enabled {
+                s.enabled = true;
+                s.inserting = true;
+                reinsert = true;
+            }
+        });
+        found.then_some(reinsert)
+    }
+
     /// Sets (or clears) where memory slot `uid` lies; `false` if there is no such slot.
     pub fn set_range(&self, uid: u32, range: Option<SlotRange>) -> bool {
         let Ok(mut state) = self.state.lock() else {

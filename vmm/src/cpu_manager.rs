@@ -279,10 +279,14 @@ impl HotplugParticipant for CpuControllerParticipant {
         match op.direction() {
             // Withdrawn: the CPU reads absent again; a guest that scans later finds nothing.
             Direction::Add => self.update(id, |s| *s = devices::HotplugSlotState::default()),
-            Direction::Remove => self.update(id, |s| {
-                s.removing = false;
-                s.eject_allowed = false;
-            }),
+            Direction::Remove => match self.controller.withdraw_removal(id) {
+                Some(true) => {
+                    tracing::info!(cpu = id, "guest had ejected the CPU: plugging it back in");
+                    self.notify()
+                }
+                Some(false) => Ok(()),
+                None => Err(ParticipantError::new(format!("no CPU {id}"))),
+            },
         }
     }
 

@@ -345,10 +345,14 @@ impl HotplugParticipant for MemoryControllerParticipant {
                 self.controller.set_range(slot, None);
                 Ok(())
             }
-            Direction::Remove => self.update(slot, |s| {
-                s.removing = false;
-                s.eject_allowed = false;
-            }),
+            Direction::Remove => match self.controller.withdraw_removal(slot) {
+                Some(true) => {
+                    tracing::info!(slot, "guest had ejected the memory: plugging it back in");
+                    self.notify()
+                }
+                Some(false) => Ok(()),
+                None => Err(ParticipantError::new(format!("no memory slot {slot}"))),
+            },
         }
     }
 

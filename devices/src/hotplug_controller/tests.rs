@@ -209,3 +209,38 @@ fn memory_eject_needs_a_pending_removal() {
         Some(&HotplugObservation::Ejected { uid: 1 })
     );
 }
+
+#[test]
+fn withdrawing_a_removal_replugs_what_the_guest_ejected() {
+    let c = CpuHotplugController::for_cpus(3, 4);
+    c.update(1, |s| {
+        s.removing = true;
+        s.eject_allowed = true;
+    });
+    assert_eq!(c.withdraw_removal(1), Some(false));
+    assert_eq!(
+        c.slot(1),
+        Some(HotplugSlotState {
+            enabled: true,
+            ..Default::default()
+        })
+    );
+    c.update(2, |s| {
+        s.removing = true;
+        s.eject_allowed = true;
+    });
+    w32(&c, cpu::SELECTOR, 2);
+    w8(&c, cpu::STATUS, cpu::STATUS_EJECT);
+    assert!(!c.slot(2).unwrap().enabled);
+    assert_eq!(c.withdraw_removal(2), Some(true));
+    assert_eq!(
+        c.slot(2),
+        Some(HotplugSlotState {
+            enabled: true,
+            inserting: true,
+            ..Default::default()
+        })
+    );
+    assert_eq!(r32(&c, cpu::NEXT_EVENT), 2);
+    assert_eq!(c.withdraw_removal(9), None);
+}
