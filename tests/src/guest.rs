@@ -94,6 +94,9 @@ pub fn run_here_or_in_kvm_host(name: &str) -> bool {
     }
     let binary = plugvm_binary();
     let _ = guest_image();
+    // One nested host at a time: each is a TCG VM that wants both cores and gigabytes of
+    // memory, so guest tests of parallel test threads (or binaries) take turns.
+    let _turn = test_bed_lock();
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let kvm_host = workspace_root().join("resources/kvm-host.sh");
     eprintln!("running {name} inside the nested KVM host");
@@ -111,6 +114,22 @@ pub fn run_here_or_in_kvm_host(name: &str) -> bool {
         "{name} failed inside the nested KVM host ({status})"
     );
     false
+}
+
+/// Holds an exclusive lock on a file under the target directory while alive.
+fn test_bed_lock() -> std::fs::File {
+    let dir = crate::target_dir().join("kvm-host");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("guest-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+    file
 }
 
 /// Declares a test that boots real guests: it runs inside the nested-KVM test bed when the
