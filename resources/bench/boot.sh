@@ -20,7 +20,8 @@
 #   --extra-cmdline STR  appended to the kernel command line of both VMMs (e.g. quiet)
 #   --vmlinux         boot the uncompressed ELF vmlinux instead of the bzImage, in both VMMs
 #                     (plugvm: ELF entry; QEMU: PVH entry of the same ELF) - what Firecracker's
-#                     reference boot uses; skips the in-guest XZ decompression
+#                     reference boot uses; skips the in-guest XZ decompression. QEMU 7.2's
+#                     microvm hung after "ACPI: Core revision" with PVH here: use q35 with it
 #   --no-build        do not run `cargo build --release --bins` first (use the binary as it is)
 #   --keep-logs DIR   keep every boot's console output and stderr in DIR (must be visible inside
 #                     the test bed: e.g. under the repository)
@@ -58,7 +59,7 @@ REPO="$(cd "$RES/.." && pwd -P)"
 
 usage_err() {
     echo "boot-bench: $*" >&2
-    echo "usage: boot.sh [--runs N] [--memory SIZE] [--cpus N] [--qemu-machine M]... [--warmup N] [--timeout SECS] [--settle SECS] [--extra-cmdline STR] [--no-build] [--keep-logs DIR]" >&2
+    echo "usage: boot.sh [--runs N] [--memory SIZE] [--cpus N] [--qemu-machine M]... [--warmup N] [--timeout SECS] [--settle SECS] [--extra-cmdline STR] [--vmlinux] [--no-build] [--keep-logs DIR]" >&2
     exit 2
 }
 
@@ -93,7 +94,7 @@ while [ $# -gt 0 ]; do
         --no-build) build=0 ;;
         --vmlinux) vmlinux=1 ;;
         -h | --help)
-            sed -n '2,51p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) usage_err "unknown argument: $1" ;;
