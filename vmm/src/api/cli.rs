@@ -211,7 +211,83 @@ pub fn render(value: &Value, prefix: &str, out: &mut String) {
     }
 }
 
+fn device_name(device: &Value) -> String {
+    match device.as_object().and_then(|m| m.iter().next()) {
+        Some((kind, id)) => format!("{} {id}", kind.replace('_', " ")),
+        None => device.to_string(),
+    }
+}
+
+fn guest_event(e: &Value) -> Option<String> {
+    match e.get("kind").and_then(Value::as_str)? {
+        "ost" => {
+            let code = |k: &str| e.get(k).and_then(|v| v.get("code")).and_then(Value::as_u64);
+            let name = e
+                .get("status")
+                .and_then(|s| s.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            Some(format!(
+                "_OST({},{:#x}) {name}",
+                code("event").unwrap_or(0),
+                code("status").unwrap_or(0)
+            ))
+        }
+        "eject" => Some("_EJ0".to_string()),
+        _ => None,
+    }
+}
+
+/// One line per transaction record: what, on which devices, how it ended, how long it took,
+/// and what the guest said.
+pub fn summarize_transaction(record: &Value) -> String {
+    let field = |k: &str| record.get(k).cloned().unwrap_or(Value::Null);
+    let kind = record
+        .get("request")
+        .and_then(|r| r.get("kind"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let devices: Vec<String> = record
+        .get("targets")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t.get("device"))
+                .map(device_name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let status = field("status");
+    let took = record
+        .get("duration_us")
+        .and_then(Value::as_u64)
+        .map(|us| format!(" in {:.1} ms", us as f64 / 1000.0))
+        .unwrap_or_default();
+    let events: Vec<String> = record
+        .get("guest_events")
+        .and_then(Value::as_array)
+        .map(|e| e.iter().filter_map(guest_event).collect())
+        .unwrap_or_default();
+    let guest = if events.is_empty() {
+        "guest: no answer".to_string()
+    } else {
+        format!("guest: {}", events.join(", "))
+    };
+    format!(
+        "tx {} {kind} [{}]: {}{took}; {guest}\n",
+        field("id"),
+        devices.join(", "),
+        status.as_str().unwrap_or("?")
+    )
+}
+
 fn readable(command: &Command, body: &Value) -> String {
+    if let Some(record) = body.get("transaction").filter(|r| r.is_object()) {
+        return summarize_transaction(record);
+    }
+    if let Some(records) = body.get("transactions").and_then(Value::as_array) {
+        return records.iter().map(summarize_transaction).collect();
+    }
     match (command, body) {
         (Command::Ping, Value::Object(map)) => format!(
             "plugvm {} (build {}), pid {}\n",
@@ -264,6 +340,9 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             .map(str::to_string)
             .unwrap_or_else(|| reason(response.status).to_string());
         let _ = writeln!(err, "plugvm-remote: {message} (HTTP {})", response.status);
+        if let Some(record) = parsed.get("transaction").filter(|r| r.is_object()) {
+            let _ = write!(err, "{}", summarize_transaction(record));
+        }
         return 1;
     }
     let text = if cli.json {
@@ -278,6 +357,45 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     match out.write_all(text.as_bytes()) {
         Ok(()) => 0,
         Err(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::summarize_transaction;
+    use serde_json::json;
+
+    #[test]
+    fn a_committed_removal_reads_as_one_line() {
+        let record = json!({
+            "id": 3,
+            "request": {"kind": "remove_cpu", "id": 2},
+            "targets": [{"device": {"cpu": 2}}],
+            "status": "committed",
+            "duration_us": 115_493,
+            "guest_events": [
+                {"kind": "status_read"},
+                {"kind": "ost", "event": {"code": 3}, "status": {"code": 132, "name": "eject_in_progress"}},
+                {"kind": "eject"},
+                {"kind": "ost", "event": {"code": 3}, "status": {"code": 0, "name": "success"}}
+            ]
+        });
+        assert_eq!(
+            summarize_transaction(&record),
+            "tx 3 remove_cpu [cpu 2]: committed in 115.5 ms; guest: _OST(3,0x84) eject_in_progress, _EJ0, _OST(3,0x0) success\n"
+        );
+    }
+
+    #[test]
+    fn a_silent_guest_and_missing_fields_do_not_break_it() {
+        let line = summarize_transaction(
+            &json!({"id": 9, "status": "rolled_back", "targets": [{"device": {"memory_slot": 1}}]}),
+        );
+        assert_eq!(
+            line,
+            "tx 9 ? [memory slot 1]: rolled_back; guest: no answer\n"
+        );
+        assert!(summarize_transaction(&json!(null)).starts_with("tx null ? []"));
     }
 }
 
