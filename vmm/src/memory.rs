@@ -6,9 +6,15 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-/// The guest's memory block size for hotplug (Linux x86_64 uses 128 MiB blocks for guests
-/// below 64 GiB); the hotplug region starts on a multiple of it.
+/// The guest's memory block size for hotplug when boot RAM ends below 64 GiB: Linux x86_64
+/// onlines and offlines memory in 128 MiB blocks then. The hotplug region starts on a multiple
+/// of the block size and every slot is a multiple of it.
 pub const HOTPLUG_ALIGNMENT: u64 = 128 << 20;
+/// Linux picks larger memory blocks (up to 2 GiB, the largest power of two that divides the
+/// end of boot memory) once boot memory ends at or above 64 GiB.
+pub const LARGE_BLOCK_BOOT_END: u64 = 64 << 30;
+/// The largest memory block size Linux x86_64 uses.
+pub const MAX_BLOCK_SIZE: u64 = 2 << 30;
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +77,26 @@ impl MemoryLayout {
             });
         }
         let ram_end = ram.last().map_or(0, GuestRange::end).max(MMIO_HOLE_END);
+        let block = Self::block_size_for(ram.last().map_or(0, GuestRange::end));
         let hotplug = (hotplug_size > 0).then(|| GuestRange {
-            base: ram_end.next_multiple_of(HOTPLUG_ALIGNMENT),
+            base: ram_end.next_multiple_of(block),
             size: hotplug_size,
         });
         MemoryLayout { ram, hotplug }
+    }
+
+    fn block_size_for(boot_end: u64) -> u64 {
+        if boot_end < LARGE_BLOCK_BOOT_END {
+            HOTPLUG_ALIGNMENT
+        } else {
+            // The largest power of two up to 2 GiB that divides the end of boot memory.
+            (boot_end & boot_end.wrapping_neg()).clamp(HOTPLUG_ALIGNMENT, MAX_BLOCK_SIZE)
+        }
+    }
+
+    /// The guest's memory block size: hotplug slots are multiples of it.
+    pub fn block_size(&self) -> u64 {
+        Self::block_size_for(self.ram.last().map_or(0, GuestRange::end))
     }
 
     /// Boot RAM below 4 GiB.
@@ -176,6 +197,19 @@ mod tests {
         let h = l.hotplug.unwrap();
         assert_eq!(h.base, MMIO_HOLE_END);
         assert_eq!(h.size, 256 << 20);
+    }
+
+    #[test]
+    fn block_size_follows_linux() {
+        assert_eq!(MemoryLayout::new(512 << 20, 0).block_size(), 128 << 20);
+        // 62 GiB of RAM ends at 63 GiB, below the 64 GiB threshold.
+        assert_eq!(MemoryLayout::new(62 << 30, 0).block_size(), 128 << 20);
+        assert_eq!(MemoryLayout::new(63 << 30, 0).block_size(), 2 << 30);
+        // 96 GiB of RAM ends at 97 GiB (the hole moves 1 GiB above 4 GiB): 1 GiB blocks.
+        let l = MemoryLayout::new(96 << 30, 4 << 30);
+        assert_eq!(l.block_size(), 1 << 30);
+        assert_eq!(l.hotplug.unwrap().base % (1 << 30), 0);
+        assert_eq!(MemoryLayout::new(127 << 30, 0).block_size(), 2 << 30);
     }
 
     #[test]

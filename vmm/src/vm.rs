@@ -69,6 +69,16 @@ pub enum VmError {
     /// The API server.
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    /// The hotplug region does not fit the guest's memory layout.
+    #[error("hotplug region {base:#x}+{size:#x}: {why}")]
+    HotplugRegion {
+        /// Region base.
+        base: u64,
+        /// Region size.
+        size: u64,
+        /// What is wrong.
+        why: String,
+    },
     /// The hotplug engine refused its configuration.
     #[error("hotplug engine: {0}")]
     Hotplug(String),
@@ -294,7 +304,7 @@ fn create_hotplug_service(
         max_cpus: config.cpus.max,
         boot_cpus: config.cpus.boot,
         boot_memory: config.memory.size,
-        block_size: memory::HOTPLUG_ALIGNMENT,
+        block_size: MemoryLayout::new(config.memory.size, config.memory.hotplug_size).block_size(),
         hotplug_region_size: config.memory.hotplug_size,
         memory_slots: config.memory.hotplug_slots,
     };
@@ -344,6 +354,38 @@ fn create_hotplug_service(
             .map_err(|e| VmError::Hotplug(e.to_string()))?;
     }
     Ok(HotplugService::new(engine, clock, observations))
+}
+
+/// The hotplug region must lie within the guest's physical address width (CPUID
+/// 0x8000_0008) and be a multiple of the guest's memory block size.
+fn check_hotplug_region(
+    cpuid: &kvm_bindings::CpuId,
+    region: memory::GuestRange,
+    block: u64,
+) -> Result<(), VmError> {
+    let err = |why: String| VmError::HotplugRegion {
+        base: region.base,
+        size: region.size,
+        why,
+    };
+    if !region.size.is_multiple_of(block) {
+        return Err(err(format!(
+            "the guest's memory block size is {} MiB for this much boot RAM; use a multiple of it",
+            block >> 20
+        )));
+    }
+    let phys_bits = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| e.eax & 0xff);
+    let limit = 1u64.checked_shl(phys_bits).unwrap_or(u64::MAX);
+    if region.end() > limit {
+        return Err(err(format!(
+            "ends beyond the guest's {phys_bits}-bit physical address space"
+        )));
+    }
+    Ok(())
 }
 
 /// Restores the terminal when dropped.
@@ -474,6 +516,9 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::KvmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
+        if let Some(region) = layout.hotplug {
+            check_hotplug_region(&supported, region, layout.block_size())?;
+        }
         let topology = CpuTopology {
             max_cpus: config.cpus.max,
         };
