@@ -38,6 +38,14 @@ pub enum HotplugObservation {
         /// Device UID.
         uid: u32,
     },
+    /// The guest ejected `uid` although nobody asked it to leave (or the request was
+    /// withdrawn meanwhile): the device stays, and is marked for re-insertion so that the
+    /// guest's next scan adds back what it just removed on its side. The VMM should raise
+    /// the GED event.
+    EjectRefused {
+        /// Device UID.
+        uid: u32,
+    },
 }
 
 /// The status register's bits of one layout.
@@ -124,8 +132,13 @@ impl SlotRegisters {
             slot.removing = false;
         }
         if value & b.eject != 0 {
-            if !slot.enabled || !slot.eject_allowed {
-                return Err(format!("eject of {uid}, which was not asked to leave"));
+            if !slot.enabled {
+                return Err(format!("eject of {uid}, which is not present"));
+            }
+            if !slot.eject_allowed {
+                // The guest has already let the device go on its side: offer it again.
+                slot.inserting = true;
+                return Ok(Some(HotplugObservation::EjectRefused { uid }));
             }
             *slot = HotplugSlotState::default();
             return Ok(Some(HotplugObservation::Ejected { uid }));

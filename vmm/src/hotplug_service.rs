@@ -20,15 +20,46 @@ use crate::api::ApiResponse;
 pub type GuestObservation = (DeviceId, GuestEvent);
 
 /// Maps a controller observation to the engine's terms; `device` names the device kind
-/// from its UID (`DeviceId::cpu` or `DeviceId::memory_slot`).
-pub fn observation(obs: HotplugObservation, device: fn(u32) -> DeviceId) -> GuestObservation {
+/// from its UID (`DeviceId::cpu` or `DeviceId::memory_slot`). A refused eject is not the
+/// engine's business (the controller already kept the device and offered it again).
+pub fn observation(
+    obs: HotplugObservation,
+    device: fn(u32) -> DeviceId,
+) -> Option<GuestObservation> {
     match obs {
-        HotplugObservation::StatusRead { uid } => (device(uid), GuestEvent::StatusRead),
+        HotplugObservation::StatusRead { uid } => Some((device(uid), GuestEvent::StatusRead)),
         HotplugObservation::Ost { uid, event, status } => {
-            (device(uid), GuestEvent::ost(event, status))
+            Some((device(uid), GuestEvent::ost(event, status)))
         }
-        HotplugObservation::Ejected { uid } => (device(uid), GuestEvent::Eject),
+        HotplugObservation::Ejected { uid } => Some((device(uid), GuestEvent::Eject)),
+        HotplugObservation::EjectRefused { .. } => None,
     }
+}
+
+/// Sends controller observations to the engine, and answers a refused eject by raising the
+/// GED so that the guest rescans and adds the device back.
+pub fn observer(
+    tx: std::sync::mpsc::Sender<GuestObservation>,
+    wake: vmm_sys_util::eventfd::EventFd,
+    ged: Arc<devices::Ged>,
+    event: devices::GedEvent,
+    device: fn(u32) -> DeviceId,
+) -> Box<dyn Fn(HotplugObservation) + Send + Sync> {
+    Box::new(move |obs| {
+        if let HotplugObservation::EjectRefused { uid } = obs {
+            tracing::warn!(device = %device(uid), "guest ejected a device nobody asked to leave; offering it again");
+            if let Err(e) = ged.notify(event) {
+                tracing::error!("cannot raise the GED interrupt: {e}");
+            }
+            return;
+        }
+        // The event loop may be gone when the VM ends; nothing to report then.
+        if let Some(o) = observation(obs, device) {
+            if tx.send(o).is_ok() {
+                let _ = wake.write(1);
+            }
+        }
+    })
 }
 
 /// The engine plus the API callers waiting on it.

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use acpi::{MachineDescription, MemoryRange};
 use devices::{
-    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, MemoryHotplugController,
-    PvPanicDevice, SerialDevice,
+    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, GedEvent,
+    MemoryHotplugController, PvPanicDevice, SerialDevice,
 };
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -212,32 +212,31 @@ fn create_devices(
     let ged = Arc::new(Ged::new(ged_irq));
     let mut cpu_hotplug = CpuHotplugController::for_cpus(config.cpus.boot, config.cpus.max);
     let (tx, wake) = observations;
-    let (cpu_tx, cpu_wake) = (
-        tx.clone(),
+    let clone_wake = || {
         wake.try_clone()
-            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?,
-    );
-    cpu_hotplug.set_observer(Box::new(move |obs| {
-        // The event loop may be gone when the VM ends; nothing to report then.
-        if cpu_tx
-            .send(hotplug_service::observation(obs, DeviceId::cpu))
-            .is_ok()
-        {
-            let _ = cpu_wake.write(1);
-        }
-    }));
+            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
+    };
+    cpu_hotplug.set_observer(hotplug_service::observer(
+        tx.clone(),
+        clone_wake()?,
+        ged.clone(),
+        GedEvent::Cpu,
+        DeviceId::cpu,
+    ));
     let cpu_hotplug = Arc::new(cpu_hotplug);
-    let memory_hotplug = (config.memory.hotplug_size > 0).then(|| {
+    let memory_hotplug = if config.memory.hotplug_size > 0 {
         let mut controller = MemoryHotplugController::for_memory_slots(config.memory.hotplug_slots);
-        let (tx, wake) = (tx.clone(), wake.try_clone());
-        controller.set_observer(Box::new(move |obs| {
-            let sent = tx.send(hotplug_service::observation(obs, DeviceId::memory_slot));
-            if let (Ok(()), Ok(wake)) = (sent, wake.as_ref()) {
-                let _ = wake.write(1);
-            }
-        }));
-        Arc::new(controller)
-    });
+        controller.set_observer(hotplug_service::observer(
+            tx,
+            clone_wake()?,
+            ged.clone(),
+            GedEvent::Memory,
+            DeviceId::memory_slot,
+        ));
+        Some(Arc::new(controller))
+    } else {
+        None
+    };
 
     let mut io = IoManager::new();
     let pio = |base: u16, len: u16| PioRange::new(PioAddress(base), len);

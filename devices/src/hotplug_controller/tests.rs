@@ -198,6 +198,8 @@ fn memory_eject_needs_a_pending_removal() {
     w32(&m, mem::SELECTOR, 1);
     w8(&m, mem::STATUS, mem::STATUS_EJECT);
     assert!(m.slot(1).unwrap().enabled);
+    assert!(m.slot(1).unwrap().inserting);
+    w8(&m, mem::STATUS, mem::STATUS_INSERTING);
     m.update(1, |s| {
         s.removing = true;
         s.eject_allowed = true;
