@@ -509,6 +509,46 @@ impl GuestSession {
         names
     }
 
+    /// A field of plugvm's `/proc/<pid>/status` given in kB (`VmRSS`, `VmSize`, ...), in KiB.
+    /// Panics if the file or the field cannot be read.
+    pub fn proc_status_kib(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.pid);
+        let status =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {path}:\n{status}"))
+    }
+
+    /// The lines of plugvm's `/proc/<pid>/maps`. Panics if it cannot be read.
+    pub fn proc_maps(&self) -> Vec<String> {
+        let path = format!("/proc/{}/maps", self.pid);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The targets of plugvm's open file descriptors (`/proc/<pid>/fd/N` -> target), sorted
+    /// by fd number. Panics if the directory cannot be read.
+    pub fn proc_fds(&self) -> Vec<(u32, String)> {
+        let dir = format!("/proc/{}/fd", self.pid);
+        let mut fds: Vec<(u32, String)> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read {dir}: {e}"))
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((fd, target.display().to_string()))
+            })
+            .collect();
+        fds.sort();
+        fds
+    }
+
     /// plugvm's exit status if it has exited (reaps it).
     pub fn try_exit_status(&self) -> Option<ExitStatus> {
         let mut status = self.exit_status.lock().unwrap_or_else(|e| e.into_inner());
