@@ -246,3 +246,50 @@ fn withdrawing_a_removal_replugs_what_the_guest_ejected() {
     assert_eq!(r32(&c, cpu::NEXT_EVENT), 2);
     assert_eq!(c.withdraw_removal(9), None);
 }
+
+/// Whatever a guest writes and reads, in any order, width or offset, the controllers neither
+/// panic nor break their invariants: a selector always names a real slot, an absent slot never
+/// has events pending from the guest's side, and only slots asked to leave can be ejected.
+#[test]
+fn random_guest_accesses_never_break_the_controllers() {
+    fn run<L: ControllerLayout>(c: HotplugController<L>, uids: std::ops::RangeInclusive<u32>) {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (first, last) = (*uids.start(), *uids.end());
+        // Slot `first` is present and may leave; the others are present and must stay.
+        for uid in uids.clone() {
+            c.update(uid, |s| s.enabled = true);
+        }
+        c.update(first, |s| s.eject_allowed = true);
+        for _ in 0..20_000 {
+            let r = next();
+            let offset = r % 0x30;
+            let len = [1usize, 2, 4, 8][(r >> 8) as usize % 4];
+            let value = (r >> 16).to_le_bytes();
+            if r & (1 << 40) == 0 {
+                c.mmio_write(MmioAddress(0), offset, &value[..len]);
+            } else {
+                let mut data = vec![0u8; len];
+                c.mmio_read(MmioAddress(0), offset, &mut data);
+            }
+            let sel = r32(&c, L::SELECTOR);
+            assert!(
+                uids.contains(&sel),
+                "selector {sel} outside {first}..={last}"
+            );
+        }
+        for uid in uids.clone().skip(1) {
+            assert!(
+                c.slot(uid).unwrap().enabled,
+                "slot {uid} was ejected without being asked to leave"
+            );
+        }
+    }
+    run(CpuHotplugController::for_cpus(1, 8), 0..=7);
+    run(MemoryHotplugController::for_memory_slots(4), 1..=4);
+}
