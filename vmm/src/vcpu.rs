@@ -120,11 +120,22 @@ impl VcpuHandle {
         use std::os::unix::thread::JoinHandleExt;
         let pthread = self.thread.as_pthread_t();
         // Keep kicking until the thread notices: the signal may land just before KVM_RUN.
+        // Spin briefly first (a halted vCPU leaves KVM_RUN within microseconds of the
+        // signal), then back off so a stuck thread does not burn a core.
+        let started = std::time::Instant::now();
+        let mut last_kick: Option<std::time::Instant> = None;
         while !self.thread.is_finished() {
-            // SAFETY: the thread is alive (not finished and not joined), so its pthread_t
-            // is valid; the kick signal has a no-op handler installed.
-            unsafe { libc::pthread_kill(pthread, kick_signal()) };
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            if last_kick.is_none_or(|t| t.elapsed() >= std::time::Duration::from_micros(200)) {
+                // SAFETY: the thread is alive (not finished and not joined), so its pthread_t
+                // is valid; the kick signal has a no-op handler installed.
+                unsafe { libc::pthread_kill(pthread, kick_signal()) };
+                last_kick = Some(std::time::Instant::now());
+            }
+            if started.elapsed() < std::time::Duration::from_millis(5) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
         self.thread.join().ok()
     }
