@@ -76,6 +76,30 @@ impl SerialDevice {
     }
 }
 
+impl SerialDevice {
+    /// Bytes queued for the guest and not read yet.
+    pub fn pending_input(&self) -> usize {
+        self.uart.lock().map_or(0, |u| u.state().in_buffer.len())
+    }
+
+    /// Raises the receive interrupt again when input is waiting and the guest enabled the
+    /// receive interrupt. The UART model raises an edge only when data arrives with no
+    /// receive interrupt already flagged, so one lost edge would leave input unread forever;
+    /// a real 16550 keeps its interrupt line asserted while data is pending, and this gives
+    /// the guest the same guarantee. Returns whether it raised the interrupt.
+    pub fn kick_receiver(&self) -> bool {
+        const IER_RDA: u8 = 0x01;
+        let Ok(uart) = self.uart.lock() else {
+            return false;
+        };
+        let state = uart.state();
+        if state.interrupt_enable & IER_RDA == 0 || state.in_buffer.is_empty() {
+            return false;
+        }
+        uart.interrupt_evt().trigger().is_ok()
+    }
+}
+
 impl DevicePio for SerialDevice {
     fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         let len = data.len();
@@ -143,6 +167,27 @@ mod tests {
         let mut byte = [0u8];
         dev.pio_read(PioAddress(0x3f8), 0, &mut byte);
         assert_eq!(byte, *b"x");
+    }
+
+    #[test]
+    fn unread_input_raises_the_interrupt_again() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = SerialDevice::new(irq.try_clone().unwrap(), Box::new(io::sink()));
+        assert_eq!(dev.enqueue_input(b"ab"), 2);
+        assert!(
+            !dev.kick_receiver(),
+            "no kick while the guest has receive interrupts off"
+        );
+        dev.pio_write(PioAddress(0x3f8), 1, &[1]);
+        let _ = irq.read();
+        assert_eq!(dev.pending_input(), 2);
+        assert!(dev.kick_receiver());
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut byte = [0u8];
+        dev.pio_read(PioAddress(0x3f8), 0, &mut byte);
+        dev.pio_read(PioAddress(0x3f8), 0, &mut byte);
+        assert_eq!(dev.pending_input(), 0);
+        assert!(!dev.kick_receiver(), "nothing left to read");
     }
 
     #[test]

@@ -135,15 +135,41 @@ pub fn feed_input(mut input: impl Read, serial: &SerialDevice) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let mut sent = 0;
-                // The FIFO holds 64 bytes: give the guest time to drain it.
                 while sent < n {
                     let k = serial.enqueue_input(&buf[sent..n]);
                     sent += k;
                     if k == 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        // The FIFO holds 64 bytes: give the guest time to drain it.
+                        wait_for_guest_to_read(serial);
                     }
                 }
+                wait_for_guest_to_read(serial);
             }
         }
+    }
+}
+
+/// Waits (bounded) until the guest has read its pending input, raising the receive
+/// interrupt again when the input sits unread, as a level-triggered UART line would.
+fn wait_for_guest_to_read(serial: &SerialDevice) {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(5);
+    let mut last = serial.pending_input();
+    let mut still = 0u32;
+    for _ in 0..400 {
+        if last == 0 {
+            return;
+        }
+        std::thread::sleep(POLL);
+        let now = serial.pending_input();
+        if now == last {
+            still += 1;
+            // 20 ms without the guest reading anything: its interrupt may have been lost.
+            if still.is_multiple_of(4) && !serial.kick_receiver() {
+                return;
+            }
+        } else {
+            still = 0;
+        }
+        last = now;
     }
 }
