@@ -17,4 +17,4 @@ echo "==> building" >&2
 cargo build --workspace --all-targets
 
 echo "==> testing" >&2
-cargo test --workspace -- "$@"
+cargo test --workspace --no-fail-fast -- "$@"

@@ -99,21 +99,40 @@ pub fn run_here_or_in_kvm_host(name: &str) -> bool {
     let _turn = test_bed_lock();
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let kvm_host = workspace_root().join("resources/kvm-host.sh");
-    eprintln!("running {name} inside the nested KVM host");
-    let status = Command::new(&kvm_host)
-        .args(["--timeout", "600", "--"])
-        .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(BIN_VAR, &binary)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", kvm_host.display()));
-    assert!(
-        status.success(),
-        "{name} failed inside the nested KVM host ({status})"
-    );
-    false
+    // The nested test bed (a TCG-emulated SVM host) now and then stalls a guest vCPU for
+    // good (seen: a boot stopping mid-way, a hot-added CPU never coming up), about once in
+    // a few dozen guest boots, also under QEMU. A test that fails there is run once more
+    // before it counts as failed; a real plugvm bug fails both times. PLUGVM_TEST_ATTEMPTS
+    // sets the number of attempts (default 2).
+    let attempts: u32 = std::env::var("PLUGVM_TEST_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(2);
+    let mut last = None;
+    for attempt in 1..=attempts {
+        eprintln!("running {name} inside the nested KVM host (attempt {attempt} of {attempts})");
+        let status = Command::new(&kvm_host)
+            .args(["--timeout", "600", "--"])
+            .arg(&exe)
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(BIN_VAR, &binary)
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", kvm_host.display()));
+        if status.success() {
+            if attempt > 1 {
+                eprintln!(
+                    "WARNING: {name} passed only on attempt {attempt}; see the failure above"
+                );
+            }
+            return false;
+        }
+        eprintln!("{name} failed inside the nested KVM host on attempt {attempt} ({status})");
+        last = Some(status);
+    }
+    panic!("{name} failed inside the nested KVM host in all {attempts} attempts ({last:?})");
 }
 
 /// Holds an exclusive lock on a file under the target directory while alive.
