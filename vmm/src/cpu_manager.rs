@@ -10,13 +10,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use devices::{CpuHotplugController, ExitSignal, Ged, GedEvent};
+use devices::{CpuHotplugController, CpuLayout, ExitSignal, Ged, GedEvent};
 use hotplug::{DeviceId, DeviceOp, Direction, HotplugParticipant, ParticipantError};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_device::device_manager::IoManager;
 
 use crate::arch::CpuTopology;
+use crate::slot_publisher::SlotPublisher;
 use crate::vcpu::{self, VcpuHandle};
 
 /// Everything needed to create and run vCPUs, and the vCPUs themselves.
@@ -199,34 +200,15 @@ impl HotplugParticipant for VcpuParticipant {
 /// What the guest sees of a CPU: the controller's bits and the GED interrupt.
 #[derive(Debug)]
 pub struct CpuControllerParticipant {
-    controller: Arc<CpuHotplugController>,
-    ged: Arc<Ged>,
+    slots: SlotPublisher<CpuLayout>,
 }
 
 impl CpuControllerParticipant {
     /// A participant publishing through `controller` and `ged`.
     pub fn new(controller: Arc<CpuHotplugController>, ged: Arc<Ged>) -> Self {
-        CpuControllerParticipant { controller, ged }
-    }
-
-    fn update(
-        &self,
-        id: u32,
-        f: impl FnOnce(&mut devices::HotplugSlotState),
-    ) -> Result<(), ParticipantError> {
-        if self.controller.update(id, f) {
-            Ok(())
-        } else {
-            Err(ParticipantError::new(format!(
-                "CPU {id} is beyond the controller's range"
-            )))
+        CpuControllerParticipant {
+            slots: SlotPublisher::new(controller, ged, GedEvent::Cpu, DeviceId::cpu),
         }
-    }
-
-    fn notify(&self) -> Result<(), ParticipantError> {
-        self.ged
-            .notify(GedEvent::Cpu)
-            .map_err(|e| ParticipantError::with_source("cannot raise the GED interrupt", e))
     }
 }
 
@@ -237,7 +219,8 @@ impl HotplugParticipant for CpuControllerParticipant {
         };
         let id = cpu_of(op)?;
         let slot = self
-            .controller
+            .slots
+            .controller()
             .slot(id)
             .ok_or_else(|| ParticipantError::new(format!("CPU {id} is beyond max")))?;
         match op.direction() {
@@ -257,18 +240,18 @@ impl HotplugParticipant for CpuControllerParticipant {
         };
         let id = cpu_of(op)?;
         match op.direction() {
-            Direction::Add => self.update(id, |s| {
+            Direction::Add => self.slots.update(id, |s| {
                 s.enabled = true;
                 s.inserting = true;
                 s.removing = false;
                 s.eject_allowed = false;
             })?,
-            Direction::Remove => self.update(id, |s| {
+            Direction::Remove => self.slots.update(id, |s| {
                 s.removing = true;
                 s.eject_allowed = true;
             })?,
         }
-        self.notify()
+        self.slots.notify()
     }
 
     fn rollback_publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
@@ -278,15 +261,10 @@ impl HotplugParticipant for CpuControllerParticipant {
         let id = cpu_of(op)?;
         match op.direction() {
             // Withdrawn: the CPU reads absent again; a guest that scans later finds nothing.
-            Direction::Add => self.update(id, |s| *s = devices::HotplugSlotState::default()),
-            Direction::Remove => match self.controller.withdraw_removal(id) {
-                Some(true) => {
-                    tracing::info!(cpu = id, "guest had ejected the CPU: plugging it back in");
-                    self.notify()
-                }
-                Some(false) => Ok(()),
-                None => Err(ParticipantError::new(format!("no CPU {id}"))),
-            },
+            Direction::Add => self
+                .slots
+                .update(id, |s| *s = devices::HotplugSlotState::default()),
+            Direction::Remove => self.slots.withdraw_removal(id),
         }
     }
 
@@ -296,8 +274,10 @@ impl HotplugParticipant for CpuControllerParticipant {
         };
         let id = cpu_of(op)?;
         match op.direction() {
-            Direction::Add => self.update(id, |s| s.inserting = false),
-            Direction::Remove => self.update(id, |s| *s = devices::HotplugSlotState::default()),
+            Direction::Add => self.slots.update(id, |s| s.inserting = false),
+            Direction::Remove => self
+                .slots
+                .update(id, |s| *s = devices::HotplugSlotState::default()),
         }
     }
 }

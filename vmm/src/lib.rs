@@ -13,5 +13,6 @@ pub mod cpu_manager;
 pub mod hotplug_service;
 pub mod memory;
 pub mod memory_manager;
+pub mod slot_publisher;
 pub mod vcpu;
 pub mod vm;

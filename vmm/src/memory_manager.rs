@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use devices::{Ged, GedEvent, HotplugSlotState, MemoryHotplugController, SlotRange};
+use devices::{Ged, GedEvent, HotplugSlotState, MemoryHotplugController, MemoryLayout, SlotRange};
 use hotplug::{
     DeviceId, DeviceOp, Direction, HotplugParticipant, MemoryPlacement, ParticipantError,
 };
@@ -24,9 +24,18 @@ use vm_memory::{
 };
 
 use crate::memory::GuestRange;
+use crate::slot_publisher::SlotPublisher;
 
 /// The guest memory map, shared with whoever needs to read guest memory.
 pub type GuestMemoryMap = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// The guest range of a slot placed at `p` in the hotplug `region`.
+pub fn placed(region: GuestRange, p: MemoryPlacement) -> GuestRange {
+    GuestRange {
+        base: region.base + p.offset,
+        size: p.size,
+    }
+}
 
 fn slot_of(op: &DeviceOp) -> Result<(u32, MemoryPlacement), ParticipantError> {
     match (op.device, op.memory) {
@@ -85,10 +94,7 @@ impl HotplugMemory {
 
     /// Guest range of a placement.
     pub fn range_of(&self, p: MemoryPlacement) -> GuestRange {
-        GuestRange {
-            base: self.region.base + p.offset,
-            size: p.size,
-        }
+        placed(self.region, p)
     }
 
     /// Slots that have memory behind them, with their ranges.
@@ -265,40 +271,21 @@ impl HotplugParticipant for MemoryBackingParticipant {
 /// What the guest sees of a memory slot: the controller's range and bits, and the GED.
 #[derive(Debug)]
 pub struct MemoryControllerParticipant {
-    controller: Arc<MemoryHotplugController>,
-    ged: Arc<Ged>,
-    region_base: u64,
+    slots: SlotPublisher<MemoryLayout>,
+    region: GuestRange,
 }
 
 impl MemoryControllerParticipant {
-    /// A participant publishing through `controller` and `ged` for a hotplug region that
-    /// starts at `region_base`.
-    pub fn new(controller: Arc<MemoryHotplugController>, ged: Arc<Ged>, region_base: u64) -> Self {
+    /// A participant publishing through `controller` and `ged` for the hotplug `region`.
+    pub fn new(
+        controller: Arc<MemoryHotplugController>,
+        ged: Arc<Ged>,
+        region: GuestRange,
+    ) -> Self {
         MemoryControllerParticipant {
-            controller,
-            ged,
-            region_base,
+            slots: SlotPublisher::new(controller, ged, GedEvent::Memory, DeviceId::memory_slot),
+            region,
         }
-    }
-
-    fn update(
-        &self,
-        slot: u32,
-        f: impl FnOnce(&mut HotplugSlotState),
-    ) -> Result<(), ParticipantError> {
-        if self.controller.update(slot, f) {
-            Ok(())
-        } else {
-            Err(ParticipantError::new(format!(
-                "memory slot {slot} is beyond the controller's range"
-            )))
-        }
-    }
-
-    fn notify(&self) -> Result<(), ParticipantError> {
-        self.ged
-            .notify(GedEvent::Memory)
-            .map_err(|e| ParticipantError::with_source("cannot raise the GED interrupt", e))
     }
 }
 
@@ -310,15 +297,16 @@ impl HotplugParticipant for MemoryControllerParticipant {
         let (slot, p) = slot_of(op)?;
         match op.direction() {
             Direction::Add => {
+                let placed = placed(self.region, p);
                 let range = SlotRange {
-                    base: self.region_base + p.offset,
-                    length: p.size,
+                    base: placed.base,
+                    length: placed.size,
                     proximity: 0,
                 };
-                if !self.controller.set_range(slot, Some(range)) {
+                if !self.slots.controller().set_range(slot, Some(range)) {
                     return Err(ParticipantError::new(format!("no memory slot {slot}")));
                 }
-                self.update(slot, |s| {
+                self.slots.update(slot, |s| {
                     *s = HotplugSlotState {
                         enabled: true,
                         inserting: true,
@@ -326,12 +314,12 @@ impl HotplugParticipant for MemoryControllerParticipant {
                     }
                 })?;
             }
-            Direction::Remove => self.update(slot, |s| {
+            Direction::Remove => self.slots.update(slot, |s| {
                 s.removing = true;
                 s.eject_allowed = true;
             })?,
         }
-        self.notify()
+        self.slots.notify()
     }
 
     fn rollback_publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
@@ -341,18 +329,12 @@ impl HotplugParticipant for MemoryControllerParticipant {
         let (slot, _) = slot_of(op)?;
         match op.direction() {
             Direction::Add => {
-                self.update(slot, |s| *s = HotplugSlotState::default())?;
-                self.controller.set_range(slot, None);
+                self.slots
+                    .update(slot, |s| *s = HotplugSlotState::default())?;
+                self.slots.controller().set_range(slot, None);
                 Ok(())
             }
-            Direction::Remove => match self.controller.withdraw_removal(slot) {
-                Some(true) => {
-                    tracing::info!(slot, "guest had ejected the memory: plugging it back in");
-                    self.notify()
-                }
-                Some(false) => Ok(()),
-                None => Err(ParticipantError::new(format!("no memory slot {slot}"))),
-            },
+            Direction::Remove => self.slots.withdraw_removal(slot),
         }
     }
 
@@ -362,10 +344,11 @@ impl HotplugParticipant for MemoryControllerParticipant {
         }
         let (slot, _) = slot_of(op)?;
         match op.direction() {
-            Direction::Add => self.update(slot, |s| s.inserting = false),
+            Direction::Add => self.slots.update(slot, |s| s.inserting = false),
             Direction::Remove => {
-                self.update(slot, |s| *s = HotplugSlotState::default())?;
-                self.controller.set_range(slot, None);
+                self.slots
+                    .update(slot, |s| *s = HotplugSlotState::default())?;
+                self.slots.controller().set_range(slot, None);
                 Ok(())
             }
         }

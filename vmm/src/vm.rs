@@ -87,9 +87,13 @@ pub enum VmError {
     NoKernel,
 }
 
+/// Where `config`'s boot RAM and hotplug region lie.
+pub fn memory_layout(config: &VmConfig) -> MemoryLayout {
+    MemoryLayout::new(config.memory.size, config.memory.hotplug_size)
+}
+
 /// The machine description the ACPI tables are built from.
-pub fn machine_description(config: &VmConfig) -> MachineDescription {
-    let layout = MemoryLayout::new(config.memory.size, config.memory.hotplug_size);
+pub fn machine_description(config: &VmConfig, layout: &MemoryLayout) -> MachineDescription {
     let range = |r: &memory::GuestRange| MemoryRange {
         base: r.base,
         size: r.size,
@@ -109,7 +113,9 @@ pub fn machine_description(config: &VmConfig) -> MachineDescription {
 
 /// Builds the ACPI tables of `config` and writes them to `dir` as `SIGNATURE.dat`.
 pub fn dump_acpi_tables(config: &VmConfig, dir: &std::path::Path) -> Result<(), String> {
-    let tables = acpi::build_tables(&machine_description(config)).map_err(|e| e.to_string())?;
+    let layout = memory_layout(config);
+    let tables =
+        acpi::build_tables(&machine_description(config, &layout)).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     tables
         .write_to_dir(dir)
@@ -293,6 +299,7 @@ fn create_devices(
 
 fn create_hotplug_service(
     config: &VmConfig,
+    layout: &MemoryLayout,
     devices: &Devices,
     vcpus: &Arc<Mutex<VcpuSet>>,
     memory: Option<&Arc<Mutex<HotplugMemory>>>,
@@ -303,7 +310,7 @@ fn create_hotplug_service(
         max_cpus: config.cpus.max,
         boot_cpus: config.cpus.boot,
         boot_memory: config.memory.size,
-        block_size: MemoryLayout::new(config.memory.size, config.memory.hotplug_size).block_size(),
+        block_size: layout.block_size(),
         hotplug_region_size: config.memory.hotplug_size,
         memory_slots: config.memory.hotplug_slots,
     };
@@ -327,12 +334,9 @@ fn create_hotplug_service(
             Box::new(VcpuParticipant::new(vcpus.clone())),
         )
         .map_err(|e| VmError::Hotplug(e.to_string()))?;
-    if let (Some(controller), Some(memory)) = (&devices.memory_hotplug, memory) {
-        let region_base = memory
-            .lock()
-            .map_err(|_| VmError::Hotplug("hotplug memory lock poisoned".into()))?
-            .range_of(hotplug::MemoryPlacement { offset: 0, size: 0 })
-            .base;
+    if let (Some(controller), Some(memory), Some(region)) =
+        (&devices.memory_hotplug, memory, layout.hotplug)
+    {
         engine
             .register(
                 "memory-controller",
@@ -340,7 +344,7 @@ fn create_hotplug_service(
                 Box::new(MemoryControllerParticipant::new(
                     controller.clone(),
                     devices.ged.clone(),
-                    region_base,
+                    region,
                 )),
             )
             .map_err(|e| VmError::Hotplug(e.to_string()))?;
@@ -426,6 +430,7 @@ pub struct Vm {
     /// The VM's end.
     pub exit: Arc<ExitSignal>,
     config: VmConfig,
+    layout: MemoryLayout,
     api: Option<ApiEndpoint>,
     _terminal: TerminalGuard,
 }
@@ -450,7 +455,7 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(|e| VmError::KvmIoctl("KVM_CREATE_PIT2", e))?;
 
-        let layout = MemoryLayout::new(config.memory.size, config.memory.hotplug_size);
+        let layout = memory_layout(config);
         let mem = memory::create_guest_memory(&layout)?;
         let boot_slots = memory::register_memory_slots(&fd, &mem)?;
         tracing::info!(ram = layout.ram_size(), "guest memory ready");
@@ -462,7 +467,7 @@ impl Vm {
             .map(|p| boot::load_initramfs(&mem, p, &layout, &kernel))
             .transpose()?;
         let cmdline_len = boot::load_cmdline(&mem, &payload.cmdline)?;
-        let tables = acpi::build_tables(&machine_description(config))?;
+        let tables = acpi::build_tables(&machine_description(config, &layout))?;
         boot::write_acpi_tables(&mem, &tables)?;
         boot::write_reset_vector(&mem)?;
         let regs_layout = BootRegsLayout::default();
@@ -550,8 +555,14 @@ impl Vm {
                 boot_slots,
             )))
         });
-        let hotplug =
-            create_hotplug_service(config, &devices, &vcpus, hotplug_memory.as_ref(), obs_rx)?;
+        let hotplug = create_hotplug_service(
+            config,
+            &layout,
+            &devices,
+            &vcpus,
+            hotplug_memory.as_ref(),
+            obs_rx,
+        )?;
         tracing::info!(
             vcpus = config.cpus.boot,
             max = config.cpus.max,
@@ -567,6 +578,7 @@ impl Vm {
             hotplug_wake,
             exit,
             config: config.clone(),
+            layout,
             api,
             _terminal: terminal,
         })
@@ -685,7 +697,7 @@ impl Vm {
                 serde_json::json!({ "id": id, "state": state })
             })
             .collect();
-        let layout = MemoryLayout::new(self.config.memory.size, self.config.memory.hotplug_size);
+        let layout = &self.layout;
         let (running, parked) = self
             .vcpus
             .lock()
