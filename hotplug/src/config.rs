@@ -62,12 +62,14 @@ pub struct EngineConfig {
     pub deadlines: Deadlines,
     /// Guest-initiated ejects.
     pub guest_eject: GuestEjectPolicy,
-    /// Finished transactions kept in the journal.
+    /// Finished host-initiated transactions kept in the journal. Guest-initiated ones have
+    /// their own, smaller quota on top ([`MAX_GUEST_RECORDS`](crate::MAX_GUEST_RECORDS)), so
+    /// that a guest cannot evict the host's records.
     pub journal_capacity: usize,
 }
 
 impl Default for EngineConfig {
-    /// Default deadlines, `deny`, 256 journal records.
+    /// Default deadlines, `deny`, 256 host journal records (plus 32 guest ones).
     fn default() -> Self {
         EngineConfig {
             deadlines: Deadlines::default(),

@@ -121,7 +121,7 @@ impl Engine {
         &self.machine
     }
 
-    /// The ring of finished transactions.
+    /// The ring of finished transactions (its bounds and counters: [`Journal::stats`]).
     pub fn journal(&self) -> &Journal {
         &self.journal
     }
@@ -229,9 +229,14 @@ impl Engine {
         }
         let starts_eject = match event {
             GuestEvent::Eject => !self.refusals.contains_key(&device),
+            // A guest repeating its eject while the refusal is open is refused again within
+            // the same episode: one record however often it asks, rather than one record
+            // per attempt crowding the journal.
             GuestEvent::Ost { event, status } => {
                 let ost = Ost::from_raw(event, status);
-                ost.event == OstEvent::OspmEject && ost.status.is_pending()
+                ost.event == OstEvent::OspmEject
+                    && ost.status.is_pending()
+                    && !self.refusal_is_journaled(device)
             }
             GuestEvent::StatusRead => false,
         };
@@ -246,7 +251,18 @@ impl Engine {
         report
     }
 
-    /// A further event of a refused guest eject: journaled; `_EJ0` is refused again.
+    /// Whether a refused guest eject of `device` is open and its record still kept (a repeat
+    /// joins it; once its record is evicted, a repeat opens a new episode and record).
+    fn refusal_is_journaled(&self, device: DeviceId) -> bool {
+        self.refusals
+            .get(&device)
+            .is_some_and(|&id| self.journal.get(id).is_some())
+    }
+
+    /// A further event of a refused guest eject: journaled (within [`MAX_GUEST_EVENTS`]);
+    /// `_EJ0` and a repeated `_OST(0x103, pending)` are refused again.
+    ///
+    /// [`MAX_GUEST_EVENTS`]: crate::MAX_GUEST_EVENTS
     fn refused_episode_event(
         &mut self,
         id: TxId,
@@ -266,8 +282,16 @@ impl Engine {
             }
             GuestEvent::Ost { event, status } => {
                 let ost = Ost::from_raw(event, status);
-                if ost.event == OstEvent::OspmEject && !ost.status.is_pending() {
-                    self.refusals.remove(&device);
+                if ost.event == OstEvent::OspmEject {
+                    if ost.status.is_pending() {
+                        report.directives.push(Directive::RefuseEject {
+                            device,
+                            tx: id,
+                            status: OstStatus::EjectNotSupported,
+                        });
+                    } else {
+                        self.refusals.remove(&device);
+                    }
                 }
                 GuestEventKind::Ost { ost }
             }
@@ -295,6 +319,8 @@ impl Engine {
             DeviceId::MemorySlot(s) => Request::RemoveMemory { slot: s.0 },
         };
         let id = self.allocate_id();
+        // A new attempt closes an earlier episode whose record is gone.
+        self.refusals.remove(&device);
         info!(tx = %id, %device, policy = ?self.config.guest_eject, "guest-initiated eject");
         let op = match plan {
             Ok(op) => op,
@@ -376,6 +402,7 @@ impl Engine {
                 guest_touched: true,
                 step_errors: Vec::new(),
                 notes: Vec::new(),
+                dropped_notes: 0,
             }],
         };
         record.finish(outcome.clone(), now);

@@ -1,5 +1,10 @@
 //! The journal: one record per transaction (phases with times, guest events, errors,
 //! outcome) in a bounded ring. Its records are what the REST API returns.
+//!
+//! Everything a guest can make the journal keep is bounded: guest-initiated records have
+//! their own quota ([`MAX_GUEST_RECORDS`]) so that a guest cannot evict the host's records,
+//! and each record keeps at most [`MAX_GUEST_EVENTS`] guest events. What the bounds drop is
+//! counted ([`Journal::stats`], [`TxRecord::dropped_guest_events`]).
 
 use std::collections::VecDeque;
 
@@ -11,8 +16,23 @@ use crate::ops::{BatchMode, OpKind, Origin, Request, TxId};
 use crate::ost::Ost;
 use crate::outcome::{TxOutcome, TxStatus};
 
-/// Most guest events kept per record; further ones are only counted.
-pub const MAX_GUEST_EVENTS: usize = 256;
+/// Most guest events kept per record (64); further ones are only counted in
+/// [`TxRecord::dropped_guest_events`].
+///
+/// A guest can send events to every transaction in flight on its devices, without limit.
+/// A normal single-device exchange takes at most 4 events (status read, pending `_OST`,
+/// `_EJ0`, final `_OST`), so 64 leaves room for a batch of ~16 devices while keeping a
+/// record's guest events to a few kilobytes of JSON.
+pub const MAX_GUEST_EVENTS: usize = 64;
+
+/// Most guest-initiated ([`Origin::Guest`]) records the journal keeps (32), on top of the
+/// host-initiated ones (`EngineConfig::journal_capacity`). When the quota is full, a new
+/// guest record evicts the oldest guest record; it never evicts a host record. The quota is
+/// lowered to the host capacity when that is smaller.
+///
+/// Why: a guest can start any number of (refused) ejects; with one shared ring it could
+/// flush every host record, the API's audit trail, out of the journal.
+pub const MAX_GUEST_RECORDS: usize = 32;
 
 /// A transaction phase as journaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -259,32 +279,73 @@ impl TxRecord {
     }
 }
 
-/// A bounded ring of finished transaction records, oldest first.
+/// The journal's fill and what its bounds dropped, for the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct JournalStats {
+    /// Host-initiated records kept.
+    pub host_records: usize,
+    /// Guest-initiated records kept.
+    pub guest_records: usize,
+    /// Most host-initiated records kept ([`Journal::capacity`]).
+    pub host_capacity: usize,
+    /// Most guest-initiated records kept ([`Journal::guest_capacity`]).
+    pub guest_capacity: usize,
+    /// Host-initiated records evicted by newer host-initiated ones.
+    pub evicted_host: u64,
+    /// Guest-initiated records evicted by newer guest-initiated ones.
+    pub evicted_guest: u64,
+}
+
+/// A bounded ring of finished transaction records, oldest first, with separate quotas for
+/// host- and guest-initiated records (see [`MAX_GUEST_RECORDS`]).
 #[derive(Debug, Clone)]
 pub struct Journal {
     capacity: usize,
+    guest_capacity: usize,
+    /// Both origins in finishing order, so that listings stay chronological.
     records: VecDeque<TxRecord>,
-    evicted: u64,
+    evicted_host: u64,
+    evicted_guest: u64,
 }
 
 impl Journal {
-    /// An empty journal keeping at most `capacity` records (at least 1).
+    /// An empty journal keeping at most `capacity` host-initiated records (at least 1) and
+    /// at most `min(capacity, MAX_GUEST_RECORDS)` guest-initiated ones.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
+        let guest_capacity = capacity.min(MAX_GUEST_RECORDS);
         Journal {
             capacity,
-            records: VecDeque::with_capacity(capacity),
-            evicted: 0,
+            guest_capacity,
+            records: VecDeque::with_capacity(capacity + guest_capacity),
+            evicted_host: 0,
+            evicted_guest: 0,
         }
     }
 
-    /// Appends a finished record, evicting the oldest when full.
+    /// Appends a finished record. When its origin's quota is full, the oldest record of the
+    /// same origin is evicted: a guest record never pushes out a host record.
     pub(crate) fn push(&mut self, record: TxRecord) {
-        if self.records.len() >= self.capacity {
-            self.records.pop_front();
-            self.evicted += 1;
+        let origin = record.origin;
+        let quota = match origin {
+            Origin::Host => self.capacity,
+            Origin::Guest => self.guest_capacity,
+        };
+        // A linear scan: the ring holds a few hundred records at most.
+        if self.count(origin) >= quota {
+            if let Some(pos) = self.records.iter().position(|r| r.origin == origin) {
+                self.records.remove(pos);
+                match origin {
+                    Origin::Host => self.evicted_host += 1,
+                    Origin::Guest => self.evicted_guest += 1,
+                }
+            }
         }
         self.records.push_back(record);
+    }
+
+    fn count(&self, origin: Origin) -> usize {
+        self.records.iter().filter(|r| r.origin == origin).count()
     }
 
     /// The record of `id`, if still kept.
@@ -311,14 +372,38 @@ impl Journal {
         self.records.is_empty()
     }
 
-    /// Maximum number of records kept.
+    /// Maximum number of host-initiated records kept (`EngineConfig::journal_capacity`).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Records dropped to respect the capacity so far.
+    /// Maximum number of guest-initiated records kept: [`MAX_GUEST_RECORDS`], or
+    /// [`Journal::capacity`] if smaller.
+    pub fn guest_capacity(&self) -> usize {
+        self.guest_capacity
+    }
+
+    /// Records dropped to respect the quotas so far, host- and guest-initiated.
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.evicted_host + self.evicted_guest
+    }
+
+    /// Guest-initiated records dropped to respect the guest quota so far.
+    pub fn evicted_guest(&self) -> u64 {
+        self.evicted_guest
+    }
+
+    /// Fill and eviction counters.
+    pub fn stats(&self) -> JournalStats {
+        let guest_records = self.count(Origin::Guest);
+        JournalStats {
+            host_records: self.records.len() - guest_records,
+            guest_records,
+            host_capacity: self.capacity,
+            guest_capacity: self.guest_capacity,
+            evicted_host: self.evicted_host,
+            evicted_guest: self.evicted_guest,
+        }
     }
 }
 
@@ -327,9 +412,13 @@ mod tests {
     use super::*;
 
     fn rec(id: u64) -> TxRecord {
+        rec_from(id, Origin::Host)
+    }
+
+    fn rec_from(id: u64, origin: Origin) -> TxRecord {
         TxRecord::new(
             TxId(id),
-            Origin::Host,
+            origin,
             Request::AddCpu { id: None },
             vec![],
             Timestamp(id * 10),
@@ -350,6 +439,70 @@ mod tests {
         let ids: Vec<u64> = j.iter().map(|r| r.id.0).collect();
         assert_eq!(ids, vec![3, 4, 5]);
         assert_eq!(Journal::new(0).capacity(), 1);
+        assert_eq!(Journal::new(0).guest_capacity(), 1);
+        assert_eq!(Journal::new(256).guest_capacity(), MAX_GUEST_RECORDS);
+    }
+
+    #[test]
+    fn guest_records_never_evict_host_records() {
+        let mut j = Journal::new(256);
+        let mut id = 0;
+        for _ in 0..19 {
+            id += 1;
+            j.push(rec(id));
+        }
+        for _ in 0..600 {
+            id += 1;
+            j.push(rec_from(id, Origin::Guest));
+        }
+        let stats = j.stats();
+        assert_eq!(
+            stats,
+            JournalStats {
+                host_records: 19,
+                guest_records: MAX_GUEST_RECORDS,
+                host_capacity: 256,
+                guest_capacity: MAX_GUEST_RECORDS,
+                evicted_host: 0,
+                evicted_guest: 600 - MAX_GUEST_RECORDS as u64,
+            }
+        );
+        assert_eq!(j.len(), 19 + MAX_GUEST_RECORDS);
+        assert_eq!(j.evicted(), 600 - MAX_GUEST_RECORDS as u64);
+        assert_eq!(j.evicted_guest(), j.evicted());
+        for host in 1..=19 {
+            assert!(j.get(TxId(host)).is_some(), "host record {host} evicted");
+        }
+        // The newest guest records are the ones kept, after the host ones.
+        let guests: Vec<u64> = j
+            .iter()
+            .filter(|r| r.origin == Origin::Guest)
+            .map(|r| r.id.0)
+            .collect();
+        let want: Vec<u64> = (id - MAX_GUEST_RECORDS as u64 + 1..=id).collect();
+        assert_eq!(guests, want);
+    }
+
+    #[test]
+    fn host_records_evict_only_host_records_and_order_is_kept() {
+        let mut j = Journal::new(3);
+        j.push(rec_from(1, Origin::Guest));
+        for id in 2..=6 {
+            j.push(rec(id));
+        }
+        j.push(rec_from(7, Origin::Guest));
+        let ids: Vec<u64> = j.iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, vec![1, 4, 5, 6, 7]);
+        let s = j.stats();
+        assert_eq!((s.evicted_host, s.evicted_guest), (2, 0));
+        // The guest quota is the host capacity when that is smaller.
+        for id in 8..=10 {
+            j.push(rec_from(id, Origin::Guest));
+        }
+        let ids: Vec<u64> = j.iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, vec![4, 5, 6, 8, 9, 10]);
+        assert_eq!(j.evicted_guest(), 2);
+        assert_eq!(j.evicted(), 4);
     }
 
     #[test]

@@ -66,8 +66,8 @@ pub use config::{Deadlines, EngineConfig, GuestEjectPolicy};
 pub use device::{CpuId, DeviceId, MemoryPlacement, SlotId};
 pub use engine::{Begun, Engine, Error};
 pub use journal::{
-    ErrorRecord, GuestEventKind, GuestEventRecord, Journal, Phase, PhaseRecord, RecordStatus,
-    Target, TxRecord, MAX_GUEST_EVENTS,
+    ErrorRecord, GuestEventKind, GuestEventRecord, Journal, JournalStats, Phase, PhaseRecord,
+    RecordStatus, Target, TxRecord, MAX_GUEST_EVENTS, MAX_GUEST_RECORDS,
 };
 pub use machine::{
     ConfigError, Machine, MachineConfig, PlanError, PlannedOp, Presence, SlotState, ValidationError,
@@ -76,7 +76,7 @@ pub use ops::{BatchMode, DeviceOp, Direction, OpKind, Origin, Request, TxId};
 pub use ost::{CodeName, GuestEvent, Ost, OstEvent, OstStatus};
 pub use outcome::{
     Completion, DeviceOutcome, DeviceResult, Directive, FailureReason, Report, StepError,
-    TxOutcome, TxStatus,
+    TxOutcome, TxStatus, MAX_NOTES, MAX_NOTE_LEN,
 };
 pub use participant::{
     HotplugParticipant, OrderedPhase, Orders, ParticipantError, ParticipantId, PhaseOrders, Role,

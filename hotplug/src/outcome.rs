@@ -164,9 +164,24 @@ pub struct DeviceOutcome {
     pub guest_touched: bool,
     /// Errors of commit or rollback steps (logged; they did not change the result).
     pub step_errors: Vec<StepError>,
-    /// Anomalies worth knowing (e.g. a success `_OST` without `_EJ0`).
+    /// Anomalies worth knowing (e.g. a success `_OST` without `_EJ0`): at most
+    /// [`MAX_NOTES`], each at most [`MAX_NOTE_LEN`] bytes.
     pub notes: Vec<String>,
+    /// Notes not kept: beyond [`MAX_NOTES`], or repeating one already kept.
+    pub dropped_notes: u64,
 }
+
+/// Most notes kept per device of a transaction (8); further notes, and notes repeating one
+/// already kept, are only counted in [`DeviceOutcome::dropped_notes`].
+///
+/// Why: the guest causes most notes (e.g. each `_OST` ignored during an add), as many as it
+/// likes. A normal exchange makes at most 2 notes per device.
+pub const MAX_NOTES: usize = 8;
+
+/// Longest note kept, in bytes (160); longer ones are cut at a character boundary and end
+/// in `...`. Notes embed guest-provided values (`_OST` codes); these are `u32`s today, so
+/// this is a guard for texts added later rather than a limit met in practice.
+pub const MAX_NOTE_LEN: usize = 160;
 
 /// A finished transaction's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

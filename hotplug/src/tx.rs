@@ -504,6 +504,7 @@ impl Transaction {
                 guest_touched: dev.touched,
                 step_errors: dev.step_errors,
                 notes: dev.notes,
+                dropped_notes: dev.dropped_notes,
             });
         }
         let committed = devices.iter().filter(|d| d.result.is_committed()).count();

@@ -10,7 +10,7 @@
 use crate::clock::Timestamp;
 use crate::ops::{DeviceOp, Direction};
 use crate::ost::{GuestEvent, Ost};
-use crate::outcome::{DeviceResult, FailureReason, StepError};
+use crate::outcome::{DeviceResult, FailureReason, StepError, MAX_NOTES, MAX_NOTE_LEN};
 
 /// A device's verdict after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,9 @@ pub(crate) struct DeviceTx {
     pub(crate) ejected: bool,
     pub(crate) status_read_seen: bool,
     pub(crate) last_ost: Option<Ost>,
+    /// At most [`MAX_NOTES`]: the guest decides how many notes it causes.
     pub(crate) notes: Vec<String>,
+    pub(crate) dropped_notes: u64,
     pub(crate) step_errors: Vec<StepError>,
 }
 
@@ -61,8 +63,21 @@ impl DeviceTx {
             status_read_seen: false,
             last_ost: None,
             notes: Vec::new(),
+            dropped_notes: 0,
             step_errors: Vec::new(),
         }
+    }
+
+    /// Keeps a note, cut to [`MAX_NOTE_LEN`] bytes, unless [`MAX_NOTES`] are kept already or
+    /// it repeats a kept one (a guest repeating the same `_OST` says nothing new); dropped
+    /// notes are counted.
+    pub(crate) fn note(&mut self, text: String) {
+        let text = bounded_note(text);
+        if self.notes.len() >= MAX_NOTES || self.notes.contains(&text) {
+            self.dropped_notes += 1;
+            return;
+        }
+        self.notes.push(text);
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -89,7 +104,7 @@ impl DeviceTx {
         match self.op.direction() {
             Direction::Add => {
                 if !ost.event.is_insertion() {
-                    self.notes.push(format!("ignored {ost} during an add"));
+                    self.note(format!("ignored {ost} during an add"));
                     Verdict::Pending
                 } else if ost.status.is_success() {
                     Verdict::Accept
@@ -101,20 +116,19 @@ impl DeviceTx {
             }
             Direction::Remove => {
                 if !ost.event.is_ejection() {
-                    self.notes.push(format!("ignored {ost} during a remove"));
+                    self.note(format!("ignored {ost} during a remove"));
                     Verdict::Pending
                 } else if ost.status.is_pending() {
                     Verdict::Pending
                 } else if self.ejected {
                     if !ost.status.is_success() {
-                        self.notes.push(format!(
+                        self.note(format!(
                             "{ost} after _EJ0: the guest had already released the device"
                         ));
                     }
                     Verdict::Accept
                 } else if ost.status.is_success() {
-                    self.notes
-                        .push(format!("{ost} without _EJ0 is not a commit: still waiting"));
+                    self.note(format!("{ost} without _EJ0 is not a commit: still waiting"));
                     Verdict::Pending
                 } else {
                     Verdict::Refuse(FailureReason::GuestRefused { ost })
@@ -126,8 +140,7 @@ impl DeviceTx {
     /// The deadline passed without a verdict.
     pub(crate) fn on_deadline(&mut self) -> Verdict {
         if self.op.direction() == Direction::Remove && self.ejected {
-            self.notes
-                .push("deadline passed after _EJ0 without a final _OST: committed".into());
+            self.note("deadline passed after _EJ0 without a final _OST: committed".into());
             return Verdict::Accept;
         }
         Verdict::Refuse(FailureReason::Timeout {
@@ -135,6 +148,22 @@ impl DeviceTx {
             last_ost: self.last_ost,
         })
     }
+}
+
+/// `text` cut to at most [`MAX_NOTE_LEN`] bytes, on a character boundary, ending in `...`
+/// when cut.
+fn bounded_note(mut text: String) -> String {
+    const ELLIPSIS: &str = "...";
+    if text.len() <= MAX_NOTE_LEN {
+        return text;
+    }
+    let mut end = MAX_NOTE_LEN - ELLIPSIS.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(ELLIPSIS);
+    text
 }
 
 #[cfg(test)]
@@ -264,5 +293,50 @@ mod tests {
         rm.on_event(GuestEvent::Eject);
         assert_eq!(rm.on_deadline(), Verdict::Accept);
         assert!(rm.notes[0].contains("deadline"));
+    }
+
+    #[test]
+    fn notes_stop_at_the_cap_and_the_overflow_is_counted() {
+        // 255 distinct ignored _OSTs during an add: a note each, until the cap.
+        let mut d = dev(OpKind::AddCpu);
+        for status in 0..255 {
+            assert_eq!(d.on_event(GuestEvent::ost(3, status)), Verdict::Pending);
+        }
+        assert_eq!(d.notes.len(), MAX_NOTES);
+        assert_eq!(d.dropped_notes, 255 - MAX_NOTES as u64);
+        // The first ones are kept.
+        assert!(d.notes[0].starts_with("ignored _OST(0x3 eject_request, 0x0 success)"));
+
+        // A repeated _OST says nothing new: one note, the repeats counted.
+        let mut d = dev(OpKind::RemoveCpu);
+        for _ in 0..100 {
+            d.on_event(GuestEvent::ost(1, 0));
+        }
+        assert_eq!(d.notes.len(), 1);
+        assert_eq!(d.dropped_notes, 99);
+    }
+
+    #[test]
+    fn note_texts_are_bounded() {
+        // The longest guest-provided values there are: every note still fits.
+        let mut d = dev(OpKind::RemoveMemory);
+        d.on_event(GuestEvent::ost(u32::MAX, u32::MAX));
+        d.on_event(GuestEvent::ost(3, 0));
+        d.on_event(GuestEvent::Eject);
+        d.on_event(GuestEvent::ost(0x103, u32::MAX));
+        assert_eq!(d.notes.len(), 3);
+        assert!(
+            d.notes.iter().all(|n| n.len() <= MAX_NOTE_LEN),
+            "{:?}",
+            d.notes
+        );
+
+        let mut d = dev(OpKind::AddCpu);
+        d.note("é".repeat(MAX_NOTE_LEN));
+        assert!(d.notes[0].len() <= MAX_NOTE_LEN);
+        assert!(d.notes[0].ends_with("..."));
+        assert!(d.notes[0].starts_with("éé"));
+        let exact = "x".repeat(MAX_NOTE_LEN);
+        assert_eq!(bounded_note(exact.clone()), exact);
     }
 }
