@@ -17,13 +17,15 @@ pub enum ExitReason {
     Shutdown,
     /// A vCPU stopped with an error (triple fault, KVM internal error, ...).
     VcpuError,
+    /// A termination signal (SIGTERM, SIGINT, SIGHUP; the number) asked the VMM to stop.
+    Signal(i32),
 }
 
 impl ExitReason {
     /// The process exit code plugvm ends with for this reason (documented in the README).
     pub fn exit_code(self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Shutdown => 0,
+            ExitReason::PowerOff | ExitReason::Shutdown | ExitReason::Signal(_) => 0,
             ExitReason::Reset => 3,
             ExitReason::GuestPanic => 4,
             ExitReason::VcpuError => 5,

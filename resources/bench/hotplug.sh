@@ -419,6 +419,9 @@ class Plugvm(Vmm):
 
     def __init__(self, tmp):
         self.sock = os.path.join(tmp, "api.sock")
+        # `API request served` lines carry plugvm's socket-to-socket time of each request.
+        os.environ["RUST_LOG"] = ",".join(filter(None, [E.get("RUST_LOG") or "warn",
+                                                         "vmm::api::server=info"]))
         self.start([PLUGVM, "--kernel", KERNEL, "--initramfs", INITRAMFS,
                     "--cpus", "boot=1,max=4",
                     "--memory", f"size={BOOT_MIB}M,hotplug_size={HOTPLUG_MIB}M,hotplug_slots=8",
@@ -450,6 +453,20 @@ class Plugvm(Vmm):
             raise BenchError(f"plugvm API {path}: HTTP {code}: {payload.decode(errors='replace')[:500]}")
         return json.loads(payload) if payload.strip() else {}
 
+    def served_us(self, path):
+        """plugvm's own clock for the last `path` request: from the request's arrival on the
+        socket to the answer's last byte (its `API request served` log line)."""
+        try:
+            with open(self.errpath, "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        for line in reversed(text.splitlines()):
+            if "API request served" in line and f"/api/v1/{path}" in line:
+                m = re.search(r"served_us=(\d+)", line)
+                return int(m.group(1)) if m else None
+        return None
+
     def tx(self, path, body):
         t0 = now()
         r = self.api("PUT", path, body)
@@ -457,6 +474,14 @@ class Plugvm(Vmm):
         rec = r.get("transaction", r)
         if rec.get("status") != "committed":
             raise BenchError(f"plugvm {path} {body}: not committed: {json.dumps(rec)[:800]}")
+        # The log line is written right after the answer: give the logger a moment.
+        for _ in range(50):
+            served = self.served_us(path)
+            if served is not None and served != getattr(self, "_last_served", None):
+                break
+            time.sleep(0.01)
+        self._last_served = served
+        rec["served_us"] = served
         return t0, t1, rec
 
     def regs(self):
@@ -509,7 +534,8 @@ class Plugvm(Vmm):
         c1, _ = self.regs()
         ev = {e["kind"]: e["at_us"] for e in reversed(rec.get("guest_events", []))}
         return {"commit_ms": (t1 - t0) * 1e3, "online_ms": (t_on - t0) * 1e3,
-                "journal_us": rec["duration_us"], "phases": self.phases(rec), "regs": c1 - c0,
+                "journal_us": rec["duration_us"], "served_us": rec["served_us"],
+                "phases": self.phases(rec), "regs": c1 - c0,
                 "guest_online": online, "first_read_us": ev.get("status_read", rec["started_us"]) - rec["started_us"]}
 
     def remove_cpu(self, cid):
@@ -519,6 +545,7 @@ class Plugvm(Vmm):
         c1, _ = self.regs()
         ej = [e["at_us"] for e in rec.get("guest_events", []) if e["kind"] == "eject"]
         return {"commit_ms": (t1 - t0) * 1e3, "journal_us": rec["duration_us"],
+                "served_us": rec["served_us"],
                 "eject_ms": (ej[0] - rec["started_us"]) / 1e3 if ej else None,
                 "phases": self.phases(rec), "regs": c1 - c0, "guest_online": online}
 
@@ -877,6 +904,20 @@ if PARTS in ("both", "cpu") and cpu.get(P, {}).get("add") and cpu.get(Q, {}).get
           f"{pct(own_r, 50):>12.0f}{pct(own_r, 95):>9.0f}")
     print(f"{'VMM own share of total, %':<34}{pct(sh_a, 50):>10.2f}{pct(sh_a, 95):>9.2f}"
           f"{pct(sh_r, 50):>12.2f}{pct(sh_r, 95):>9.2f}")
+    # End to end on plugvm's side: socket in -> answer out, less the guest's await_guest.
+    srv_a = [x["served_us"] for x in pa if x.get("served_us")]
+    srv_r = [x["served_us"] for x in pr if x.get("served_us")]
+    e2e_a = [x["served_us"] - x["phases"].get("await_guest", 0) for x in pa if x.get("served_us")]
+    e2e_r = [x["served_us"] - x["phases"].get("await_guest", 0) for x in pr if x.get("served_us")]
+    esh_a = [100.0 * o / t for o, t in zip(e2e_a, srv_a) if t]
+    esh_r = [100.0 * o / t for o, t in zip(e2e_r, srv_r) if t]
+    if srv_a and srv_r:
+        print(f"{'socket in -> answer out (served_us)':<34}{pct(srv_a, 50):>10.0f}{pct(srv_a, 95):>9.0f}"
+              f"{pct(srv_r, 50):>12.0f}{pct(srv_r, 95):>9.0f}")
+        print(f"{'  VMM own (served - await_guest)':<34}{pct(e2e_a, 50):>10.0f}{pct(e2e_a, 95):>9.0f}"
+              f"{pct(e2e_r, 50):>12.0f}{pct(e2e_r, 95):>9.0f}")
+        print(f"{'  VMM own share, socket to socket, %':<34}{pct(esh_a, 50):>10.2f}{pct(esh_a, 95):>9.2f}"
+              f"{pct(esh_r, 50):>12.2f}{pct(esh_r, 95):>9.2f}")
     rd = [x["first_read_us"] for x in pa]
     print(f"{'add: start -> guest first status read':<34}{pct(rd, 50):>10.0f}{pct(rd, 95):>9.0f}")
     ra, rr = [x["regs"] for x in pa], [x["regs"] for x in pr]
@@ -886,10 +927,11 @@ if PARTS in ("both", "cpu") and cpu.get(P, {}).get("add") and cpu.get(Q, {}).get
     a50, b50 = pct([x["commit_ms"] for x in pa], 50), pct([x["commit_ms"] for x in qa], 50)
     targets.append(f"target CPU hot-add p50 request->commit <= 50% of {Q} device_add->ACPI_DEVICE_OST: "
                    f"{a50:.1f} ms / {b50:.1f} ms = {100 * a50 / b50:.0f}% -> {'PASS' if a50 <= 0.5 * b50 else 'MISS'}")
-    for kind, sh in (("add", sh_a), ("remove", sh_r)):
-        s50 = pct(sh, 50)
-        targets.append(f"target VMM's own phases < 1% of the CPU {kind} transaction (p50): "
-                       f"{s50:.2f}% -> {'PASS' if s50 < 1.0 else 'MISS'}")
+    for kind, sh in (("add", esh_a or sh_a), ("remove", esh_r or sh_r)):
+        s50, s95 = pct(sh, 50), pct(sh, 95)
+        targets.append(f"target VMM's own share < 1% of the CPU {kind}, socket in -> answer out "
+                       f"(p50, p95): {s50:.2f}%, {s95:.2f}% -> "
+                       f"{'PASS' if s50 < 1.0 and s95 < 1.0 else 'MISS'}")
 
 if PARTS in ("both", "memory") and any(mem.get(P, {}).values()) and any(mem.get(Q, {}).values()):
     print()

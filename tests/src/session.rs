@@ -33,7 +33,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -116,6 +116,41 @@ impl Log {
     }
 }
 
+/// Lets a test stop reading the console, as a client that stopped reading would.
+#[derive(Default)]
+struct Gate {
+    stalled: Mutex<bool>,
+    changed: Condvar,
+}
+
+/// A reader that waits while its gate is stalled.
+struct GatedRead<R> {
+    inner: R,
+    gate: Arc<Gate>,
+}
+
+impl<R: Read> Read for GatedRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let stalled = self.gate.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        drop(
+            self.gate
+                .changed
+                .wait_while(stalled, |s| *s)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        self.inner.read(buf)
+    }
+}
+
+/// Where the session's guest console is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleKind {
+    /// `--serial stdio`: plugvm's stdin and stdout.
+    Stdio,
+    /// `--serial socket=PATH`: the session is the socket's client.
+    Socket,
+}
+
 fn spawn_reader<R: Read + Send + 'static>(
     pipe: R,
     log: Arc<Log>,
@@ -137,7 +172,8 @@ fn spawn_reader<R: Read + Send + 'static>(
 /// A plugvm process running the test guest as a command server. See the module docs.
 pub struct GuestSession {
     child: Mutex<Child>,
-    stdin: Mutex<Option<ChildStdin>>,
+    stdin: Mutex<Option<Box<dyn Write + Send>>>,
+    console_gate: Arc<Gate>,
     exit_status: Mutex<Option<ExitStatus>>,
     log: Arc<Log>,
     readers: Vec<JoinHandle<()>>,
@@ -157,9 +193,24 @@ impl GuestSession {
     /// once the API socket exists (not when the guest is up: see [`Self::wait_ready`]).
     /// Panics if plugvm cannot be started or exits before creating its socket.
     pub fn start(cpus: &str, memory: &str, extra_cmdline: &str) -> GuestSession {
+        Self::start_with(cpus, memory, extra_cmdline, ConsoleKind::Stdio)
+    }
+
+    /// [`Self::start`] with the console on `console`.
+    pub fn start_with(
+        cpus: &str,
+        memory: &str,
+        extra_cmdline: &str,
+        console: ConsoleKind,
+    ) -> GuestSession {
         let img = guest_image();
         let dir = ScratchDir::new("session");
         let socket = dir.join("api.sock");
+        let console_socket = dir.join("console.sock");
+        let serial = match console {
+            ConsoleKind::Stdio => "stdio".to_string(),
+            ConsoleKind::Socket => format!("socket={}", console_socket.display()),
+        };
         let cmdline = format!(
             "console=ttyS0 panic=-1 pci=off plugvm.run={} {extra_cmdline}",
             base64(SESSION_SCRIPT.as_bytes())
@@ -169,7 +220,7 @@ impl GuestSession {
             .arg(&img.kernel)
             .arg("--initramfs")
             .arg(&img.initramfs)
-            .args(["--cpus", cpus, "--memory", memory, "--serial", "stdio"])
+            .args(["--cpus", cpus, "--memory", memory, "--serial", &serial])
             .arg("--api-socket")
             .arg(&socket)
             .args(["--cmdline", cmdline.trim_end()])
@@ -189,17 +240,30 @@ impl GuestSession {
         });
         log.push(Source::Test, format!("started {shown}"));
         let mut readers = Vec::new();
+        let console_gate = Arc::new(Gate::default());
         if let Some(out) = child.stdout.take() {
-            readers.push(spawn_reader(out, Arc::clone(&log), Source::Console));
+            let source = match console {
+                ConsoleKind::Stdio => Source::Console,
+                ConsoleKind::Socket => Source::Stderr,
+            };
+            let gated = GatedRead {
+                inner: out,
+                gate: console_gate.clone(),
+            };
+            readers.push(spawn_reader(gated, Arc::clone(&log), source));
         }
         if let Some(err) = child.stderr.take() {
             readers.push(spawn_reader(err, Arc::clone(&log), Source::Stderr));
         }
         let pid = child.id();
-        let stdin = child.stdin.take();
-        let session = GuestSession {
+        let stdin = child
+            .stdin
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Write + Send>);
+        let mut session = GuestSession {
             child: Mutex::new(child),
             stdin: Mutex::new(stdin),
+            console_gate,
             exit_status: Mutex::new(None),
             log,
             readers,
@@ -223,7 +287,50 @@ impl GuestSession {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if console == ConsoleKind::Socket {
+            session.attach_console_socket(&console_socket);
+        }
         session
+    }
+
+    /// Connects to the console socket; its output becomes the console log, commands go to it.
+    fn attach_console_socket(&mut self, path: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline && self.try_exit_status().is_none(),
+                        "cannot connect to the console socket {}: {e}",
+                        path.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        let reader = stream
+            .try_clone()
+            .unwrap_or_else(|e| panic!("console socket: {e}"));
+        let gated = GatedRead {
+            inner: reader,
+            gate: self.console_gate.clone(),
+        };
+        self.readers
+            .push(spawn_reader(gated, Arc::clone(&self.log), Source::Console));
+        *self.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(stream));
+    }
+
+    /// Stops (`true`) or resumes reading the guest's console, as a client that stopped
+    /// reading would: plugvm's console output backs up while stalled.
+    pub fn stall_console(&self, stalled: bool) {
+        *self
+            .console_gate
+            .stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = stalled;
+        self.console_gate.changed.notify_all();
+        self.note(format!("console reader stalled: {stalled}"));
     }
 
     /// plugvm's process id (for `/proc/<pid>/...`).
@@ -642,6 +749,7 @@ impl Drop for GuestSession {
             eprintln!("{}", self.full_log());
         }
         drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.stall_console(false);
         if self.try_exit_status().is_none() {
             let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
             let _ = child.kill();

@@ -63,17 +63,40 @@ fn assert_vcpu_states(s: &GuestSession, want: &[&str]) {
     assert_eq!(vcpu_states(s), want, "vm.info vCPU states");
 }
 
-/// Waits until plugvm's vCPU threads are exactly `want` (e.g. `["vcpu0", "vcpu1"]`).
-fn wait_vcpu_threads(s: &GuestSession, want: &[&str]) {
+/// The vCPUs whose threads run (`vm.info` `cpus.threads_running`). Every possible vCPU has a
+/// thread (spares wait for a hot-add, removed ones are parked); this is the set in `KVM_RUN`.
+fn running_vcpus(s: &GuestSession) -> Vec<u64> {
+    let (status, info) = s.api("GET", "vm.info", None);
+    assert_eq!(status, 200, "vm.info: {info}");
+    let threads = s.vcpu_threads();
+    let max = info["cpus"]["max"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        threads.len() <= max,
+        "more vCPU threads than possible CPUs: {threads:?}"
+    );
+    info["cpus"]["threads_running"]
+        .as_array()
+        .unwrap_or_else(|| panic!("vm.info has no cpus.threads_running: {info}"))
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect()
+}
+
+fn assert_running(s: &GuestSession, want: &[u64]) {
+    assert_eq!(running_vcpus(s), want, "running vCPU threads");
+}
+
+/// Waits until exactly the vCPUs `want` run.
+fn wait_running(s: &GuestSession, want: &[u64]) {
     let deadline = Instant::now() + THREAD_TIMEOUT;
     loop {
-        let threads = s.vcpu_threads();
-        if threads == want {
+        let running = running_vcpus(s);
+        if running == want {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "plugvm's vCPU threads are {threads:?}, want {want:?}"
+            "plugvm's running vCPUs are {running:?}, want {want:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -261,7 +284,7 @@ kvm_guest_test! {
         assert_eq!(info["cpus"]["boot"], 1, "{info}");
         assert_eq!(info["cpus"]["max"], 2, "{info}");
         assert_vcpu_states(&s, &["present", "absent"]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0"]);
+        assert_running(&s, &[0]);
 
         let (status, body) = s.api("GET", "no.such-endpoint", None);
         assert_eq!(status, 404, "{body}");
@@ -284,7 +307,7 @@ kvm_guest_test! {
         // The guest's GED driver is bound (the no-answer test relies on the opposite).
         s.exec("test -e /sys/bus/platform/drivers/acpi-ged", CMD_TIMEOUT);
         assert_vcpu_states(&s, &["present", "absent", "absent", "absent"]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0"]);
+        assert_running(&s, &[0]);
 
         // Add without an id: the lowest absent one, 1.
         let mark = s.console_mark();
@@ -295,7 +318,7 @@ kvm_guest_test! {
         wait_online(&s, "0-1");
         s.wait_for_console_since(mark, |l| l.contains("PLUGVM-HOTPLUG cpu1 online"), ONLINE_TIMEOUT);
         assert_vcpu_states(&s, &["present", "present", "absent", "absent"]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0", "vcpu1"]);
+        assert_running(&s, &[0, 1]);
 
         // Resize to 4: CPUs 2 and 3 in one transaction.
         let resize = hotplug_ok(&s, "vm.resize", json!({"desired_vcpus": 4}));
@@ -304,7 +327,7 @@ kvm_guest_test! {
         assert_eq!(guest_events(&resize, 3), ["ost(0x1,0x0)"], "{resize}");
         wait_online(&s, "0-3");
         assert_vcpu_states(&s, &["present"; 4]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0", "vcpu1", "vcpu2", "vcpu3"]);
+        assert_running(&s, &[0, 1, 2, 3]);
         // The new CPUs run guest code.
         s.exec("taskset -c 2 true && taskset -c 3 true", CMD_TIMEOUT);
 
@@ -320,7 +343,7 @@ kvm_guest_test! {
         assert_eq!(s.exec(CPU_PRESENT, CMD_TIMEOUT), "0-1,3");
         s.exec("test ! -e /sys/devices/system/cpu/cpu2/online", CMD_TIMEOUT);
         assert_vcpu_states(&s, &["present", "present", "absent", "present"]);
-        wait_vcpu_threads(&s, &["vcpu0", "vcpu1", "vcpu3"]);
+        assert_running(&s, &[0, 1, 3]);
 
         // The same id again.
         let readd = hotplug_ok(&s, "vm.add-vcpu", json!({"id": 2}));
@@ -328,7 +351,7 @@ kvm_guest_test! {
         assert_eq!(guest_events(&readd, 2), ["ost(0x1,0x0)"], "{readd}");
         wait_online(&s, "0-3");
         assert_vcpu_states(&s, &["present"; 4]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0", "vcpu1", "vcpu2", "vcpu3"]);
+        assert_running(&s, &[0, 1, 2, 3]);
         s.exec("taskset -c 2 true", CMD_TIMEOUT);
 
         // The journal lists the four transactions in order.
@@ -389,7 +412,7 @@ kvm_guest_test! {
 
         // Nothing changed, nothing was journaled.
         assert_vcpu_states(&s, &["present", "present", "absent", "absent"]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0", "vcpu1"]);
+        assert_running(&s, &[0, 1]);
         let (status, list) = s.api("GET", "hotplug/transactions", None);
         assert_eq!(status, 200, "{list}");
         assert_eq!(list["transactions"], json!([]), "{list}");
@@ -416,7 +439,7 @@ kvm_guest_test! {
 
         // CPU 1 is still there, for plugvm and for the guest.
         assert_vcpu_states(&s, &["present", "present", "absent", "absent"]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0", "vcpu1"]);
+        assert_running(&s, &[0, 1]);
         assert_eq!(s.exec(CPU_ONLINE, CMD_TIMEOUT), "0-1");
         s.exec("taskset -c 1 true", CMD_TIMEOUT);
 
@@ -431,7 +454,7 @@ kvm_guest_test! {
         );
         assert_eq!(s.exec(CPU_ONLINE, CMD_TIMEOUT), "0");
         assert_vcpu_states(&s, &["present", "absent", "absent", "absent"]);
-        wait_vcpu_threads(&s, &["vcpu0"]);
+        wait_running(&s, &[0]);
 
         assert_eq!(s.shutdown(), Some(0));
         eprintln!("session lasted {:?}", s.elapsed());
@@ -468,7 +491,7 @@ kvm_guest_test! {
         assert_eq!(reason["last_ost"], Value::Null, "{record}");
         assert_eq!(guest_events(&record, 2), Vec::<String>::new(), "{record}");
         assert_vcpu_states(&s, &["present", "present", "absent", "absent"]);
-        wait_vcpu_threads(&s, &["vcpu0", "vcpu1"]);
+        wait_running(&s, &[0, 1]);
 
         // The next request is accepted (and times out the same way).
         let (status, answer) = s.api("PUT", "vm.add-vcpu", Some(&json!({"id": 3})));
@@ -517,7 +540,7 @@ kvm_guest_test! {
         assert_rolled_back(&record, 1, "remove_cpu", "timeout");
         assert_eq!(record["outcome"]["devices"][0]["reason"]["guest_touched"], false, "{record}");
         assert_vcpu_states(&s, &["present", "present", "absent", "absent"]);
-        assert_eq!(s.vcpu_threads(), ["vcpu0", "vcpu1"]);
+        assert_running(&s, &[0, 1]);
         assert_eq!(s.exec(CPU_ONLINE, CMD_TIMEOUT), "0-1");
         s.exec("taskset -c 1 true", CMD_TIMEOUT);
 

@@ -1,11 +1,14 @@
 //! Serial console back ends: where the guest's COM1 output goes and where its input comes
 //! from (`--serial stdio|file=PATH|socket=PATH|null`).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use devices::SerialDevice;
 
@@ -56,6 +59,111 @@ pub fn file_writer(path: &Path) -> Result<Box<dyn Write + Send>, ConsoleError> {
     Ok(Box::new(f))
 }
 
+/// Guest output waiting for the console's reader; bounded.
+pub const CONSOLE_QUEUE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Default)]
+struct OutputQueue {
+    bytes: VecDeque<u8>,
+    /// The writer thread is writing a chunk it took from `bytes`.
+    writing: bool,
+}
+
+#[derive(Debug, Default)]
+struct OutputShared {
+    queue: Mutex<OutputQueue>,
+    changed: Condvar,
+    dropped: AtomicU64,
+}
+
+impl OutputShared {
+    fn lock(&self) -> MutexGuard<'_, OutputQueue> {
+        // A byte queue cannot be left inconsistent by a panic elsewhere.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the UART writes to: a bounded queue that a thread of its own drains into the real
+/// back end. A vCPU writing to the console never waits for the back end: when its reader is
+/// slow or gone (a full pipe, a socket client that stopped reading), output beyond
+/// [`CONSOLE_QUEUE_BYTES`] is dropped and counted.
+#[derive(Clone, Debug)]
+pub struct QueuedOutput {
+    shared: Arc<OutputShared>,
+}
+
+impl QueuedOutput {
+    /// Starts the thread that writes the queue to `sink`.
+    pub fn start(mut sink: Box<dyn Write + Send>) -> io::Result<QueuedOutput> {
+        let shared = Arc::new(OutputShared::default());
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || loop {
+                let chunk: Vec<u8> = {
+                    let mut q = thread_shared.lock();
+                    q.writing = false;
+                    thread_shared.changed.notify_all();
+                    q = thread_shared
+                        .changed
+                        .wait_while(q, |q| q.bytes.is_empty())
+                        .unwrap_or_else(|e| e.into_inner());
+                    q.writing = true;
+                    q.bytes.drain(..).collect()
+                };
+                if sink.write_all(&chunk).and_then(|()| sink.flush()).is_err() {
+                    // The back end refused it (a socket client that stopped reading, a
+                    // closed stdout): this chunk is lost, the next is tried again.
+                    thread_shared
+                        .dropped
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            })?;
+        Ok(QueuedOutput { shared })
+    }
+
+    /// Bytes dropped because the reader did not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything queued was written, at most `timeout`. For the VM's last words
+    /// before plugvm exits; a stuck back end costs `timeout`, no more.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let q = self.shared.lock();
+        let (q, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(q, timeout, |q| !q.bytes.is_empty() || q.writing)
+            .unwrap_or_else(|e| e.into_inner());
+        q.bytes.is_empty() && !q.writing
+    }
+}
+
+impl Write for QueuedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut q = self.shared.lock();
+        let room = CONSOLE_QUEUE_BYTES.saturating_sub(q.bytes.len());
+        let taken = room.min(buf.len());
+        q.bytes.extend(&buf[..taken]);
+        drop(q);
+        if taken < buf.len() {
+            self.shared
+                .dropped
+                .fetch_add((buf.len() - taken) as u64, Ordering::Relaxed);
+        }
+        if taken > 0 {
+            self.shared.changed.notify_all();
+        }
+        // The whole buffer counts as written: what did not fit is lost, as on a real line.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The client currently attached to a socket console; output is dropped while none is.
 #[derive(Clone, Debug, Default)]
 pub struct SocketClient(Arc<Mutex<Option<UnixStream>>>);
@@ -64,8 +172,20 @@ impl Write for SocketClient {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Ok(mut client) = self.0.lock() {
             if let Some(stream) = client.as_mut() {
-                if stream.write_all(buf).is_err() {
-                    *client = None;
+                match stream.write_all(buf) {
+                    Ok(()) => {}
+                    // A client that stopped reading keeps its place: this chunk is lost (the
+                    // write timeout bounds how long the lock is held) and the next one is
+                    // tried again.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Err(e);
+                    }
+                    Err(_) => *client = None,
                 }
             }
         }
@@ -116,6 +236,8 @@ impl SocketConsole {
                     let Ok(reader) = stream.try_clone() else {
                         continue;
                     };
+                    // Bounds how long a client that stopped reading holds the output lock.
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
                     if let Ok(mut c) = self.client.0.lock() {
                         *c = Some(stream);
                     }
@@ -125,6 +247,18 @@ impl SocketConsole {
             })
             .map(|_| ())
     }
+}
+
+/// Starts the thread that feeds standard input to the guest. It reads a duplicate of the
+/// descriptor rather than `std::io::stdin()`, whose lock a blocked read would hold, so that
+/// restoring the terminal at exit never waits for a key.
+pub fn spawn_stdin_reader(serial: Arc<SerialDevice>) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+    std::thread::Builder::new()
+        .name("serial-stdin".into())
+        .spawn(move || feed_input(input, &serial))
+        .map(|_| ())
 }
 
 /// Copies `input` into the guest's receive FIFO until EOF.
@@ -171,5 +305,72 @@ fn wait_for_guest_to_read(serial: &SerialDevice) {
             still = 0;
         }
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A back end whose reader stopped reading: every write blocks until `open`.
+    struct StalledSink {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for StalledSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (lock, cv) = &*self.open;
+            let open = lock.lock().unwrap();
+            drop(cv.wait_while(open, |o| !*o).unwrap());
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_reader_costs_output_never_time() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut out = QueuedOutput::start(Box::new(StalledSink {
+            open: open.clone(),
+            got: got.clone(),
+        }))
+        .unwrap();
+        let started = Instant::now();
+        let line = [b'x'; 1024];
+        for _ in 0..1024 {
+            assert_eq!(out.write(&line).unwrap(), line.len());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the writer waited for the reader"
+        );
+        let dropped = out.dropped();
+        // At most one queue's worth waits, plus one chunk the writer thread holds.
+        assert!(
+            dropped >= (1024 * 1024 - 2 * CONSOLE_QUEUE_BYTES) as u64,
+            "dropped only {dropped}"
+        );
+        let t = Instant::now();
+        assert!(
+            !out.drain(Duration::from_millis(50)),
+            "drained into a stalled reader"
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
+
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        assert!(out.drain(Duration::from_secs(5)));
+        let written = got.lock().unwrap().len() as u64;
+        assert_eq!(
+            written + dropped,
+            1024 * 1024,
+            "every byte is written or counted"
+        );
     }
 }

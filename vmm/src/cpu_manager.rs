@@ -1,14 +1,17 @@
-//! vCPU hotplug on the host side: the set of vCPU threads, the parked vCPU fds of removed
-//! CPUs, and the two hotplug participants that add and remove them.
+//! vCPU hotplug on the host side: the vCPU threads of every CPU that exists, and the two
+//! hotplug participants that add and remove them.
 //!
-//! * [`VcpuParticipant`] owns host resources: Prepare of an add creates (or unparks) the
-//!   vCPU and starts its thread, which waits for the guest's INIT/SIPI; Commit of a remove
-//!   stops the thread and parks the fd (KVM cannot destroy a vCPU, so the same id reuses it).
+//! * [`VcpuParticipant`] owns host resources. A hot-add only tells a thread that is already
+//!   there to run: up to [`SPARE_VCPUS`] CPUs get their KVM vCPU and thread at start, and a
+//!   removed CPU's thread stays, parked (KVM cannot destroy a vCPU). A hot-remove hands the stop to the vCPU's own thread as
+//!   soon as the guest ejects the CPU ([`VcpuSet::begin_park`]); Commit then only checks the
+//!   acknowledgement, within a bound.
 //! * [`CpuControllerParticipant`] publishes the change to the guest: it sets the CPU
 //!   hotplug controller's bits and raises the GED interrupt, and withdraws them on rollback.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use devices::{CpuHotplugController, CpuLayout, ExitSignal, Ged, GedEvent};
 use hotplug::{DeviceId, DeviceOp, Direction, HotplugParticipant, ParticipantError};
@@ -18,24 +21,27 @@ use vm_device::device_manager::IoManager;
 
 use crate::arch::CpuTopology;
 use crate::slot_publisher::SlotPublisher;
-use crate::vcpu::{self, VcpuHandle};
+use crate::vcpu::{self, VcpuCommand, VcpuHandle, VcpuState, VcpuWaitError};
 
-/// Everything needed to create and run vCPUs, and the vCPUs themselves.
+/// How long a vCPU may take to acknowledge a park, pause or exit. A halted vCPU answers in
+/// microseconds; one that does not answer within this is stuck (in a device access, say).
+pub const VCPU_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything needed to create and run vCPUs, and the threads of the vCPUs that exist.
 pub struct VcpuSet {
     vm: Arc<VmFd>,
     io: Arc<IoManager>,
     exit: Arc<ExitSignal>,
     supported_cpuid: CpuId,
     topology: CpuTopology,
-    running: BTreeMap<u32, VcpuHandle>,
-    parked: BTreeMap<u32, VcpuFd>,
+    vcpus: BTreeMap<u32, VcpuHandle>,
+    closed: bool,
 }
 
 impl std::fmt::Debug for VcpuSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VcpuSet")
-            .field("running", &self.running.keys().collect::<Vec<_>>())
-            .field("parked", &self.parked.keys().collect::<Vec<_>>())
+            .field("states", &self.states())
             .finish_non_exhaustive()
     }
 }
@@ -55,63 +61,140 @@ impl VcpuSet {
             exit,
             supported_cpuid,
             topology,
-            running: BTreeMap::new(),
-            parked: BTreeMap::new(),
+            vcpus: BTreeMap::new(),
+            closed: false,
         }
     }
 
-    /// Creates vCPU `id` (or takes its parked fd) with CPUID, MSRs, FPU and LAPIC set up,
-    /// without starting it.
-    pub fn create(&mut self, id: u32) -> Result<VcpuFd, vcpu::VcpuError> {
-        if let Some(fd) = self.parked.remove(&id) {
-            tracing::debug!(vcpu = id, "reusing parked vCPU");
-            return Ok(fd);
-        }
+    /// Creates vCPU `id` with CPUID, MSRs, FPU and LAPIC set up, without a thread (the boot
+    /// path sets the first vCPU's registers before [`Self::spawn`]).
+    pub fn create(&self, id: u32) -> Result<VcpuFd, vcpu::VcpuError> {
         vcpu::create_vcpu(&self.vm, id, &self.supported_cpuid, self.topology)
     }
 
-    /// Starts the thread of vCPU `id`.
-    pub fn start(&mut self, id: u32, fd: VcpuFd) -> Result<(), vcpu::VcpuError> {
+    /// Starts the thread of vCPU `id` (in [`VcpuState::Created`]).
+    pub fn spawn(&mut self, id: u32, fd: VcpuFd) -> Result<(), vcpu::VcpuError> {
         let handle = vcpu::spawn_vcpu(id, fd, self.io.clone(), self.exit.clone())?;
-        self.running.insert(id, handle);
+        self.vcpus.insert(id, handle);
         Ok(())
     }
 
-    /// Stops the thread of vCPU `id` and parks its fd. `false` if it was not running.
-    pub fn stop_and_park(&mut self, id: u32) -> bool {
-        let Some(handle) = self.running.remove(&id) else {
-            return false;
-        };
-        match handle.stop() {
-            Some(fd) => {
-                self.parked.insert(id, fd);
-                true
-            }
-            None => {
-                tracing::error!(vcpu = id, "vCPU thread ended abnormally; its fd is lost");
-                true
+    /// Makes sure vCPU `id` has a thread, creating both if needed.
+    pub fn ensure(&mut self, id: u32) -> Result<(), vcpu::VcpuError> {
+        if self.closed {
+            return Err(vcpu::VcpuError::Closed { id });
+        }
+        if !self.vcpus.contains_key(&id) {
+            let fd = self.create(id)?;
+            self.spawn(id, fd)?;
+        }
+        Ok(())
+    }
+
+    /// Lets vCPU `id` run (creating it if no spare was made ready). Does not wait: the
+    /// thread enters `KVM_RUN` on its own, where the vCPU waits for the guest's INIT/SIPI.
+    pub fn start(&mut self, id: u32) -> Result<(), vcpu::VcpuError> {
+        self.ensure(id)?;
+        if let Some(handle) = self.vcpus.get(&id) {
+            handle.send(VcpuCommand::Run);
+        }
+        Ok(())
+    }
+
+    /// Asks vCPU `id` to leave `KVM_RUN` and park, without waiting.
+    pub fn begin_park(&self, id: u32) {
+        if let Some(handle) = self.vcpus.get(&id) {
+            handle.send(VcpuCommand::Park);
+        }
+    }
+
+    /// Parks vCPU `id`, waiting at most `timeout` for the acknowledgement.
+    pub fn park(&self, id: u32, timeout: Duration) -> Result<(), VcpuWaitError> {
+        match self.vcpus.get(&id) {
+            Some(handle) => handle.request(VcpuCommand::Park, timeout),
+            None => Ok(()),
+        }
+    }
+
+    /// Pauses every running vCPU, waiting at most `timeout` in all. On expiry the vCPUs that
+    /// did answer stay paused and the error names one that did not.
+    pub fn pause_all(&self, timeout: Duration) -> Result<(), VcpuWaitError> {
+        let running: Vec<&VcpuHandle> = self
+            .vcpus
+            .values()
+            .filter(|h| h.state() == VcpuState::Running)
+            .collect();
+        for handle in &running {
+            handle.send(VcpuCommand::Pause);
+        }
+        let deadline = Instant::now() + timeout;
+        for handle in running {
+            handle.wait_for(
+                VcpuState::Paused,
+                deadline.saturating_duration_since(Instant::now()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Lets every paused vCPU run again, waiting at most `timeout` in all for them to
+    /// acknowledge.
+    pub fn resume_all(&self, timeout: Duration) -> Result<(), VcpuWaitError> {
+        let paused: Vec<&VcpuHandle> = self
+            .vcpus
+            .values()
+            .filter(|h| h.state() == VcpuState::Paused)
+            .collect();
+        for handle in &paused {
+            handle.send(VcpuCommand::Run);
+        }
+        let deadline = Instant::now() + timeout;
+        for handle in paused {
+            handle.wait_for(
+                VcpuState::Running,
+                deadline.saturating_duration_since(Instant::now()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends every thread (the VM is ending), waiting at most `timeout` in all. Threads that
+    /// do not end in time are left behind and named in the log.
+    pub fn shutdown(&mut self, timeout: Duration) {
+        self.closed = true;
+        let handles = std::mem::take(&mut self.vcpus);
+        for handle in handles.values() {
+            handle.send(VcpuCommand::Exit);
+        }
+        let deadline = Instant::now() + timeout;
+        for (id, handle) in handles {
+            if let Err(e) = handle.exit(deadline.saturating_duration_since(Instant::now())) {
+                tracing::error!(vcpu = id, "vCPU thread left behind: {e}");
             }
         }
     }
 
-    /// Stops every thread (the VM is ending).
-    pub fn stop_all(&mut self) {
-        let ids: Vec<u32> = self.running.keys().copied().collect();
-        for id in ids {
-            self.stop_and_park(id);
-        }
+    /// The state of every vCPU that has a thread.
+    pub fn states(&self) -> BTreeMap<u32, VcpuState> {
+        self.vcpus.iter().map(|(&id, h)| (id, h.state())).collect()
     }
 
-    /// Ids of running vCPUs.
-    pub fn running_ids(&self) -> Vec<u32> {
-        self.running.keys().copied().collect()
-    }
-
-    /// Ids of parked vCPUs.
-    pub fn parked_ids(&self) -> Vec<u32> {
-        self.parked.keys().copied().collect()
+    /// Ids of vCPUs in `state`.
+    pub fn ids_in(&self, state: VcpuState) -> Vec<u32> {
+        self.vcpus
+            .iter()
+            .filter(|(_, h)| h.state() == state)
+            .map(|(&id, _)| id)
+            .collect()
     }
 }
+
+/// How many vCPUs beyond the boot ones get their KVM vCPU and thread at start, ready for a
+/// hot-add. Made before the boot vCPUs run: creating a vCPU while the guest boots moves
+/// KVM's TSC and clock bookkeeping under it (in the nested test bed, boots then stalled or
+/// reset during TSC calibration). A hot-add beyond the spares creates its vCPU itself, as
+/// a hot-add did before spares existed, at about half a millisecond more.
+pub const SPARE_VCPUS: u32 = 8;
 
 fn cpu_of(op: &DeviceOp) -> Result<u32, ParticipantError> {
     match op.device {
@@ -153,15 +236,16 @@ impl HotplugParticipant for VcpuParticipant {
         }
         let id = cpu_of(op)?;
         locked(&self.set, |set| {
-            if set.running.contains_key(&id) {
-                return Err(ParticipantError::new(format!(
-                    "vCPU {id} is already running"
-                )));
+            match set.states().get(&id) {
+                Some(VcpuState::Running | VcpuState::Paused) => {
+                    return Err(ParticipantError::new(format!(
+                        "vCPU {id} is already running"
+                    )))
+                }
+                // A park the guest asked for must have ended before the vCPU runs again.
+                Some(VcpuState::Parked | VcpuState::Created | VcpuState::Exited) | None => {}
             }
-            let fd = set.create(id).map_err(|e| {
-                ParticipantError::with_source(format!("cannot create vCPU {id}"), e)
-            })?;
-            set.start(id, fd)
+            set.start(id)
                 .map_err(|e| ParticipantError::with_source(format!("cannot start vCPU {id}"), e))
         })
     }
@@ -170,14 +254,24 @@ impl HotplugParticipant for VcpuParticipant {
         let DeviceId::Cpu(_) = op.device else {
             return Ok(());
         };
-        if op.direction() == Direction::Add {
-            let id = cpu_of(op)?;
-            locked(&self.set, |set| {
-                set.stop_and_park(id);
+        let id = cpu_of(op)?;
+        locked(&self.set, |set| match op.direction() {
+            Direction::Add => set
+                .park(id, VCPU_ACK_TIMEOUT)
+                .map_err(|e| ParticipantError::with_source(format!("cannot park vCPU {id}"), e)),
+            // The guest may have ejected the CPU (and its thread begun parking) before the
+            // removal was rolled back: the controller offers the CPU again, so it must run.
+            Direction::Remove => {
+                if set.states().get(&id) == Some(&VcpuState::Parked)
+                    || set.states().get(&id) == Some(&VcpuState::Running)
+                {
+                    set.start(id).map_err(|e| {
+                        ParticipantError::with_source(format!("cannot restart vCPU {id}"), e)
+                    })?;
+                }
                 Ok(())
-            })?;
-        }
-        Ok(())
+            }
+        })
     }
 
     fn commit(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
@@ -187,9 +281,11 @@ impl HotplugParticipant for VcpuParticipant {
         if op.direction() == Direction::Remove {
             let id = cpu_of(op)?;
             locked(&self.set, |set| {
-                if set.stop_and_park(id) {
-                    tracing::info!(vcpu = id, "vCPU stopped and parked");
-                }
+                // Usually acknowledged long ago: the park began at the guest's _EJ0.
+                set.park(id, VCPU_ACK_TIMEOUT).map_err(|e| {
+                    ParticipantError::with_source(format!("vCPU {id} did not park"), e)
+                })?;
+                tracing::info!(vcpu = id, "vCPU parked");
                 Ok(())
             })?;
         }

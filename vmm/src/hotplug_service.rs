@@ -3,9 +3,15 @@
 //! turns outcomes into HTTP answers.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use devices::HotplugObservation;
 use hotplug::{
@@ -18,6 +24,67 @@ use crate::api::ApiResponse;
 
 /// A guest access the engine must hear about.
 pub type GuestObservation = (DeviceId, GuestEvent);
+
+/// Observations that may wait for the event loop at once. A guest that makes more register
+/// accesses than this before the loop drains them loses the excess (counted); only its own
+/// transactions can suffer from that.
+pub const OBSERVATION_QUEUE: usize = 1024;
+
+/// The vCPU threads' end of the observation queue.
+#[derive(Debug)]
+pub struct ObservationSender {
+    tx: SyncSender<GuestObservation>,
+    wake: EventFd,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ObservationSender {
+    /// Another sender on the same queue.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(ObservationSender {
+            tx: self.tx.clone(),
+            wake: self.wake.try_clone()?,
+            dropped: self.dropped.clone(),
+        })
+    }
+
+    /// Queues `obs` and wakes the loop; never blocks. A full queue drops it (counted).
+    pub fn send(&self, obs: GuestObservation) {
+        match self.tx.try_send(obs) {
+            Ok(()) => {
+                let _ = self.wake.write(1);
+            }
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // The event loop is gone (the VM is ending): nothing to report to.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// A bounded observation queue: the sender for the devices, the receiver for the service.
+pub fn observation_queue() -> std::io::Result<(ObservationSender, ObservationReceiver)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(OBSERVATION_QUEUE);
+    let wake = EventFd::new(EFD_NONBLOCK)?;
+    let dropped = Arc::new(AtomicU64::new(0));
+    Ok((
+        ObservationSender {
+            tx,
+            wake: wake.try_clone()?,
+            dropped: dropped.clone(),
+        },
+        ObservationReceiver { rx, wake, dropped },
+    ))
+}
+
+/// The service's end of the observation queue.
+#[derive(Debug)]
+pub struct ObservationReceiver {
+    rx: Receiver<GuestObservation>,
+    wake: EventFd,
+    dropped: Arc<AtomicU64>,
+}
 
 /// Maps a controller observation to the engine's terms; `device` names the device kind
 /// from its UID (`DeviceId::cpu` or `DeviceId::memory_slot`). A refused eject is not the
@@ -39,8 +106,7 @@ pub fn observation(
 /// Sends controller observations to the engine, and answers a refused eject by raising the
 /// GED so that the guest rescans and adds the device back.
 pub fn observer(
-    tx: std::sync::mpsc::Sender<GuestObservation>,
-    wake: vmm_sys_util::eventfd::EventFd,
+    queue: ObservationSender,
     ged: Arc<devices::Ged>,
     event: devices::GedEvent,
     device: fn(u32) -> DeviceId,
@@ -53,21 +119,38 @@ pub fn observer(
             }
             return;
         }
-        // The event loop may be gone when the VM ends; nothing to report then.
         if let Some(o) = observation(obs, device) {
-            if tx.send(o).is_ok() {
-                let _ = wake.write(1);
-            }
+            queue.send(o);
         }
     })
 }
 
-/// The engine plus the API callers waiting on it.
+/// Called with a device the guest has just ejected (`_EJ0` accepted by its controller),
+/// before the engine judges the event: the vCPU manager starts parking the CPU's thread
+/// then, so that Commit finds it parked.
+pub type EjectHook = Box<dyn FnMut(DeviceId) + Send>;
+
+/// The engine plus the API callers waiting on it. It is an event-loop subscriber: guest
+/// observations and a timer armed at the next deadline wake it, and it always drains the
+/// observations before it judges a deadline, so a guest answer the loop has received wins
+/// over a deadline that expires in the same instant.
 pub struct HotplugService {
     engine: Engine,
     clock: Arc<dyn Clock>,
-    observations: Receiver<GuestObservation>,
+    observations: ObservationReceiver,
+    timer: TimerFd,
     waiters: BTreeMap<TxId, Vec<Sender<ApiResponse>>>,
+    eject_hooks: Vec<EjectHook>,
+    paused: bool,
+}
+
+impl std::fmt::Debug for HotplugService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotplugService")
+            .field("waiters", &self.waiters.len())
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HotplugService {
@@ -75,14 +158,17 @@ impl HotplugService {
     pub fn new(
         engine: Engine,
         clock: Arc<dyn Clock>,
-        observations: Receiver<GuestObservation>,
-    ) -> Self {
-        HotplugService {
+        observations: ObservationReceiver,
+    ) -> std::io::Result<Self> {
+        Ok(HotplugService {
             engine,
             clock,
             observations,
+            timer: TimerFd::new().map_err(std::io::Error::from)?,
             waiters: BTreeMap::new(),
-        }
+            eject_hooks: Vec::new(),
+            paused: false,
+        })
     }
 
     /// The engine (for `vm.info` and tests).
@@ -90,10 +176,37 @@ impl HotplugService {
         &self.engine
     }
 
+    /// Adds a hook told of every device the guest ejects.
+    pub fn on_guest_eject(&mut self, hook: EjectHook) {
+        self.eject_hooks.push(hook);
+    }
+
+    /// Observations dropped because the queue was full.
+    pub fn dropped_observations(&self) -> u64 {
+        self.observations.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether a transaction waits for the guest.
+    pub fn in_flight(&self) -> bool {
+        self.engine.next_deadline().is_some()
+    }
+
+    /// While paused, hotplug requests are refused (the guest could not answer them).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
     /// Starts `request`. With `wait`, `respond` gets the outcome when the transaction ends;
     /// without, it gets 202 and the transaction id at once.
     pub fn request(&mut self, request: Request, wait: bool, respond: Sender<ApiResponse>) {
         tracing::info!(?request, "hotplug request");
+        if self.paused {
+            let _ = respond.send(ApiResponse::error(
+                409,
+                "The VM is paused: resume it (vm.resume) before hotplugging.",
+            ));
+            return;
+        }
         let begun = match self.engine.begin(request) {
             Ok(b) => b,
             Err(e) => {
@@ -119,22 +232,26 @@ impl HotplugService {
                 let _ = respond.send(response);
             }
         }
+        self.arm_timer();
     }
 
-    /// Feeds every pending guest observation to the engine.
-    pub fn process_observations(&mut self) {
-        let pending: Vec<GuestObservation> = self.observations.try_iter().collect();
+    /// Feeds every queued guest observation to the engine, then ends the transactions whose
+    /// deadline has passed, then arms the timer for the next deadline.
+    pub fn step(&mut self) {
+        let pending: Vec<GuestObservation> = self.observations.rx.try_iter().collect();
         for (device, event) in pending {
             tracing::debug!(%device, ?event, "guest hotplug event");
+            if event == GuestEvent::Eject {
+                for hook in &mut self.eject_hooks {
+                    hook(device);
+                }
+            }
             let report = self.engine.guest_event(device, event);
             self.finish(report);
         }
-    }
-
-    /// Ends transactions whose deadline passed.
-    pub fn tick(&mut self) {
         let report = self.engine.tick();
         self.finish(report);
+        self.arm_timer();
     }
 
     /// How long until the next deadline, if a transaction is in flight.
@@ -143,6 +260,31 @@ impl HotplugService {
         Some(Duration::from_micros(
             deadline.micros_since(self.clock.now()),
         ))
+    }
+
+    fn arm_timer(&mut self) {
+        let result = match self.time_to_deadline() {
+            // A zero duration would disarm the timer: a deadline due now fires in 1 µs.
+            Some(d) => self.timer.reset(d.max(Duration::from_micros(1)), None),
+            None => self.timer.clear(),
+        };
+        if let Err(e) = result {
+            tracing::error!("cannot arm the hotplug deadline timer: {e}");
+        }
+    }
+
+    /// The VM is ending: every caller still waiting for a transaction gets 503 and the
+    /// transaction's record as it stands.
+    pub fn abandon_waiters(&mut self, why: &str) {
+        for (id, waiters) in std::mem::take(&mut self.waiters) {
+            let mut response = ApiResponse::error(503, format!("{id} did not finish: {why}"));
+            if let Some(body) = response.body.as_object_mut() {
+                body.insert("transaction".into(), self.record_json(id));
+            }
+            for w in waiters {
+                let _ = w.send(response.clone());
+            }
+        }
     }
 
     fn finish(&mut self, report: Report) {
@@ -235,5 +377,141 @@ pub fn status_for(reason: &FailureReason) -> u16 {
         FailureReason::Timeout { .. } => 504,
         FailureReason::PrepareFailed { .. } | FailureReason::PublishFailed { .. } => 500,
         FailureReason::BatchAborted { .. } => 409,
+    }
+}
+
+impl MutEventSubscriber for HotplugService {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // The timer is not read: `step` re-arms (or clears) it, and timerfd_settime resets
+        // its expiry count, so it stops being readable. Reading it could block when another
+        // subscriber re-armed it after epoll reported it.
+        let _ = self.observations.wake.read();
+        self.step();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.observations.wake, EventSet::IN)) {
+            tracing::error!("cannot watch guest hotplug observations: {e:?}");
+        }
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            tracing::error!("cannot watch the hotplug deadline timer: {e:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotplug::{CpuId, EngineConfig, FakeClock, MachineConfig};
+    use std::sync::mpsc::channel;
+    use std::sync::Mutex;
+
+    fn service() -> (HotplugService, ObservationSender, Arc<FakeClock>) {
+        let machine = MachineConfig {
+            max_cpus: 4,
+            boot_cpus: 2,
+            boot_memory: 512 << 20,
+            block_size: 128 << 20,
+            hotplug_region_size: 0,
+            memory_slots: 0,
+        };
+        let clock = Arc::new(FakeClock::new());
+        let engine = Engine::new(machine, EngineConfig::default(), clock.clone()).unwrap();
+        let (tx, rx) = observation_queue().unwrap();
+        (
+            HotplugService::new(engine, clock.clone(), rx).unwrap(),
+            tx,
+            clock,
+        )
+    }
+
+    fn cpu1() -> DeviceId {
+        DeviceId::Cpu(CpuId(1))
+    }
+
+    /// Linux's answer to an eject request: `_OST(3, 0x84)`, `_EJ0`, `_OST(3, 0)`.
+    fn guest_ejects(tx: &ObservationSender) {
+        tx.send((cpu1(), GuestEvent::ost(3, 0x84)));
+        tx.send((cpu1(), GuestEvent::Eject));
+        tx.send((cpu1(), GuestEvent::ost(3, 0)));
+    }
+
+    #[test]
+    fn an_ej0_received_before_the_deadline_is_judged_wins() {
+        let (mut s, tx, clock) = service();
+        let (respond, answer) = channel();
+        s.request(Request::RemoveCpu { id: 1 }, true, respond);
+        let deadline = s.time_to_deadline().unwrap();
+        // The guest answers; then, before the loop runs, the deadline passes too: the timer
+        // and the observations wake the loop in the same instant.
+        guest_ejects(&tx);
+        clock.advance(deadline + Duration::from_millis(1));
+        s.step();
+        let response = answer.try_recv().unwrap();
+        assert_eq!(response.status, 200, "{:?}", response.body);
+        assert!(!s.in_flight());
+    }
+
+    #[test]
+    fn a_deadline_judged_before_the_ej0_arrived_wins() {
+        let (mut s, tx, clock) = service();
+        let (respond, answer) = channel();
+        s.request(Request::RemoveCpu { id: 1 }, true, respond);
+        clock.advance(s.time_to_deadline().unwrap() + Duration::from_millis(1));
+        s.step();
+        assert_eq!(answer.try_recv().unwrap().status, 504);
+        // Too late: the removal was rolled back, and a late `_EJ0` does not revive it.
+        guest_ejects(&tx);
+        s.step();
+        assert!(answer.try_recv().is_err());
+        assert!(!s.in_flight());
+    }
+
+    #[test]
+    fn the_eject_hook_hears_of_an_ej0_before_the_engine_commits() {
+        let (mut s, tx, _) = service();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        s.on_guest_eject(Box::new(move |d| h.lock().unwrap().push(d)));
+        let (respond, answer) = channel();
+        s.request(Request::RemoveCpu { id: 1 }, true, respond);
+        guest_ejects(&tx);
+        s.step();
+        assert_eq!(answer.try_recv().unwrap().status, 200);
+        assert_eq!(*heard.lock().unwrap(), [cpu1()]);
+    }
+
+    #[test]
+    fn the_observation_queue_is_bounded_and_counts_what_it_drops() {
+        let (s, tx, _) = service();
+        for _ in 0..OBSERVATION_QUEUE + 10 {
+            tx.send((cpu1(), GuestEvent::StatusRead));
+        }
+        assert_eq!(s.dropped_observations(), 10);
+    }
+
+    #[test]
+    fn paused_refuses_and_shutdown_answers_every_waiter() {
+        let (mut s, _tx, _) = service();
+        s.set_paused(true);
+        let (respond, answer) = channel();
+        s.request(Request::AddCpu { id: None }, true, respond);
+        let refused = answer.try_recv().unwrap();
+        assert_eq!(refused.status, 409);
+        assert!(
+            refused.body.to_string().contains("paused"),
+            "{:?}",
+            refused.body
+        );
+        s.set_paused(false);
+
+        let (respond, answer) = channel();
+        s.request(Request::AddCpu { id: None }, true, respond);
+        assert!(s.in_flight());
+        assert!(answer.try_recv().is_err(), "answered before the guest did");
+        s.abandon_waiters("the VM is shutting down");
+        let r = answer.try_recv().unwrap();
+        assert_eq!(r.status, 503);
+        assert!(r.body["transaction"]["id"].is_u64(), "{:?}", r.body);
     }
 }

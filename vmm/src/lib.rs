@@ -13,6 +13,8 @@ pub mod cpu_manager;
 pub mod hotplug_service;
 pub mod memory;
 pub mod memory_manager;
+pub mod request_handler;
+pub mod signals;
 pub mod slot_publisher;
 pub mod vcpu;
 pub mod vm;

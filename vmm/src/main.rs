@@ -56,7 +56,9 @@ fn main() -> ExitCode {
                     let code = reason.exit_code();
                     drop(vm);
                     match reason {
-                        devices::ExitReason::PowerOff | devices::ExitReason::Shutdown => {
+                        devices::ExitReason::PowerOff
+                        | devices::ExitReason::Shutdown
+                        | devices::ExitReason::Signal(_) => {
                             tracing::info!("VM ended: {reason:?}")
                         }
                         devices::ExitReason::Reset => {

@@ -2,6 +2,7 @@
 //! the event loop that waits for the VM to end.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use acpi::{MachineDescription, MemoryRange};
 use devices::{
@@ -16,17 +17,19 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::api::{self, ApiMessage, ApiRequest, ApiResponse, ApiServerHandle};
+use crate::api::{self, ApiMessage, ApiServerHandle};
 use crate::arch::{self, BootRegsLayout, CpuTopology};
 use crate::boot::{self, BootError, ZeroPageInputs};
 use crate::config::{SerialConfig, VmConfig};
-use crate::console::{self, ConsoleError, SocketConsole, StdoutWriter};
-use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet};
-use crate::hotplug_service::{self, GuestObservation, HotplugService};
+use crate::console::{self, ConsoleError, QueuedOutput, SocketConsole, StdoutWriter};
+use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet, SPARE_VCPUS};
+use crate::hotplug_service::{self, HotplugService, ObservationReceiver, ObservationSender};
 use crate::memory::{self, MemoryError, MemoryLayout};
 use crate::memory_manager::{
     GuestMemoryMap, HotplugMemory, MemoryBackingParticipant, MemoryControllerParticipant,
 };
+use crate::request_handler::{RequestHandler, VmView};
+use crate::signals;
 use crate::vcpu::{self, VcpuError};
 use hotplug::DeviceId;
 
@@ -148,26 +151,11 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// Drains the API's wake-up eventfd; the messages are handled by [`Vm::run_until_exit`].
-struct EventFdWatcher(EventFd);
-
-impl MutEventSubscriber for EventFdWatcher {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.0.read();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
-            tracing::error!("cannot watch the API wake-up event: {e:?}");
-        }
-    }
-}
-
 /// The VMM's end of the API: requests arrive on `requests`, `wake` says so.
 struct ApiEndpoint {
     requests: std::sync::mpsc::Receiver<ApiMessage>,
     wake: EventFd,
-    server: Option<ApiServerHandle>,
+    server: ApiServerHandle,
 }
 
 fn start_api(path: &std::path::Path) -> Result<ApiEndpoint, VmError> {
@@ -181,7 +169,7 @@ fn start_api(path: &std::path::Path) -> Result<ApiEndpoint, VmError> {
     Ok(ApiEndpoint {
         requests,
         wake,
-        server: Some(server),
+        server,
     })
 }
 
@@ -204,7 +192,7 @@ fn create_devices(
     config: &VmConfig,
     exit: &Arc<ExitSignal>,
     serial_out: Box<dyn std::io::Write + Send>,
-    observations: (std::sync::mpsc::Sender<GuestObservation>, EventFd),
+    observations: &ObservationSender,
 ) -> Result<Devices, VmError> {
     use acpi::layout;
     let serial_irq = eventfd()?;
@@ -217,14 +205,13 @@ fn create_devices(
     let serial = Arc::new(SerialDevice::new(serial_irq, serial_out));
     let ged = Arc::new(Ged::new(ged_irq));
     let mut cpu_hotplug = CpuHotplugController::for_cpus(config.cpus.boot, config.cpus.max);
-    let (tx, wake) = observations;
-    let clone_wake = || {
-        wake.try_clone()
+    let queue = || {
+        observations
+            .try_clone()
             .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
     };
     cpu_hotplug.set_observer(hotplug_service::observer(
-        tx.clone(),
-        clone_wake()?,
+        queue()?,
         ged.clone(),
         GedEvent::Cpu,
         DeviceId::cpu,
@@ -233,8 +220,7 @@ fn create_devices(
     let memory_hotplug = if config.memory.hotplug_size > 0 {
         let mut controller = MemoryHotplugController::for_memory_slots(config.memory.hotplug_slots);
         controller.set_observer(hotplug_service::observer(
-            tx,
-            clone_wake()?,
+            queue()?,
             ged.clone(),
             GedEvent::Memory,
             DeviceId::memory_slot,
@@ -303,7 +289,7 @@ fn create_hotplug_service(
     devices: &Devices,
     vcpus: &Arc<Mutex<VcpuSet>>,
     memory: Option<&Arc<Mutex<HotplugMemory>>>,
-    observations: std::sync::mpsc::Receiver<GuestObservation>,
+    observations: ObservationReceiver,
 ) -> Result<HotplugService, VmError> {
     use hotplug::{Engine, EngineConfig, MachineConfig, MonotonicClock, Orders, Role};
     let machine = MachineConfig {
@@ -356,7 +342,16 @@ fn create_hotplug_service(
             )
             .map_err(|e| VmError::Hotplug(e.to_string()))?;
     }
-    Ok(HotplugService::new(engine, clock, observations))
+    let mut service = HotplugService::new(engine, clock, observations)
+        .map_err(|e| VmError::EventLoop(format!("timerfd: {e}")))?;
+    let ejected = vcpus.clone();
+    service.on_guest_eject(Box::new(move |device| {
+        // An ejected CPU must not run: its thread starts parking now, not at Commit.
+        if let (DeviceId::Cpu(cpu), Ok(set)) = (device, ejected.lock()) {
+            set.begin_park(cpu.0);
+        }
+    }));
+    Ok(service)
 }
 
 /// The hotplug region must lie within the guest's physical address width (CPUID
@@ -423,17 +418,22 @@ pub struct Vm {
     pub hotplug_memory: Option<Arc<Mutex<HotplugMemory>>>,
     /// Devices.
     pub devices: Devices,
-    /// vCPU threads and parked vCPUs.
+    /// vCPU threads.
     pub vcpus: Arc<Mutex<VcpuSet>>,
-    hotplug: HotplugService,
-    hotplug_wake: EventFd,
+    hotplug: Arc<Mutex<HotplugService>>,
+    requests: Option<Arc<Mutex<RequestHandler>>>,
+    api_server: Option<ApiServerHandle>,
+    console: QueuedOutput,
     /// The VM's end.
     pub exit: Arc<ExitSignal>,
-    config: VmConfig,
-    layout: MemoryLayout,
-    api: Option<ApiEndpoint>,
+    finished: bool,
     _terminal: TerminalGuard,
 }
+
+/// How long the VM's end may wait for vCPU threads to leave, in all.
+const VCPU_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the VM's end may wait for the console's reader to take the last output.
+const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Vm {
     /// Builds the VM of `config` and starts its boot vCPUs.
@@ -483,7 +483,9 @@ impl Vm {
         boot::write_zero_page(&mem, &zero_page, regs_layout.zero_page)?;
 
         let exit = Arc::new(ExitSignal::new(eventfd()?));
-        let (serial_out, socket): (Box<dyn std::io::Write + Send>, _) = match &config.serial {
+        signals::watch_termination(exit.clone())
+            .map_err(|e| VmError::EventLoop(format!("signal thread: {e}")))?;
+        let (sink, socket): (Box<dyn std::io::Write + Send>, _) = match &config.serial {
             SerialConfig::Stdio => (Box::new(StdoutWriter), None),
             SerialConfig::File(path) => (console::file_writer(path)?, None),
             SerialConfig::Null => (Box::new(std::io::sink()), None),
@@ -492,19 +494,15 @@ impl Vm {
                 (Box::new(s.writer()), Some(s))
             }
         };
-        let (obs_tx, obs_rx) = std::sync::mpsc::channel();
-        let hotplug_wake = eventfd()?;
-        let obs_wake = hotplug_wake
-            .try_clone()
+        let console = QueuedOutput::start(sink)
+            .map_err(|e| VmError::EventLoop(format!("console thread: {e}")))?;
+        let (obs_tx, obs_rx) = hotplug_service::observation_queue()
             .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
-        let devices = create_devices(&fd, config, &exit, serial_out, (obs_tx, obs_wake))?;
+        let devices = create_devices(&fd, config, &exit, Box::new(console.clone()), &obs_tx)?;
         let terminal = match (&config.serial, socket) {
             (SerialConfig::Stdio, _) => {
                 let guard = TerminalGuard::raw_if_tty();
-                let serial = devices.serial.clone();
-                std::thread::Builder::new()
-                    .name("serial-stdin".into())
-                    .spawn(move || console::feed_input(std::io::stdin(), &serial))
+                console::spawn_stdin_reader(devices.serial.clone())
                     .map_err(|e| VmError::EventLoop(format!("stdin thread: {e}")))?;
                 guard
             }
@@ -543,7 +541,14 @@ impl Vm {
         }
         vcpu::install_kick_handler()?;
         for (id, vfd) in (0..).zip(fds) {
-            set.start(id, vfd)?;
+            set.spawn(id, vfd)?;
+        }
+        let spares = config.cpus.boot..config.cpus.max.min(config.cpus.boot + SPARE_VCPUS);
+        for id in spares {
+            set.ensure(id)?;
+        }
+        for id in 0..config.cpus.boot {
+            set.start(id)?;
         }
         let vcpus = Arc::new(Mutex::new(set));
         let memory_map = GuestMemoryMap::new(mem);
@@ -555,14 +560,36 @@ impl Vm {
                 boot_slots,
             )))
         });
-        let hotplug = create_hotplug_service(
+        let hotplug = Arc::new(Mutex::new(create_hotplug_service(
             config,
             &layout,
             &devices,
             &vcpus,
             hotplug_memory.as_ref(),
             obs_rx,
-        )?;
+        )?));
+        let (requests, api_server) = match api {
+            Some(api) => {
+                let view = VmView {
+                    config: config.clone(),
+                    layout,
+                    cpu_hotplug: devices.cpu_hotplug.clone(),
+                    memory_hotplug: devices.memory_hotplug.clone(),
+                    hotplug_memory: hotplug_memory.clone(),
+                    console: console.clone(),
+                };
+                let handler = RequestHandler::new(
+                    api.requests,
+                    api.wake,
+                    hotplug.clone(),
+                    vcpus.clone(),
+                    exit.clone(),
+                    view,
+                );
+                (Some(Arc::new(Mutex::new(handler))), Some(api.server))
+            }
+            None => (None, None),
+        };
         tracing::info!(
             vcpus = config.cpus.boot,
             max = config.cpus.max,
@@ -575,192 +602,72 @@ impl Vm {
             devices,
             vcpus,
             hotplug,
-            hotplug_wake,
+            requests,
+            api_server,
+            console,
             exit,
-            config: config.clone(),
-            layout,
-            api,
+            finished: false,
             _terminal: terminal,
         })
     }
 
-    /// Stops every vCPU thread.
-    pub fn stop_vcpus(&mut self) {
-        match self.vcpus.lock() {
-            Ok(mut set) => set.stop_all(),
-            Err(_) => tracing::error!("vCPU set lock poisoned; threads left running"),
-        }
+    /// Runs the event loop until a device, the API or a signal ends the VM, then ends it:
+    /// see [`Self::finish`].
+    pub fn run_until_exit(&mut self) -> Result<ExitReason, VmError> {
+        let reason = self.run_loop();
+        self.finish();
+        reason
     }
 
-    /// Runs the event loop until a device or the API ends the VM.
-    pub fn run_until_exit(&mut self) -> Result<ExitReason, VmError> {
+    fn run_loop(&mut self) -> Result<ExitReason, VmError> {
         let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
             EventManager::new().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
         em.add_subscriber(Box::new(ExitWatcher {
             exit: self.exit.clone(),
         }));
-        if let Some(api) = &self.api {
-            let wake = api
-                .wake
-                .try_clone()
-                .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
-            em.add_subscriber(Box::new(EventFdWatcher(wake)));
+        em.add_subscriber(Box::new(self.hotplug.clone()));
+        if let Some(requests) = &self.requests {
+            em.add_subscriber(Box::new(requests.clone()));
         }
-        let hotplug_wake = self
-            .hotplug_wake
-            .try_clone()
-            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
-        em.add_subscriber(Box::new(EventFdWatcher(hotplug_wake)));
         loop {
             if let Some(reason) = self.exit.reason() {
                 return Ok(reason);
             }
-            let timeout = self
-                .hotplug
-                .time_to_deadline()
-                .map_or(1000, |d| d.as_millis().clamp(1, 1000) as i32);
-            em.run_with_timeout(timeout)
-                .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
-            self.hotplug.process_observations();
-            self.hotplug.tick();
-            self.handle_api_requests();
+            em.run().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
         }
     }
 
-    fn handle_api_requests(&mut self) {
-        let messages: Vec<ApiMessage> = match &self.api {
-            Some(api) => api.requests.try_iter().collect(),
-            None => return,
-        };
-        for msg in messages {
-            tracing::debug!(endpoint = msg.request.endpoint(), "API request");
-            self.handle_api_request(msg);
+    /// Ends the VM within a bounded time whatever state it is in: callers waiting for a
+    /// transaction or with a request queued get 503, the vCPU threads leave (those that do
+    /// not within [`VCPU_EXIT_TIMEOUT`] are left behind), the console gets its last output,
+    /// and the API socket is removed. Idempotent.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
         }
-    }
-
-    fn handle_api_request(&mut self, msg: ApiMessage) {
-        // The client may have gone away by the time of the answer; nothing to do then.
-        let respond = msg.respond;
-        let hotplug_request = match msg.request {
-            ApiRequest::Shutdown => {
-                tracing::info!("shutdown requested through the API");
-                self.exit.request(ExitReason::Shutdown);
-                let _ = respond.send(ApiResponse::no_content());
-                return;
-            }
-            ApiRequest::VmInfo => {
-                let _ = respond.send(ApiResponse::ok(self.info()));
-                return;
-            }
-            ApiRequest::Transactions => {
-                let _ = respond.send(self.hotplug.transactions());
-                return;
-            }
-            ApiRequest::Transaction(id) => {
-                let _ = respond.send(self.hotplug.transaction(id));
-                return;
-            }
-            ApiRequest::AddVcpu { id, wait } => (hotplug::Request::AddCpu { id }, wait),
-            ApiRequest::RemoveVcpu { id, wait } => (hotplug::Request::RemoveCpu { id }, wait),
-            ApiRequest::Resize {
-                desired_vcpus,
-                desired_ram,
-                best_effort,
-                wait,
-            } => (
-                hotplug::Request::Resize {
-                    vcpus: desired_vcpus,
-                    memory: desired_ram,
-                    best_effort,
-                },
-                wait,
-            ),
-            ApiRequest::AddMemory { size, wait } => (hotplug::Request::AddMemory { size }, wait),
-            ApiRequest::RemoveMemory { slot, wait } => {
-                (hotplug::Request::RemoveMemory { slot }, wait)
-            }
-        };
-        let (request, wait) = hotplug_request;
-        self.hotplug.request(request, wait, respond);
-    }
-
-    /// The `vm.info` document: configuration, every possible vCPU with its state, memory.
-    pub fn info(&self) -> serde_json::Value {
-        let vcpus: Vec<serde_json::Value> = (0..self.config.cpus.max)
-            .map(|id| {
-                let state = match self.devices.cpu_hotplug.slot(id) {
-                    Some(s) if s.inserting => "adding",
-                    Some(s) if s.removing => "removing",
-                    Some(s) if s.enabled => "present",
-                    _ => "absent",
-                };
-                serde_json::json!({ "id": id, "state": state })
-            })
-            .collect();
-        let layout = &self.layout;
-        let (running, parked) = self
-            .vcpus
-            .lock()
-            .map(|s| (s.running_ids(), s.parked_ids()))
-            .unwrap_or_default();
-        serde_json::json!({
-            "config": self.config,
-            "state": "running",
-            "cpus": {
-                "boot": self.config.cpus.boot,
-                "max": self.config.cpus.max,
-                "vcpus": vcpus,
-                "threads_running": running,
-                "parked": parked,
-            },
-            "memory": {
-                "boot_ram": self.config.memory.size,
-                "ram_ranges": layout.ram.iter().map(|r| serde_json::json!({"base": r.base, "size": r.size})).collect::<Vec<_>>(),
-                "hotplug_region": layout.hotplug.map(|r| serde_json::json!({"base": r.base, "size": r.size})),
-                "hotplug_slots": self.memory_slots_info(),
-                "plugged": self.hotplug_memory.as_ref().and_then(|m| m.lock().ok()).map_or(0, |m| m.plugged_bytes()),
-            },
-            "register_accesses": {
-                "cpu_hotplug": self.devices.cpu_hotplug.access_count(),
-                "memory_hotplug": self.devices.memory_hotplug.as_ref().map_or(0, |c| c.access_count()),
-            },
-        })
-    }
-
-    fn memory_slots_info(&self) -> Vec<serde_json::Value> {
-        let (Some(controller), Some(memory)) = (&self.devices.memory_hotplug, &self.hotplug_memory)
-        else {
-            return Vec::new();
-        };
-        let backed: std::collections::BTreeMap<u32, memory::GuestRange> = memory
-            .lock()
-            .map(|m| m.backed_slots().into_iter().collect())
-            .unwrap_or_default();
-        (1..=self.config.memory.hotplug_slots)
-            .map(|slot| {
-                let state = match controller.slot(slot) {
-                    Some(s) if s.inserting => "adding",
-                    Some(s) if s.removing => "removing",
-                    Some(s) if s.enabled => "present",
-                    _ => "absent",
-                };
-                let range = backed.get(&slot);
-                serde_json::json!({
-                    "slot": slot,
-                    "state": state,
-                    "base": range.map(|r| r.base),
-                    "size": range.map(|r| r.size),
-                })
-            })
-            .collect()
+        self.finished = true;
+        let why = "the VM is shutting down";
+        if let Ok(mut hotplug) = self.hotplug.lock() {
+            hotplug.abandon_waiters(why);
+        }
+        if let Some(Ok(requests)) = self.requests.as_ref().map(|r| r.lock()) {
+            requests.refuse_pending(why);
+        }
+        match self.vcpus.lock() {
+            Ok(mut set) => set.shutdown(VCPU_EXIT_TIMEOUT),
+            Err(_) => tracing::error!("vCPU set lock poisoned; threads left running"),
+        }
+        if !self.console.drain(CONSOLE_DRAIN_TIMEOUT) {
+            tracing::warn!("the console's reader did not take the last output");
+        }
+        if let Some(server) = self.api_server.take() {
+            server.shutdown();
+        }
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        self.stop_vcpus();
-        if let Some(server) = self.api.as_mut().and_then(|a| a.server.take()) {
-            server.shutdown();
-        }
+        self.finish();
     }
 }

@@ -77,6 +77,10 @@ pub enum ApiRequest {
     Shutdown,
     /// `GET /api/v1/vm.info`: describe the VM.
     VmInfo,
+    /// `PUT /api/v1/vm.pause`: every vCPU leaves `KVM_RUN` until `vm.resume`.
+    Pause,
+    /// `PUT /api/v1/vm.resume`: paused vCPUs run again.
+    Resume,
     /// `PUT /api/v1/vm.add-vcpu`: plug one vCPU, the lowest free id if `id` is `None`.
     AddVcpu {
         /// The vCPU to plug, if the client chose one.
@@ -128,6 +132,8 @@ impl ApiRequest {
         match self {
             ApiRequest::Shutdown => "vm.shutdown",
             ApiRequest::VmInfo => "vm.info",
+            ApiRequest::Pause => "vm.pause",
+            ApiRequest::Resume => "vm.resume",
             ApiRequest::AddVcpu { .. } => "vm.add-vcpu",
             ApiRequest::RemoveVcpu { .. } => "vm.remove-vcpu",
             ApiRequest::Resize { .. } => "vm.resize",

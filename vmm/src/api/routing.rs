@@ -105,6 +105,8 @@ const fn schema(
 pub(crate) static ROUTES: &[Route] = &[
     Route { method: Method::Get, path: "/vmm.ping", body: None, wait: false, parse: |_| Ok(Action::Reply(ApiResponse::ok(ping_body()))) },
     Route { method: Method::Put, path: "/vm.shutdown", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
+    Route { method: Method::Put, path: "/vm.pause", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Pause)) },
+    Route { method: Method::Put, path: "/vm.resume", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Resume)) },
     Route { method: Method::Get, path: "/vm.info", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::VmInfo)) },
     Route { method: Method::Put, path: "/vm.add-vcpu", body: schema("VmAddVcpu", field_names::<AddVcpuBody>, false), wait: true, parse: add_vcpu },
     Route { method: Method::Put, path: "/vm.remove-vcpu", body: schema("VmRemoveVcpu", field_names::<RemoveVcpuBody>, true), wait: true, parse: remove_vcpu },
@@ -310,6 +312,8 @@ mod tests {
     #[test]
     fn api_routes_map_to_requests() {
         assert_eq!(fwd("PUT", "/api/v1/vm.shutdown", ""), ApiRequest::Shutdown);
+        assert_eq!(fwd("PUT", "/api/v1/vm.pause", ""), ApiRequest::Pause);
+        assert_eq!(fwd("PUT", "/api/v1/vm.resume", ""), ApiRequest::Resume);
         assert_eq!(fwd("GET", "/api/v1/vm.info", ""), ApiRequest::VmInfo);
         assert_eq!(
             fwd("PUT", "/api/v1/vm.add-vcpu", ""),
