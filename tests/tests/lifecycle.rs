@@ -33,7 +33,7 @@ kvm_guest_test! {
         s.wait_ready(READY_TIMEOUT);
         // A flood that ends by itself: the reader stays stalled after it, and a guest busy
         // printing forever could not take part in a hotplug within its deadline.
-        s.exec("(end=$(($(date +%s)+20)); while [ $(date +%s) -lt $end ]; do echo flood-flood-flood-flood-flood-flood-flood-flood; done) >/dev/console 2>&1 &", CMD_TIMEOUT);
+        s.exec("(end=$(($(date +%s)+20)); while [ $(date +%s) -lt $end ]; do echo flood-flood-flood-flood-flood-flood-flood-flood; done) >/dev/console 2>&1 & echo flooding", CMD_TIMEOUT);
         let flood_started = Instant::now();
         s.stall_console(true);
         let deadline = Instant::now() + Duration::from_secs(60);
