@@ -17,7 +17,37 @@ use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::DeviceMmio;
 
 use crate::guest_log::{guest_warn, GuestLog};
-use crate::slot_registers::{HotplugObservation, HotplugSlotState, SlotRegisters, StatusBits};
+use crate::slot_registers::{
+    HotplugObservation, HotplugSlotState, RegisterError, SlotRegisters, StatusBits,
+};
+
+/// Why a guest write to a controller was ignored (logged, rate-limited, as `NAME: ignored:
+/// <this>`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ControllerError {
+    /// Another thread panicked while holding the controller's state; the state may be
+    /// half-updated, so the guest gets no more writes through.
+    #[error("state lock poisoned")]
+    Poisoned,
+    /// A 4-byte write to an offset that is read-only or no register at all.
+    #[error("write to read-only or unknown offset {offset:#x}")]
+    UnknownOffset {
+        /// The offset in the register block.
+        offset: u64,
+    },
+    /// A write of a width the register at `offset` does not have (the status register is
+    /// one byte, the others four).
+    #[error("{len}-byte write at offset {offset:#x}")]
+    BadWidth {
+        /// The offset in the register block.
+        offset: u64,
+        /// The width the guest used, in bytes.
+        len: usize,
+    },
+    /// The register model refused the value (a bad selector or eject).
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
 
 /// Where a memory slot lies in guest physical memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -300,26 +330,33 @@ impl<L: ControllerLayout> HotplugController<L> {
         Some((value.to_le_bytes().to_vec(), None))
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<Option<HotplugObservation>, String> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| "state lock poisoned".to_string())?;
+    fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<HotplugObservation>, ControllerError> {
+        let mut state = self.state.lock().map_err(|_| ControllerError::Poisoned)?;
         match (offset, data) {
-            (o, [v]) if o == L::STATUS => state.regs.write_status(*v),
+            (o, [v]) if o == L::STATUS => Ok(state.regs.write_status(*v)?),
             (o, &[a, b, c, d]) => {
                 let value = u32::from_le_bytes([a, b, c, d]);
                 match o {
-                    o if o == L::SELECTOR => state.regs.select(value).map(|()| None),
+                    o if o == L::SELECTOR => {
+                        state.regs.select(value)?;
+                        Ok(None)
+                    }
                     o if o == L::OST_EVENT => {
                         state.regs.set_ost_event(value);
                         Ok(None)
                     }
                     o if o == L::OST_STATUS => Ok(Some(state.regs.ost(value))),
-                    _ => Err(format!("write to read-only or unknown offset {offset:#x}")),
+                    _ => Err(ControllerError::UnknownOffset { offset }),
                 }
             }
-            _ => Err(format!("{}-byte write at offset {offset:#x}", data.len())),
+            _ => Err(ControllerError::BadWidth {
+                offset,
+                len: data.len(),
+            }),
         }
     }
 }

@@ -48,6 +48,23 @@ pub enum HotplugObservation {
     },
 }
 
+/// A guest access the slot registers refuse; the controller logs it and ignores the access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RegisterError {
+    /// The guest selected, or acted on, a UID that is not one of this controller's slots.
+    #[error("selector {uid} is not a hotplug slot")]
+    UnknownSlot {
+        /// The UID the guest gave.
+        uid: u32,
+    },
+    /// The guest ejected a slot that is not present.
+    #[error("eject of {uid}, which is not present")]
+    EjectAbsent {
+        /// The slot's UID.
+        uid: u32,
+    },
+}
+
 /// The status register's bits of one layout.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StatusBits {
@@ -95,9 +112,9 @@ impl SlotRegisters {
         self.selector
     }
 
-    pub(crate) fn select(&mut self, uid: u32) -> Result<(), String> {
+    pub(crate) fn select(&mut self, uid: u32) -> Result<(), RegisterError> {
         if self.index(uid).is_none() {
-            return Err(format!("selector {uid} is not a hotplug slot"));
+            return Err(RegisterError::UnknownSlot { uid });
         }
         self.selector = uid;
         Ok(())
@@ -119,12 +136,15 @@ impl SlotRegisters {
         Some((s, HotplugObservation::StatusRead { uid: self.selector }))
     }
 
-    pub(crate) fn write_status(&mut self, value: u8) -> Result<Option<HotplugObservation>, String> {
+    pub(crate) fn write_status(
+        &mut self,
+        value: u8,
+    ) -> Result<Option<HotplugObservation>, RegisterError> {
         let uid = self.selector;
         let b = self.bits;
         let slot = self
             .slot_mut(uid)
-            .ok_or_else(|| format!("selector {uid} is not a hotplug slot"))?;
+            .ok_or(RegisterError::UnknownSlot { uid })?;
         if value & b.inserting != 0 {
             slot.inserting = false;
         }
@@ -133,7 +153,7 @@ impl SlotRegisters {
         }
         if value & b.eject != 0 {
             if !slot.enabled {
-                return Err(format!("eject of {uid}, which is not present"));
+                return Err(RegisterError::EjectAbsent { uid });
             }
             if !slot.eject_allowed {
                 // The guest has already let the device go on its side: offer it again.

@@ -293,3 +293,42 @@ fn random_guest_accesses_never_break_the_controllers() {
     run(CpuHotplugController::for_cpus(1, 8), 0..=7);
     run(MemoryHotplugController::for_memory_slots(4), 1..=4);
 }
+
+#[test]
+fn refused_writes_say_why() {
+    let c = CpuHotplugController::for_cpus(2, 8);
+    let refusal = |offset, data: &[u8]| c.write(offset, data).unwrap_err();
+
+    let err = refusal(cpu::SELECTOR, &8u32.to_le_bytes());
+    assert!(matches!(
+        err,
+        ControllerError::Register(RegisterError::UnknownSlot { uid: 8 })
+    ));
+    assert_eq!(err.to_string(), "selector 8 is not a hotplug slot");
+
+    let err = refusal(cpu::SELECTOR, &[1, 0]);
+    assert!(matches!(err, ControllerError::BadWidth { len: 2, .. }));
+    assert_eq!(
+        err.to_string(),
+        format!("2-byte write at offset {:#x}", cpu::SELECTOR)
+    );
+
+    let err = refusal(cpu::NEXT_EVENT, &[0; 4]);
+    assert!(matches!(err, ControllerError::UnknownOffset { offset } if offset == cpu::NEXT_EVENT));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "write to read-only or unknown offset {:#x}",
+            cpu::NEXT_EVENT
+        )
+    );
+
+    // CPU 5 is absent: ejecting it is refused, not turned into an observation.
+    assert!(c.write(cpu::SELECTOR, &5u32.to_le_bytes()).is_ok());
+    let err = refusal(cpu::STATUS, &[cpu::STATUS_EJECT]);
+    assert!(matches!(
+        err,
+        ControllerError::Register(RegisterError::EjectAbsent { uid: 5 })
+    ));
+    assert_eq!(err.to_string(), "eject of 5, which is not present");
+}
