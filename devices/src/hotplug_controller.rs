@@ -241,6 +241,15 @@ impl<L: ControllerLayout> HotplugController<L> {
         self.observer = Some(observer);
     }
 
+    /// Projects the engine's guest-eject policy: whether an `_EJ0` of a device nobody asked
+    /// to leave is carried out (`true`) or refused and the device offered again (`false`,
+    /// the default). Either way the VMM hears of the `_EJ0` and its engine judges it.
+    pub fn set_guest_eject(&self, allowed: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            state.regs.set_guest_eject(allowed);
+        }
+    }
+
     /// The state of slot `uid`, or `None` if there is no such slot.
     pub fn slot(&self, uid: u32) -> Option<HotplugSlotState> {
         self.state.lock().ok()?.regs.slot(uid)

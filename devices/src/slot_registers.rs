@@ -82,6 +82,9 @@ pub(crate) struct SlotRegisters {
     ost_event: u32,
     slots: Vec<HotplugSlotState>,
     bits: StatusBits,
+    /// The engine's guest-eject policy, projected: a guest may eject a device nobody asked
+    /// to leave.
+    guest_eject: bool,
 }
 
 impl SlotRegisters {
@@ -92,7 +95,12 @@ impl SlotRegisters {
             ost_event: 0,
             slots,
             bits,
+            guest_eject: false,
         }
+    }
+
+    pub(crate) fn set_guest_eject(&mut self, allowed: bool) {
+        self.guest_eject = allowed;
     }
 
     fn index(&self, uid: u32) -> Option<usize> {
@@ -142,6 +150,7 @@ impl SlotRegisters {
     ) -> Result<Option<HotplugObservation>, RegisterError> {
         let uid = self.selector;
         let b = self.bits;
+        let guest_eject = self.guest_eject;
         let slot = self
             .slot_mut(uid)
             .ok_or(RegisterError::UnknownSlot { uid })?;
@@ -155,7 +164,7 @@ impl SlotRegisters {
             if !slot.enabled {
                 return Err(RegisterError::EjectAbsent { uid });
             }
-            if !slot.eject_allowed {
+            if !slot.eject_allowed && !guest_eject {
                 // The guest has already let the device go on its side: offer it again.
                 slot.inserting = true;
                 return Ok(Some(HotplugObservation::EjectRefused { uid }));

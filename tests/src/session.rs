@@ -203,6 +203,17 @@ impl GuestSession {
         extra_cmdline: &str,
         console: ConsoleKind,
     ) -> GuestSession {
+        Self::start_with_args(cpus, memory, extra_cmdline, console, &[])
+    }
+
+    /// [`Self::start_with`], with more plugvm options (`extra_args`).
+    pub fn start_with_args(
+        cpus: &str,
+        memory: &str,
+        extra_cmdline: &str,
+        console: ConsoleKind,
+        extra_args: &[&str],
+    ) -> GuestSession {
         let img = guest_image();
         let dir = ScratchDir::new("session");
         let socket = dir.join("api.sock");
@@ -221,6 +232,7 @@ impl GuestSession {
             .arg("--initramfs")
             .arg(&img.initramfs)
             .args(["--cpus", cpus, "--memory", memory, "--serial", &serial])
+            .args(extra_args)
             .arg("--api-socket")
             .arg(&socket)
             .args(["--cmdline", cmdline.trim_end()])

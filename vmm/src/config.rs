@@ -81,6 +81,8 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// `--api-socket`: where to serve the HTTP API, if anywhere.
     pub api_socket: Option<PathBuf>,
+    /// `--guest-eject`: whether the guest may give a device back by itself.
+    pub guest_eject: hotplug::GuestEjectPolicy,
 }
 
 /// What the command line asks for.
@@ -284,10 +286,31 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
 
+    /// Whether the guest may give a CPU or memory slot back by itself (an OSPM-initiated
+    /// eject): deny keeps the device and offers it again; allow releases its host resources
+    #[arg(long, value_enum, value_name = "deny|allow", default_value = "deny")]
+    guest_eject: GuestEject,
+
     /// Write the VM's ACPI tables (DSDT.dat, APIC.dat, FACP.dat, ...) into DIR and exit
     /// without booting
     #[arg(long, value_name = "DIR")]
     dump_acpi_tables: Option<PathBuf>,
+}
+
+/// `--guest-eject` as clap sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GuestEject {
+    Deny,
+    Allow,
+}
+
+impl From<GuestEject> for hotplug::GuestEjectPolicy {
+    fn from(g: GuestEject) -> Self {
+        match g {
+            GuestEject::Deny => hotplug::GuestEjectPolicy::Deny,
+            GuestEject::Allow => hotplug::GuestEjectPolicy::Allow,
+        }
+    }
 }
 
 /// Parses the command line (`args` includes argv\[0\], which is ignored).
@@ -334,6 +357,7 @@ where
         payload,
         serial,
         api_socket: cli.api_socket,
+        guest_eject: cli.guest_eject.into(),
     };
     Ok(match cli.dump_acpi_tables {
         Some(dir) => Command::DumpAcpiTables { config, dir },

@@ -300,8 +300,14 @@ pub struct CpuControllerParticipant {
 }
 
 impl CpuControllerParticipant {
-    /// A participant publishing through `controller` and `ged`.
-    pub fn new(controller: Arc<CpuHotplugController>, ged: Arc<Ged>) -> Self {
+    /// A participant publishing through `controller` and `ged`, which carries out the
+    /// engine's `guest_eject` policy at the guest's `_EJ0`.
+    pub fn new(
+        controller: Arc<CpuHotplugController>,
+        ged: Arc<Ged>,
+        guest_eject: hotplug::GuestEjectPolicy,
+    ) -> Self {
+        controller.set_guest_eject(guest_eject == hotplug::GuestEjectPolicy::Allow);
         CpuControllerParticipant {
             slots: SlotPublisher::new(controller, ged, GedEvent::Cpu, DeviceId::cpu),
         }
@@ -331,7 +337,8 @@ impl HotplugParticipant for CpuControllerParticipant {
     }
 
     fn publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let DeviceId::Cpu(_) = op.device else {
+        // A guest-initiated eject has nothing to tell the guest.
+        let (DeviceId::Cpu(_), hotplug::Origin::Host) = (op.device, op.origin) else {
             return Ok(());
         };
         let id = cpu_of(op)?;
@@ -351,7 +358,7 @@ impl HotplugParticipant for CpuControllerParticipant {
     }
 
     fn rollback_publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let DeviceId::Cpu(_) = op.device else {
+        let (DeviceId::Cpu(_), hotplug::Origin::Host) = (op.device, op.origin) else {
             return Ok(());
         };
         let id = cpu_of(op)?;
@@ -399,7 +406,11 @@ mod tests {
         let ctl = Arc::new(CpuHotplugController::for_cpus(1, 4));
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let ged = Arc::new(Ged::new(irq.try_clone().unwrap()));
-        let mut p = CpuControllerParticipant::new(ctl.clone(), ged.clone());
+        let mut p = CpuControllerParticipant::new(
+            ctl.clone(),
+            ged.clone(),
+            hotplug::GuestEjectPolicy::Deny,
+        );
 
         let add = op(OpKind::AddCpu, 2);
         p.validate(&add).unwrap();

@@ -23,7 +23,27 @@ use serde_json::json;
 use crate::api::ApiResponse;
 
 /// A guest access the engine must hear about.
-pub type GuestObservation = (DeviceId, GuestEvent);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestObservation {
+    /// The device.
+    pub device: DeviceId,
+    /// What the guest did.
+    pub event: GuestEvent,
+    /// An `_EJ0` the controller did not carry out (the engine's policy, as projected into
+    /// the controller, refused it): the device stays and is offered again.
+    pub refused: bool,
+}
+
+impl GuestObservation {
+    /// An observation of `event` on `device`.
+    pub fn new(device: DeviceId, event: GuestEvent) -> Self {
+        GuestObservation {
+            device,
+            event,
+            refused: false,
+        }
+    }
+}
 
 /// Observations that may wait for the event loop at once. A guest that makes more register
 /// accesses than this before the loop drains them loses the excess (counted); only its own
@@ -87,48 +107,43 @@ pub struct ObservationReceiver {
 }
 
 /// Maps a controller observation to the engine's terms; `device` names the device kind
-/// from its UID (`DeviceId::cpu` or `DeviceId::memory_slot`). A refused eject is not the
-/// engine's business (the controller already kept the device and offered it again).
-pub fn observation(
-    obs: HotplugObservation,
-    device: fn(u32) -> DeviceId,
-) -> Option<GuestObservation> {
+/// from its UID (`DeviceId::cpu` or `DeviceId::memory_slot`). Every `_EJ0` reaches the engine,
+/// the refused ones too: the engine judges and journals it.
+pub fn observation(obs: HotplugObservation, device: fn(u32) -> DeviceId) -> GuestObservation {
     match obs {
-        HotplugObservation::StatusRead { uid } => Some((device(uid), GuestEvent::StatusRead)),
-        HotplugObservation::Ost { uid, event, status } => {
-            Some((device(uid), GuestEvent::ost(event, status)))
+        HotplugObservation::StatusRead { uid } => {
+            GuestObservation::new(device(uid), GuestEvent::StatusRead)
         }
-        HotplugObservation::Ejected { uid } => Some((device(uid), GuestEvent::Eject)),
-        HotplugObservation::EjectRefused { .. } => None,
+        HotplugObservation::Ost { uid, event, status } => {
+            GuestObservation::new(device(uid), GuestEvent::ost(event, status))
+        }
+        HotplugObservation::Ejected { uid } => {
+            GuestObservation::new(device(uid), GuestEvent::Eject)
+        }
+        HotplugObservation::EjectRefused { uid } => GuestObservation {
+            refused: true,
+            ..GuestObservation::new(device(uid), GuestEvent::Eject)
+        },
     }
 }
 
-/// Sends controller observations to the engine, and answers a refused eject by raising the
-/// GED so that the guest rescans and adds the device back.
+/// Sends controller observations to the engine.
 pub fn observer(
     queue: ObservationSender,
-    ged: Arc<devices::Ged>,
-    event: devices::GedEvent,
     device: fn(u32) -> DeviceId,
 ) -> Box<dyn Fn(HotplugObservation) + Send + Sync> {
-    Box::new(move |obs| {
-        if let HotplugObservation::EjectRefused { uid } = obs {
-            tracing::warn!(device = %device(uid), "guest ejected a device nobody asked to leave; offering it again");
-            if let Err(e) = ged.notify(event) {
-                tracing::error!("cannot raise the GED interrupt: {e}");
-            }
-            return;
-        }
-        if let Some(o) = observation(obs, device) {
-            queue.send(o);
-        }
-    })
+    Box::new(move |obs| queue.send(observation(obs, device)))
 }
 
 /// Called with a device the guest has just ejected (`_EJ0` accepted by its controller),
 /// before the engine judges the event: the vCPU manager starts parking the CPU's thread
-/// then, so that Commit finds it parked.
+/// then, so that Commit finds it parked. Also the type of the hook told of an eject the
+/// engine refused (the device is offered to the guest again: raise its GED event).
 pub type EjectHook = Box<dyn FnMut(DeviceId) + Send>;
+
+/// Refused guest ejects logged before the log goes quiet (then every 1024th): a guest that
+/// hammers the eject bit must not flood the host's log.
+const REFUSED_EJECT_LOG_BURST: u64 = 16;
 
 /// The engine plus the API callers waiting on it. It is an event-loop subscriber: guest
 /// observations and a timer armed at the next deadline wake it, and it always drains the
@@ -141,6 +156,8 @@ pub struct HotplugService {
     timer: TimerFd,
     waiters: BTreeMap<TxId, Vec<Sender<ApiResponse>>>,
     eject_hooks: Vec<EjectHook>,
+    refused_eject_hooks: Vec<EjectHook>,
+    refused_ejects: u64,
     paused: bool,
 }
 
@@ -167,6 +184,8 @@ impl HotplugService {
             timer: TimerFd::new().map_err(std::io::Error::from)?,
             waiters: BTreeMap::new(),
             eject_hooks: Vec::new(),
+            refused_eject_hooks: Vec::new(),
+            refused_ejects: 0,
             paused: false,
         })
     }
@@ -179,6 +198,11 @@ impl HotplugService {
     /// Adds a hook told of every device the guest ejects.
     pub fn on_guest_eject(&mut self, hook: EjectHook) {
         self.eject_hooks.push(hook);
+    }
+
+    /// Adds a hook told of every guest eject the engine refused.
+    pub fn on_refused_eject(&mut self, hook: EjectHook) {
+        self.refused_eject_hooks.push(hook);
     }
 
     /// Observations dropped because the queue was full.
@@ -239,9 +263,14 @@ impl HotplugService {
     /// deadline has passed, then arms the timer for the next deadline.
     pub fn step(&mut self) {
         let pending: Vec<GuestObservation> = self.observations.rx.try_iter().collect();
-        for (device, event) in pending {
-            tracing::debug!(%device, ?event, "guest hotplug event");
-            if event == GuestEvent::Eject {
+        for obs in pending {
+            let GuestObservation {
+                device,
+                event,
+                refused,
+            } = obs;
+            tracing::debug!(%device, ?event, refused, "guest hotplug event");
+            if event == GuestEvent::Eject && !refused {
                 for hook in &mut self.eject_hooks {
                     hook(device);
                 }
@@ -291,7 +320,14 @@ impl HotplugService {
         for directive in &report.directives {
             match directive {
                 Directive::RefuseEject { device, tx, status } => {
-                    tracing::warn!(%device, %tx, ?status, "guest-initiated eject refused by policy");
+                    self.refused_ejects += 1;
+                    let n = self.refused_ejects;
+                    if n <= REFUSED_EJECT_LOG_BURST || n.is_multiple_of(1024) {
+                        tracing::warn!(%device, %tx, ?status, refused_so_far = n, "guest-initiated eject refused by policy; the device stays");
+                    }
+                    for hook in &mut self.refused_eject_hooks {
+                        hook(*device);
+                    }
                 }
             }
         }
@@ -431,9 +467,9 @@ mod tests {
 
     /// Linux's answer to an eject request: `_OST(3, 0x84)`, `_EJ0`, `_OST(3, 0)`.
     fn guest_ejects(tx: &ObservationSender) {
-        tx.send((cpu1(), GuestEvent::ost(3, 0x84)));
-        tx.send((cpu1(), GuestEvent::Eject));
-        tx.send((cpu1(), GuestEvent::ost(3, 0)));
+        tx.send(GuestObservation::new(cpu1(), GuestEvent::ost(3, 0x84)));
+        tx.send(GuestObservation::new(cpu1(), GuestEvent::Eject));
+        tx.send(GuestObservation::new(cpu1(), GuestEvent::ost(3, 0)));
     }
 
     #[test]
@@ -485,7 +521,7 @@ mod tests {
     fn the_observation_queue_is_bounded_and_counts_what_it_drops() {
         let (s, tx, _) = service();
         for _ in 0..OBSERVATION_QUEUE + 10 {
-            tx.send((cpu1(), GuestEvent::StatusRead));
+            tx.send(GuestObservation::new(cpu1(), GuestEvent::StatusRead));
         }
         assert_eq!(s.dropped_observations(), 10);
     }

@@ -281,7 +281,10 @@ impl MemoryControllerParticipant {
         controller: Arc<MemoryHotplugController>,
         ged: Arc<Ged>,
         region: GuestRange,
+        guest_eject: hotplug::GuestEjectPolicy,
     ) -> Self {
+        // The controller carries out the engine's policy at the guest's `_EJ0`.
+        controller.set_guest_eject(guest_eject == hotplug::GuestEjectPolicy::Allow);
         MemoryControllerParticipant {
             slots: SlotPublisher::new(controller, ged, GedEvent::Memory, DeviceId::memory_slot),
             region,
@@ -291,7 +294,8 @@ impl MemoryControllerParticipant {
 
 impl HotplugParticipant for MemoryControllerParticipant {
     fn publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        if !matches!(op.device, DeviceId::MemorySlot(_)) {
+        // A guest-initiated eject has nothing to tell the guest.
+        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.origin == hotplug::Origin::Guest {
             return Ok(());
         }
         let (slot, p) = slot_of(op)?;
@@ -323,7 +327,7 @@ impl HotplugParticipant for MemoryControllerParticipant {
     }
 
     fn rollback_publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        if !matches!(op.device, DeviceId::MemorySlot(_)) {
+        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.origin == hotplug::Origin::Guest {
             return Ok(());
         }
         let (slot, _) = slot_of(op)?;

@@ -196,14 +196,10 @@ impl RequestHandler {
     pub fn info(&self) -> serde_json::Value {
         let view = &self.view;
         let threads = self.vcpus.lock().map(|s| s.states()).unwrap_or_default();
+        let presence = self.presence();
         let vcpus: Vec<serde_json::Value> = (0..view.config.cpus.max)
             .map(|id| {
-                let state = match view.cpu_hotplug.slot(id) {
-                    Some(s) if s.inserting => "adding",
-                    Some(s) if s.removing => "removing",
-                    Some(s) if s.enabled => "present",
-                    _ => "absent",
-                };
+                let state = presence(hotplug::DeviceId::cpu(id));
                 serde_json::json!({ "id": id, "state": state, "thread": threads.get(&id) })
             })
             .collect();
@@ -246,23 +242,42 @@ impl RequestHandler {
         })
     }
 
+    /// The state of each device as the engine, the one authority, has it.
+    fn presence(&self) -> impl Fn(hotplug::DeviceId) -> &'static str {
+        let machine: std::collections::BTreeMap<hotplug::DeviceId, hotplug::Presence> = self
+            .hotplug
+            .lock()
+            .map(|h| {
+                let m = h.engine().machine();
+                let cpus = (0..self.view.config.cpus.max).map(hotplug::DeviceId::cpu);
+                let slots =
+                    (1..=self.view.config.memory.hotplug_slots).map(hotplug::DeviceId::memory_slot);
+                cpus.chain(slots)
+                    .filter_map(|d| m.presence(d).map(|p| (d, p)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        move |device| match machine.get(&device) {
+            Some(hotplug::Presence::Present) => "present",
+            Some(hotplug::Presence::Adding(_)) => "adding",
+            Some(hotplug::Presence::Removing(_)) => "removing",
+            Some(hotplug::Presence::Absent) | None => "absent",
+        }
+    }
+
     fn memory_slots_info(&self) -> Vec<serde_json::Value> {
         let view = &self.view;
-        let (Some(controller), Some(memory)) = (&view.memory_hotplug, &view.hotplug_memory) else {
+        let (Some(_), Some(memory)) = (&view.memory_hotplug, &view.hotplug_memory) else {
             return Vec::new();
         };
         let backed: std::collections::BTreeMap<u32, memory::GuestRange> = memory
             .lock()
             .map(|m| m.backed_slots().into_iter().collect())
             .unwrap_or_default();
+        let presence = self.presence();
         (1..=view.config.memory.hotplug_slots)
             .map(|slot| {
-                let state = match controller.slot(slot) {
-                    Some(s) if s.inserting => "adding",
-                    Some(s) if s.removing => "removing",
-                    Some(s) if s.enabled => "present",
-                    _ => "absent",
-                };
+                let state = presence(hotplug::DeviceId::memory_slot(slot));
                 let range = backed.get(&slot);
                 serde_json::json!({
                     "slot": slot,

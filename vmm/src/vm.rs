@@ -210,21 +210,11 @@ fn create_devices(
             .try_clone()
             .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
     };
-    cpu_hotplug.set_observer(hotplug_service::observer(
-        queue()?,
-        ged.clone(),
-        GedEvent::Cpu,
-        DeviceId::cpu,
-    ));
+    cpu_hotplug.set_observer(hotplug_service::observer(queue()?, DeviceId::cpu));
     let cpu_hotplug = Arc::new(cpu_hotplug);
     let memory_hotplug = if config.memory.hotplug_size > 0 {
         let mut controller = MemoryHotplugController::for_memory_slots(config.memory.hotplug_slots);
-        controller.set_observer(hotplug_service::observer(
-            queue()?,
-            ged.clone(),
-            GedEvent::Memory,
-            DeviceId::memory_slot,
-        ));
+        controller.set_observer(hotplug_service::observer(queue()?, DeviceId::memory_slot));
         Some(Arc::new(controller))
     } else {
         None
@@ -301,7 +291,11 @@ fn create_hotplug_service(
         memory_slots: config.memory.hotplug_slots,
     };
     let clock: Arc<dyn hotplug::Clock> = Arc::new(MonotonicClock::new());
-    let mut engine = Engine::new(machine, EngineConfig::default(), clock.clone())
+    let engine_config = EngineConfig {
+        guest_eject: config.guest_eject,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(machine, engine_config, clock.clone())
         .map_err(|e| VmError::Hotplug(e.to_string()))?;
     engine
         .register(
@@ -310,6 +304,7 @@ fn create_hotplug_service(
             Box::new(CpuControllerParticipant::new(
                 devices.cpu_hotplug.clone(),
                 devices.ged.clone(),
+                config.guest_eject,
             )),
         )
         .map_err(|e| VmError::Hotplug(e.to_string()))?;
@@ -331,6 +326,7 @@ fn create_hotplug_service(
                     controller.clone(),
                     devices.ged.clone(),
                     region,
+                    config.guest_eject,
                 )),
             )
             .map_err(|e| VmError::Hotplug(e.to_string()))?;
@@ -349,6 +345,18 @@ fn create_hotplug_service(
         // An ejected CPU must not run: its thread starts parking now, not at Commit.
         if let (DeviceId::Cpu(cpu), Ok(set)) = (device, ejected.lock()) {
             set.begin_park(cpu.0);
+        }
+    }));
+    let ged = devices.ged.clone();
+    service.on_refused_eject(Box::new(move |device| {
+        // The controller kept the device and marked it for insertion: the guest's next scan
+        // adds back what it let go of on its side.
+        let event = match device {
+            DeviceId::Cpu(_) => GedEvent::Cpu,
+            DeviceId::MemorySlot(_) => GedEvent::Memory,
+        };
+        if let Err(e) = ged.notify(event) {
+            tracing::error!("cannot raise the GED interrupt: {e}");
         }
     }));
     Ok(service)

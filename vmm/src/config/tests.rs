@@ -51,6 +51,7 @@ fn defaults() {
             }),
             serial: SerialConfig::Stdio,
             api_socket: None,
+            guest_eject: hotplug::GuestEjectPolicy::Deny,
         }
     );
     // The defaults of the command line and of the types agree.
@@ -93,6 +94,7 @@ fn every_flag() {
             }),
             serial: SerialConfig::File("/tmp/console.log".into()),
             api_socket: Some("/run/plugvm.sock".into()),
+            guest_eject: hotplug::GuestEjectPolicy::Deny,
         }
     );
     // `--flag=value` works as well as `--flag value`; order does not matter.

@@ -22,6 +22,7 @@ fn config() -> VmConfig {
         payload: None,
         serial: SerialConfig::Stdio,
         api_socket: None,
+        guest_eject: hotplug::GuestEjectPolicy::Deny,
     }
 }
 
