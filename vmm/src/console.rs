@@ -249,6 +249,36 @@ impl SocketConsole {
     }
 }
 
+/// Restores the terminal when dropped.
+#[derive(Debug)]
+pub(crate) struct TerminalGuard(pub(crate) bool);
+
+impl TerminalGuard {
+    /// Puts a terminal on standard input in raw mode (the guest gets every key).
+    pub(crate) fn raw_if_tty() -> Self {
+        use std::io::IsTerminal;
+        use vmm_sys_util::terminal::Terminal;
+        let stdin = std::io::stdin();
+        TerminalGuard(stdin.is_terminal() && stdin.lock().set_raw_mode().is_ok())
+    }
+}
+
+impl TerminalGuard {
+    /// Puts the terminal back in canonical mode (once).
+    pub(crate) fn restore(&mut self) {
+        use vmm_sys_util::terminal::Terminal;
+        if std::mem::take(&mut self.0) {
+            let _ = std::io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
 /// Starts the thread that feeds standard input to the guest. It reads a duplicate of the
 /// descriptor rather than `std::io::stdin()`, whose lock a blocked read would hold, so that
 /// restoring the terminal at exit never waits for a key.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod arch;
 pub mod boot;
+pub mod builder;
 pub mod config;
 pub mod console;
 pub mod cpu_manager;

@@ -1,40 +1,27 @@
-//! Building and running a VM: KVM, memory, the loaded guest, ACPI tables, devices, vCPUs and
-//! the event loop that waits for the VM to end.
+//! Running a VM: the event loop that waits for the VM to end, and ending it within a bounded
+//! time. [`crate::builder`] makes the [`Vm`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use acpi::{MachineDescription, MemoryRange};
-use devices::{
-    AcpiPowerDevice, CpuHotplugController, ExitReason, ExitSignal, Ged, GedEvent,
-    MemoryHotplugController, PvPanicDevice, SerialDevice,
-};
+use devices::{ExitReason, ExitSignal};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
-use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::api::{self, ApiMessage, ApiServerHandle};
-use crate::arch::{self, BootRegsLayout, CpuTopology};
-use crate::boot::{self, BootError, ZeroPageInputs};
-use crate::config::{SerialConfig, VmConfig};
-use crate::console::{self, ConsoleError, QueuedOutput, SocketConsole, StdoutWriter};
-use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet, SPARE_VCPUS};
-use crate::hotplug_service::{self, HotplugService, ObservationReceiver, ObservationSender};
-use crate::memory::{self, MemoryError, MemoryLayout};
-use crate::memory_manager::{
-    GuestMemoryMap, HotplugMemory, MemoryBackingParticipant, MemoryControllerParticipant,
-};
-use crate::request_handler::{RequestHandler, VmView};
-use crate::signals;
-use crate::vcpu::{self, VcpuError};
-use hotplug::DeviceId;
+use crate::api::{self, ApiServerHandle};
+use crate::arch;
+use crate::boot::BootError;
+use crate::config::VmConfig;
+use crate::console::{ConsoleError, QueuedOutput, TerminalGuard};
+use crate::cpu_manager::VcpuSet;
+use crate::hotplug_service::HotplugService;
+use crate::memory::MemoryError;
+use crate::memory_manager::{GuestMemoryMap, HotplugMemory};
+use crate::request_handler::RequestHandler;
+use crate::vcpu::VcpuError;
 
-/// Where KVM puts the TSS it needs on Intel hosts (three pages below the IOAPIC area).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+pub use crate::builder::{dump_acpi_tables, machine_description, memory_layout, open_kvm, Devices};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -90,50 +77,6 @@ pub enum VmError {
     NoKernel,
 }
 
-/// Where `config`'s boot RAM and hotplug region lie.
-pub fn memory_layout(config: &VmConfig) -> MemoryLayout {
-    MemoryLayout::new(config.memory.size, config.memory.hotplug_size)
-}
-
-/// The machine description the ACPI tables are built from.
-pub fn machine_description(config: &VmConfig, layout: &MemoryLayout) -> MachineDescription {
-    let range = |r: &memory::GuestRange| MemoryRange {
-        base: r.base,
-        size: r.size,
-    };
-    MachineDescription {
-        boot_cpus: config.cpus.boot,
-        max_cpus: config.cpus.max,
-        ram: layout.ram.iter().map(range).collect(),
-        hotplug_memory: layout.hotplug.as_ref().map(range),
-        hotplug_slots: if layout.hotplug.is_some() {
-            config.memory.hotplug_slots
-        } else {
-            0
-        },
-    }
-}
-
-/// Builds the ACPI tables of `config` and writes them to `dir` as `SIGNATURE.dat`.
-pub fn dump_acpi_tables(config: &VmConfig, dir: &std::path::Path) -> Result<(), String> {
-    let layout = memory_layout(config);
-    let tables =
-        acpi::build_tables(&machine_description(config, &layout)).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    tables
-        .write_to_dir(dir)
-        .map_err(|e| format!("cannot write tables to {}: {e}", dir.display()))
-}
-
-/// Opens `/dev/kvm`.
-pub fn open_kvm() -> Result<Kvm, VmError> {
-    Kvm::new().map_err(VmError::Kvm)
-}
-
-fn eventfd() -> Result<EventFd, VmError> {
-    EventFd::new(EFD_NONBLOCK).map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
-}
-
 /// Wakes the event loop when a device asks the VM to end.
 struct ExitWatcher {
     exit: Arc<ExitSignal>,
@@ -151,271 +94,6 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// The VMM's end of the API: requests arrive on `requests`, `wake` says so.
-struct ApiEndpoint {
-    requests: std::sync::mpsc::Receiver<ApiMessage>,
-    wake: EventFd,
-    server: ApiServerHandle,
-}
-
-fn start_api(path: &std::path::Path) -> Result<ApiEndpoint, VmError> {
-    let (tx, requests) = std::sync::mpsc::channel();
-    let wake = eventfd()?;
-    let server_wake = wake
-        .try_clone()
-        .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
-    let server = api::start(path, tx, server_wake)?;
-    tracing::info!(path = %path.display(), "API server listening");
-    Ok(ApiEndpoint {
-        requests,
-        wake,
-        server,
-    })
-}
-
-/// The devices of a VM, shared with the vCPU threads through the I/O manager.
-pub struct Devices {
-    /// COM1.
-    pub serial: Arc<SerialDevice>,
-    /// The GED.
-    pub ged: Arc<Ged>,
-    /// The CPU hotplug controller.
-    pub cpu_hotplug: Arc<CpuHotplugController>,
-    /// The memory hotplug controller, when there is a hotplug region.
-    pub memory_hotplug: Option<Arc<MemoryHotplugController>>,
-    /// The I/O buses.
-    pub io: Arc<IoManager>,
-}
-
-fn create_devices(
-    vm: &VmFd,
-    config: &VmConfig,
-    exit: &Arc<ExitSignal>,
-    serial_out: Box<dyn std::io::Write + Send>,
-    observations: &ObservationSender,
-) -> Result<Devices, VmError> {
-    use acpi::layout;
-    let serial_irq = eventfd()?;
-    vm.register_irqfd(&serial_irq, layout::serial::IRQ)
-        .map_err(|e| VmError::KvmIoctl("KVM_IRQFD (serial)", e))?;
-    let ged_irq = eventfd()?;
-    vm.register_irqfd(&ged_irq, layout::ged::IRQ)
-        .map_err(|e| VmError::KvmIoctl("KVM_IRQFD (GED)", e))?;
-
-    let serial = Arc::new(SerialDevice::new(serial_irq, serial_out));
-    let ged = Arc::new(Ged::new(ged_irq));
-    let mut cpu_hotplug = CpuHotplugController::for_cpus(config.cpus.boot, config.cpus.max);
-    let queue = || {
-        observations
-            .try_clone()
-            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
-    };
-    cpu_hotplug.set_observer(hotplug_service::observer(queue()?, DeviceId::cpu));
-    let cpu_hotplug = Arc::new(cpu_hotplug);
-    let memory_hotplug = if config.memory.hotplug_size > 0 {
-        let mut controller = MemoryHotplugController::for_memory_slots(config.memory.hotplug_slots);
-        controller.set_observer(hotplug_service::observer(queue()?, DeviceId::memory_slot));
-        Some(Arc::new(controller))
-    } else {
-        None
-    };
-
-    let mut io = IoManager::new();
-    let pio = |base: u16, len: u16| PioRange::new(PioAddress(base), len);
-    let mmio = |base: u64, len: u64| MmioRange::new(MmioAddress(base), len);
-    let bus = |what| move |e| VmError::Bus(what, e);
-    io.register_pio(
-        pio(layout::serial::PORT, layout::serial::PORT_LEN).map_err(bus("serial"))?,
-        serial.clone(),
-    )
-    .map_err(bus("serial"))?;
-    io.register_pio(
-        pio(layout::power::SLEEP_CONTROL_PORT, layout::power::PORT_LEN).map_err(bus("power"))?,
-        Arc::new(AcpiPowerDevice::new(exit.clone())),
-    )
-    .map_err(bus("power"))?;
-    io.register_pio(
-        pio(layout::pvpanic::PORT, 1).map_err(bus("pvpanic"))?,
-        Arc::new(PvPanicDevice::new(exit.clone())),
-    )
-    .map_err(bus("pvpanic"))?;
-    io.register_mmio(
-        mmio(layout::ged::MMIO_BASE, layout::ged::MMIO_SIZE).map_err(bus("ged"))?,
-        ged.clone(),
-    )
-    .map_err(bus("ged"))?;
-    io.register_mmio(
-        mmio(
-            layout::cpu_hotplug::MMIO_BASE,
-            layout::cpu_hotplug::MMIO_SIZE,
-        )
-        .map_err(bus("cpu-hotplug"))?,
-        cpu_hotplug.clone(),
-    )
-    .map_err(bus("cpu-hotplug"))?;
-    if let Some(controller) = &memory_hotplug {
-        io.register_mmio(
-            mmio(
-                layout::memory_hotplug::MMIO_BASE,
-                layout::memory_hotplug::MMIO_SIZE,
-            )
-            .map_err(bus("memory-hotplug"))?,
-            controller.clone(),
-        )
-        .map_err(bus("memory-hotplug"))?;
-    }
-    Ok(Devices {
-        serial,
-        ged,
-        cpu_hotplug,
-        memory_hotplug,
-        io: Arc::new(io),
-    })
-}
-
-fn create_hotplug_service(
-    config: &VmConfig,
-    layout: &MemoryLayout,
-    devices: &Devices,
-    vcpus: &Arc<Mutex<VcpuSet>>,
-    memory: Option<&Arc<Mutex<HotplugMemory>>>,
-    observations: ObservationReceiver,
-) -> Result<HotplugService, VmError> {
-    use hotplug::{Engine, EngineConfig, MachineConfig, MonotonicClock, Orders, Role};
-    let machine = MachineConfig {
-        max_cpus: config.cpus.max,
-        boot_cpus: config.cpus.boot,
-        boot_memory: config.memory.size,
-        block_size: layout.block_size(),
-        hotplug_region_size: config.memory.hotplug_size,
-        memory_slots: config.memory.hotplug_slots,
-    };
-    let clock: Arc<dyn hotplug::Clock> = Arc::new(MonotonicClock::new());
-    let engine_config = EngineConfig {
-        guest_eject: config.guest_eject,
-        ..EngineConfig::default()
-    };
-    let mut engine = Engine::new(machine, engine_config, clock.clone())
-        .map_err(|e| VmError::Hotplug(e.to_string()))?;
-    engine
-        .register(
-            "cpu-controller",
-            Orders::standard(Role::AcpiBus),
-            Box::new(CpuControllerParticipant::new(
-                devices.cpu_hotplug.clone(),
-                devices.ged.clone(),
-                config.guest_eject,
-            )),
-        )
-        .map_err(|e| VmError::Hotplug(e.to_string()))?;
-    engine
-        .register(
-            "vcpus",
-            Orders::standard(Role::Cpu),
-            Box::new(VcpuParticipant::new(vcpus.clone())),
-        )
-        .map_err(|e| VmError::Hotplug(e.to_string()))?;
-    if let (Some(controller), Some(memory), Some(region)) =
-        (&devices.memory_hotplug, memory, layout.hotplug)
-    {
-        engine
-            .register(
-                "memory-controller",
-                Orders::standard(Role::AcpiResources),
-                Box::new(MemoryControllerParticipant::new(
-                    controller.clone(),
-                    devices.ged.clone(),
-                    region,
-                    config.guest_eject,
-                )),
-            )
-            .map_err(|e| VmError::Hotplug(e.to_string()))?;
-        engine
-            .register(
-                "memory",
-                Orders::standard(Role::Memory),
-                Box::new(MemoryBackingParticipant::new(memory.clone())),
-            )
-            .map_err(|e| VmError::Hotplug(e.to_string()))?;
-    }
-    let mut service = HotplugService::new(engine, clock, observations)
-        .map_err(|e| VmError::EventLoop(format!("timerfd: {e}")))?;
-    let ejected = vcpus.clone();
-    service.on_guest_eject(Box::new(move |device| {
-        // An ejected CPU must not run: its thread starts parking now, not at Commit.
-        if let (DeviceId::Cpu(cpu), Ok(set)) = (device, ejected.lock()) {
-            set.begin_park(cpu.0);
-        }
-    }));
-    let ged = devices.ged.clone();
-    service.on_refused_eject(Box::new(move |device| {
-        // The controller kept the device and marked it for insertion: the guest's next scan
-        // adds back what it let go of on its side.
-        let event = match device {
-            DeviceId::Cpu(_) => GedEvent::Cpu,
-            DeviceId::MemorySlot(_) => GedEvent::Memory,
-        };
-        if let Err(e) = ged.notify(event) {
-            tracing::error!("cannot raise the GED interrupt: {e}");
-        }
-    }));
-    Ok(service)
-}
-
-/// The hotplug region must lie within the guest's physical address width (CPUID
-/// 0x8000_0008) and be a multiple of the guest's memory block size.
-fn check_hotplug_region(
-    cpuid: &kvm_bindings::CpuId,
-    region: memory::GuestRange,
-    block: u64,
-) -> Result<(), VmError> {
-    let err = |why: String| VmError::HotplugRegion {
-        base: region.base,
-        size: region.size,
-        why,
-    };
-    if !region.size.is_multiple_of(block) {
-        return Err(err(format!(
-            "the guest's memory block size is {} MiB for this much boot RAM; use a multiple of it",
-            block >> 20
-        )));
-    }
-    let phys_bits = cpuid
-        .as_slice()
-        .iter()
-        .find(|e| e.function == 0x8000_0008)
-        .map_or(36, |e| e.eax & 0xff);
-    let limit = 1u64.checked_shl(phys_bits).unwrap_or(u64::MAX);
-    if region.end() > limit {
-        return Err(err(format!(
-            "ends beyond the guest's {phys_bits}-bit physical address space"
-        )));
-    }
-    Ok(())
-}
-
-/// Restores the terminal when dropped.
-struct TerminalGuard(bool);
-
-impl TerminalGuard {
-    fn raw_if_tty() -> Self {
-        use vmm_sys_util::terminal::Terminal;
-        let stdin = std::io::stdin();
-        // SAFETY: isatty only inspects the file descriptor.
-        let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
-        TerminalGuard(tty && stdin.lock().set_raw_mode().is_ok())
-    }
-}
-
-impl Drop for TerminalGuard {
-    fn drop(&mut self) {
-        use vmm_sys_util::terminal::Terminal;
-        if self.0 {
-            let _ = std::io::stdin().lock().set_canon_mode();
-        }
-    }
-}
-
 /// A running VM. Dropping it stops the vCPUs before guest memory is unmapped.
 pub struct Vm {
     /// The KVM VM.
@@ -428,14 +106,14 @@ pub struct Vm {
     pub devices: Devices,
     /// vCPU threads.
     pub vcpus: Arc<Mutex<VcpuSet>>,
-    hotplug: Arc<Mutex<HotplugService>>,
-    requests: Option<Arc<Mutex<RequestHandler>>>,
-    api_server: Option<ApiServerHandle>,
-    console: QueuedOutput,
+    pub(crate) hotplug: Arc<Mutex<HotplugService>>,
+    pub(crate) requests: Option<Arc<Mutex<RequestHandler>>>,
+    pub(crate) api_server: Option<ApiServerHandle>,
+    pub(crate) console: QueuedOutput,
     /// The VM's end.
     pub exit: Arc<ExitSignal>,
-    finished: bool,
-    _terminal: TerminalGuard,
+    pub(crate) finished: bool,
+    pub(crate) terminal: TerminalGuard,
 }
 
 /// How long the VM's end may wait for vCPU threads to leave, in all.
@@ -444,179 +122,9 @@ const VCPU_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
 const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Vm {
-    /// Builds the VM of `config` and starts its boot vCPUs.
+    /// Builds the VM of `config` and starts its boot vCPUs (see [`crate::builder::build`]).
     pub fn start(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
-        let payload = config.payload.as_ref().ok_or(VmError::NoKernel)?;
-        // The API socket first: a path in use must fail before anything is built.
-        let api = config.api_socket.as_deref().map(start_api).transpose()?;
-        let fd = kvm
-            .create_vm()
-            .map_err(|e| VmError::KvmIoctl("KVM_CREATE_VM", e))?;
-        fd.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(|e| VmError::KvmIoctl("KVM_SET_TSS_ADDR", e))?;
-        fd.create_irq_chip()
-            .map_err(|e| VmError::KvmIoctl("KVM_CREATE_IRQCHIP", e))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit)
-            .map_err(|e| VmError::KvmIoctl("KVM_CREATE_PIT2", e))?;
-
-        let layout = memory_layout(config);
-        let mem = memory::create_guest_memory(&layout)?;
-        let boot_slots = memory::register_memory_slots(&fd, &mem)?;
-        tracing::info!(ram = layout.ram_size(), "guest memory ready");
-
-        let kernel = boot::load_kernel(&mem, &payload.kernel)?;
-        let initramfs = payload
-            .initramfs
-            .as_deref()
-            .map(|p| boot::load_initramfs(&mem, p, &layout, &kernel))
-            .transpose()?;
-        let cmdline_len = boot::load_cmdline(&mem, &payload.cmdline)?;
-        let tables = acpi::build_tables(&machine_description(config, &layout))?;
-        boot::write_acpi_tables(&mem, &tables)?;
-        boot::write_reset_vector(&mem)?;
-        let regs_layout = BootRegsLayout::default();
-        let zero_page = boot::build_zero_page(
-            ZeroPageInputs {
-                kernel: &kernel,
-                cmdline_len,
-                initramfs,
-                rsdp: tables.rsdp_address,
-            },
-            &layout,
-        )?;
-        boot::write_zero_page(&mem, &zero_page, regs_layout.zero_page)?;
-
-        let exit = Arc::new(ExitSignal::new(eventfd()?));
-        signals::watch_termination(exit.clone())
-            .map_err(|e| VmError::EventLoop(format!("signal thread: {e}")))?;
-        let (sink, socket): (Box<dyn std::io::Write + Send>, _) = match &config.serial {
-            SerialConfig::Stdio => (Box::new(StdoutWriter), None),
-            SerialConfig::File(path) => (console::file_writer(path)?, None),
-            SerialConfig::Null => (Box::new(std::io::sink()), None),
-            SerialConfig::Socket(path) => {
-                let s = SocketConsole::bind(path)?;
-                (Box::new(s.writer()), Some(s))
-            }
-        };
-        let console = QueuedOutput::start(sink)
-            .map_err(|e| VmError::EventLoop(format!("console thread: {e}")))?;
-        let (obs_tx, obs_rx) = hotplug_service::observation_queue()
-            .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
-        let devices = create_devices(&fd, config, &exit, Box::new(console.clone()), &obs_tx)?;
-        let terminal = match (&config.serial, socket) {
-            (SerialConfig::Stdio, _) => {
-                let guard = TerminalGuard::raw_if_tty();
-                console::spawn_stdin_reader(devices.serial.clone())
-                    .map_err(|e| VmError::EventLoop(format!("stdin thread: {e}")))?;
-                guard
-            }
-            (_, Some(socket)) => {
-                socket
-                    .serve(devices.serial.clone())
-                    .map_err(|e| VmError::EventLoop(format!("serial socket thread: {e}")))?;
-                TerminalGuard(false)
-            }
-            _ => TerminalGuard(false),
-        };
-
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::KvmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
-        if let Some(region) = layout.hotplug {
-            check_hotplug_region(&supported, region, layout.block_size())?;
-        }
-        let topology = CpuTopology {
-            max_cpus: config.cpus.max,
-        };
-        let fd = Arc::new(fd);
-        let mut set = VcpuSet::new(
-            fd.clone(),
-            devices.io.clone(),
-            exit.clone(),
-            supported,
-            topology,
-        );
-        let mut fds = Vec::new();
-        for id in 0..config.cpus.boot {
-            fds.push(set.create(id)?);
-        }
-        if let Some(bsp) = fds.first() {
-            arch::setup_boot_regs(bsp, &mem, &regs_layout, kernel.entry)?;
-        }
-        vcpu::install_kick_handler()?;
-        for (id, vfd) in (0..).zip(fds) {
-            set.spawn(id, vfd)?;
-        }
-        let spares = config.cpus.boot..config.cpus.max.min(config.cpus.boot + SPARE_VCPUS);
-        for id in spares {
-            set.ensure(id)?;
-        }
-        for id in 0..config.cpus.boot {
-            set.start(id)?;
-        }
-        let vcpus = Arc::new(Mutex::new(set));
-        let memory_map = GuestMemoryMap::new(mem);
-        let hotplug_memory = layout.hotplug.map(|region| {
-            Arc::new(Mutex::new(HotplugMemory::new(
-                fd.clone(),
-                memory_map.clone(),
-                region,
-                boot_slots,
-            )))
-        });
-        let hotplug = Arc::new(Mutex::new(create_hotplug_service(
-            config,
-            &layout,
-            &devices,
-            &vcpus,
-            hotplug_memory.as_ref(),
-            obs_rx,
-        )?));
-        let (requests, api_server) = match api {
-            Some(api) => {
-                let view = VmView {
-                    config: config.clone(),
-                    layout,
-                    cpu_hotplug: devices.cpu_hotplug.clone(),
-                    memory_hotplug: devices.memory_hotplug.clone(),
-                    hotplug_memory: hotplug_memory.clone(),
-                    console: console.clone(),
-                };
-                let handler = RequestHandler::new(
-                    api.requests,
-                    api.wake,
-                    hotplug.clone(),
-                    vcpus.clone(),
-                    exit.clone(),
-                    view,
-                );
-                (Some(Arc::new(Mutex::new(handler))), Some(api.server))
-            }
-            None => (None, None),
-        };
-        tracing::info!(
-            vcpus = config.cpus.boot,
-            max = config.cpus.max,
-            "VM started"
-        );
-        Ok(Vm {
-            fd,
-            memory: memory_map,
-            hotplug_memory,
-            devices,
-            vcpus,
-            hotplug,
-            requests,
-            api_server,
-            console,
-            exit,
-            finished: false,
-            _terminal: terminal,
-        })
+        crate::builder::build(kvm, config)
     }
 
     /// Runs the event loop until a device, the API or a signal ends the VM, then ends it:
@@ -648,7 +156,7 @@ impl Vm {
     /// Ends the VM within a bounded time whatever state it is in: callers waiting for a
     /// transaction or with a request queued get 503, the vCPU threads leave (those that do
     /// not within [`VCPU_EXIT_TIMEOUT`] are left behind), the console gets its last output,
-    /// and the API socket is removed. Idempotent.
+    /// the API socket is removed and the terminal restored. Idempotent.
     pub fn finish(&mut self) {
         if self.finished {
             return;
@@ -671,6 +179,7 @@ impl Vm {
         if let Some(server) = self.api_server.take() {
             server.shutdown();
         }
+        self.terminal.restore();
     }
 }
 

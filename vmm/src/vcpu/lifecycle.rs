@@ -338,6 +338,17 @@ mod tests {
         (handle, runs, stuck)
     }
 
+    /// Makes the fake's next run block, and waits (bounded) until it has begun.
+    fn wait_until_stuck(runs: &AtomicU32, stuck: &AtomicBool) {
+        let before = runs.load(Ordering::SeqCst);
+        stuck.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + ACK;
+        while runs.load(Ordering::SeqCst) <= before {
+            assert!(Instant::now() < deadline, "the vCPU never ran again");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn transitions_follow_the_table() {
         use VcpuCommand::*;
@@ -402,11 +413,7 @@ mod tests {
     fn every_wait_on_a_stuck_vcpu_expires() {
         let (h, runs, stuck) = fake(None);
         h.request(VcpuCommand::Run, ACK).unwrap();
-        stuck.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + ACK;
-        while runs.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until_stuck(&runs, &stuck);
         let bound = Duration::from_millis(50);
         for command in [VcpuCommand::Pause, VcpuCommand::Park] {
             let started = Instant::now();
@@ -445,10 +452,7 @@ mod tests {
     fn a_stuck_vcpu_obeys_once_it_comes_back() {
         let (h, runs, stuck) = fake(None);
         h.request(VcpuCommand::Run, ACK).unwrap();
-        stuck.store(true, Ordering::SeqCst);
-        while runs.load(Ordering::SeqCst) < 2 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until_stuck(&runs, &stuck);
         assert!(h
             .request(VcpuCommand::Park, Duration::from_millis(20))
             .is_err());
