@@ -13,9 +13,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use plugvm_remote::size::{ApproxSize, ByteSize};
+
 use super::cpus::PLUGVM_MAX_VCPUS;
 use super::serial::SerialConfig;
-use super::size::{ApproxSize, ByteSize};
 use super::{one_line, VmConfig};
 
 /// What the host can give a VM.
@@ -471,7 +472,8 @@ fn socket_has_listener(path: &Path) -> io::Result<bool> {
 mod tests {
     use std::os::unix::net::UnixListener;
 
-    use super::super::size::{GIB, MIB};
+    use plugvm_remote::size::{GIB, MIB};
+
     use super::super::{CpusConfig, MemoryConfig, PayloadConfig};
     use super::*;
 
