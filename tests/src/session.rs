@@ -586,12 +586,13 @@ impl GuestSession {
         let target = if path.starts_with('/') {
             path.to_string()
         } else {
-            format!("{}/{path}", vmm::api::API_PREFIX)
+            format!("{}/{path}", plugvm_remote::wire::API_PREFIX)
         };
         let shown_body = body.map(String::from_utf8_lossy).unwrap_or_default();
         self.note(format!("API {method} {target} {shown_body}"));
         let started = Instant::now();
-        let result = vmm::api::client::request(&self.socket, method, &target, body, API_TIMEOUT);
+        let result =
+            plugvm_remote::client::request(&self.socket, method, &target, body, API_TIMEOUT);
         let response = match result {
             Ok(r) => r,
             Err(e) => panic!("API {method} {target}: {e} (session report below)"),

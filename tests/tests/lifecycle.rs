@@ -114,7 +114,7 @@ kvm_guest_test! {
         s.wait_ready(READY_TIMEOUT);
         let socket = s.socket().to_path_buf();
         let waiting = std::thread::spawn(move || {
-            vmm::api::client::request(
+            plugvm_remote::client::request(
                 &socket,
                 "PUT",
                 "/api/v1/vm.add-vcpu",

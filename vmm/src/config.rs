@@ -37,7 +37,6 @@ mod host;
 mod memory;
 mod options;
 mod serial;
-mod size;
 
 pub use cpus::{CpusConfig, CpusError, PLUGVM_MAX_VCPUS};
 pub use host::{ConfigError, FileRole, HostLimits};
@@ -47,7 +46,8 @@ pub use memory::{
 };
 pub use options::OptionsError;
 pub use serial::{SerialConfig, SerialError, SocketPathError, MAX_SOCKET_PATH_LEN};
-pub use size::{parse_size, ApproxSize, ByteSize, SizeError, GIB, KIB, MIB, TIB};
+// The size syntax is shared with `plugvm-remote`, whose crate defines it.
+pub use plugvm_remote::size::{parse_size, ApproxSize, ByteSize, SizeError, GIB, KIB, MIB, TIB};
 
 /// The kernel command line when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off";

@@ -1,7 +1,7 @@
 //! plugvm: a KVM microVM monitor whose CPU and memory hotplug runs as transactions.
 //!
 //! This crate wires the others together: KVM, guest memory, the boot path, vCPU threads,
-//! devices, the event loop, the API and the binaries.
+//! devices, the event loop, the API server and the `plugvm` binary (the client is `plugvm-remote`).
 #![warn(missing_docs)]
 
 pub mod api;

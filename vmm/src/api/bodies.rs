@@ -1,55 +1,9 @@
-//! Request bodies: strict serde types, their checks, and field introspection.
+//! Reading request bodies: strict JSON parsing and field introspection.
+//!
+//! The body types themselves, and their checks, are in [`plugvm_remote::wire`],
+//! shared with the client.
 
 use serde::de::{self, DeserializeOwned, Visitor};
-use serde::{Deserialize, Serialize};
-
-/// Body of `PUT /api/v1/vm.resize`: at least one of the two targets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResizeBody {
-    /// Wanted number of vCPUs (at least 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired_vcpus: Option<u32>,
-    /// Wanted RAM size in bytes (at least 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired_ram: Option<u64>,
-    /// Keep what succeeded instead of rolling everything back on failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub best_effort: Option<bool>,
-}
-
-/// Body of `PUT /api/v1/vm.add-vcpu`; the body may also be empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddVcpuBody {
-    /// The vCPU to plug; the VMM picks the lowest free one if absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<u32>,
-}
-
-/// Body of `PUT /api/v1/vm.remove-vcpu`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoveVcpuBody {
-    /// The vCPU to unplug.
-    pub id: u32,
-}
-
-/// Body of `PUT /api/v1/vm.add-memory`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddMemoryBody {
-    /// Size of the region in bytes (at least 1).
-    pub size: u64,
-}
-
-/// Body of `PUT /api/v1/vm.remove-memory`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoveMemoryBody {
-    /// The memory slot to unplug.
-    pub slot: u32,
-}
 
 /// Parses a JSON body for `endpoint`; the error is one sentence for the client.
 pub(crate) fn parse<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, String> {
@@ -74,32 +28,6 @@ pub(crate) fn parse_optional<T: DeserializeOwned + Default>(
         return Ok(T::default());
     }
     parse(endpoint, body)
-}
-
-impl ResizeBody {
-    /// Checks what serde cannot: one target at least, none of them zero.
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.desired_vcpus.is_none() && self.desired_ram.is_none() {
-            return Err("vm.resize needs desired_vcpus, desired_ram or both.".to_string());
-        }
-        if self.desired_vcpus == Some(0) {
-            return Err("vm.resize: desired_vcpus must be at least 1.".to_string());
-        }
-        if self.desired_ram == Some(0) {
-            return Err("vm.resize: desired_ram must be at least 1 byte.".to_string());
-        }
-        Ok(())
-    }
-}
-
-impl AddMemoryBody {
-    /// Rejects a zero size.
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.size == 0 {
-            return Err("vm.add-memory: size must be at least 1 byte.".to_string());
-        }
-        Ok(())
-    }
 }
 
 /// The field names that `T`'s derived `Deserialize` accepts, read from
@@ -160,6 +88,7 @@ impl<'de> de::Deserializer<'de> for &mut FieldProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plugvm_remote::wire::{AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
 
     #[test]
     fn api_field_names_come_from_serde() {

@@ -8,6 +8,8 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use plugvm_remote::wire::reason;
+
 /// Largest request line plus headers, in bytes; more gets 431.
 pub(crate) const MAX_HEAD_BYTES: u64 = 8 * 1024;
 /// Most header fields in one request; more gets 431.
@@ -256,32 +258,6 @@ pub(crate) fn read_body<R: Read>(reader: &mut R, len: usize) -> Result<Vec<u8>, 
         .read_exact(&mut body)
         .map_err(|e| started_error(&e))?;
     Ok(body)
-}
-
-/// The reason phrase of the status codes the server sends.
-pub(crate) fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        422 => "Unprocessable Content",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
 }
 
 /// Writes a whole response. `body` is JSON; `None` writes no body (204).

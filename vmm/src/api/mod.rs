@@ -34,8 +34,6 @@
 //! ```
 
 mod bodies;
-pub mod cli;
-pub mod client;
 mod http;
 mod routing;
 mod server;
@@ -57,11 +55,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
 
-pub use bodies::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
+// The wire types live with the client, so that both ends share one definition.
+pub use plugvm_remote::wire::{
+    AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX,
+};
 pub use server::ApiServerHandle;
-
-/// The path prefix shared by every endpoint.
-pub const API_PREFIX: &str = "/api/v1";
 
 /// Largest request body the server reads, in bytes; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

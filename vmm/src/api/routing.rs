@@ -4,8 +4,8 @@
 //! `resources/openapi.yaml`; a test keeps both in step).
 
 use super::bodies::{self, field_names};
-use super::bodies::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
 use super::{ping_body, ApiRequest, ApiResponse, API_PREFIX};
+use super::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
 
 /// The HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

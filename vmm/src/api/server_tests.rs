@@ -6,10 +6,10 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use plugvm_remote::client::{self, read_response};
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::client::{self, read_response};
 use super::test_util::{assert_error, fixture, quick_config, Behavior, TempDir};
 use super::*;
 

@@ -5,9 +5,9 @@ use std::os::unix::net::UnixListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use plugvm_remote::{cli, client};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::client;
 use super::test_util::{fixture, quick_config, Behavior, TempDir};
 use super::*;
 

@@ -8,10 +8,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use plugvm_remote::client;
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::client;
 use super::*;
 
 /// A private directory under the system temp dir, removed on drop.

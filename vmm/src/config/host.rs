@@ -12,8 +12,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use plugvm_remote::size::{ApproxSize, ByteSize};
+
 use super::cpus::PLUGVM_MAX_VCPUS;
-use super::size::{ApproxSize, ByteSize};
 use super::{one_line, VmConfig};
 
 mod files;

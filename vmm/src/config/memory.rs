@@ -1,12 +1,13 @@
 //! `--memory size=SIZE[,hotplug_size=SIZE][,hotplug_slots=N]`: boot RAM and the hotplug area.
 //!
-//! Sizes use the syntax of [`parse_size`](super::size::parse_size) (`512M`, `2G`, bytes).
+//! Sizes use the syntax of [`parse_size`](plugvm_remote::size::parse_size) (`512M`, `2G`, bytes).
 
 use std::fmt;
 use std::str::FromStr;
 
+use plugvm_remote::size::{parse_size, size_arg, ByteSize, SizeError, MIB};
+
 use super::options::{parse_options, parse_u32, OptionsError};
-use super::size::{parse_size, size_arg, ByteSize, SizeError, MIB};
 
 /// Boot RAM when `--memory` is not given, or given without `size`.
 pub const DEFAULT_MEMORY_SIZE: u64 = 512 * MIB;
@@ -188,7 +189,8 @@ impl fmt::Display for MemoryConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::super::size::GIB;
+    use plugvm_remote::size::GIB;
+
     use super::*;
 
     fn mem(size: u64, hotplug_size: u64, hotplug_slots: u32) -> MemoryConfig {

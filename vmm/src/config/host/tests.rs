@@ -5,10 +5,10 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::super::cpus::PLUGVM_MAX_VCPUS;
 use super::super::serial::SerialConfig;
-use super::super::size::{GIB, MIB};
 use super::super::{CpusConfig, MemoryConfig, PayloadConfig, VmConfig};
 use super::limits::parse_meminfo_total;
 use super::*;
+use plugvm_remote::size::{GIB, MIB};
 
 const HOST: HostLimits = HostLimits {
     max_vcpus: 1024,

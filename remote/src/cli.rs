@@ -8,9 +8,10 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde_json::Value;
 
-use super::client;
-use super::http::reason;
-use super::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX};
+use crate::client;
+use crate::wire::{
+    reason, AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX,
+};
 
 /// Control a running plugvm through its API socket.
 #[derive(Debug, Parser)]
@@ -107,10 +108,10 @@ pub struct ResizeArgs {
     pub wait: WaitArg,
 }
 
-/// Parses a size with plugvm's syntax ([`crate::config::parse_size`]:
+/// Parses a size with plugvm's syntax ([`crate::size::parse_size`]:
 /// `4096`, `512M`, `2GiB`...); zero is refused.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    match crate::config::parse_size(text) {
+    match crate::size::parse_size(text) {
         Ok(0) => Err("the size must be at least 1 byte".to_string()),
         Ok(bytes) => Ok(bytes),
         Err(e) => Err(e.to_string()),

@@ -1,5 +1,7 @@
 //! Byte sizes as written on the command line (`512M`, `1GiB`, `1048576`) and back.
 //!
+//! `plugvm`'s options and `plugvm-remote`'s arguments both use this one syntax.
+//!
 //! Syntax: a decimal number of ASCII digits followed by an optional binary suffix.
 //! Every suffix is a power of 1024, whichever spelling is used:
 //!
@@ -125,7 +127,7 @@ impl fmt::Display for ApproxSize {
 }
 
 /// Formats a byte count the way [`parse_size`] reads it back: `512M`, `3G`, `1000`.
-pub(crate) fn size_arg(n: u64) -> String {
+pub fn size_arg(n: u64) -> String {
     for (unit, suffix) in [(TIB, "T"), (GIB, "G"), (MIB, "M"), (KIB, "K")] {
         if n != 0 && n.is_multiple_of(unit) {
             return format!("{}{suffix}", n / unit);

@@ -110,7 +110,10 @@ fn read_line<R: BufRead>(reader: &mut R, budget: &mut u64) -> Result<String, Cli
 }
 
 /// Reads one response, skipping interim 1xx responses.
-pub(crate) fn read_response<R: BufRead>(reader: &mut R) -> Result<Response, ClientError> {
+///
+/// Public for callers that drive a connection themselves, such as the
+/// server's tests of keep-alive and `Expect: 100-continue`.
+pub fn read_response<R: BufRead>(reader: &mut R) -> Result<Response, ClientError> {
     let mut budget = MAX_HEAD_BYTES;
     loop {
         let status_line = read_line(reader, &mut budget)?;

@@ -5,5 +5,5 @@
 //! reached (the reason goes to stderr), 2 for usage errors.
 
 fn main() {
-    std::process::exit(vmm::api::cli::run(std::env::args_os()));
+    std::process::exit(plugvm_remote::cli::run(std::env::args_os()));
 }
