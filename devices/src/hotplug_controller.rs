@@ -182,6 +182,9 @@ pub struct HotplugController<L: ControllerLayout> {
     state: Mutex<State>,
     observer: Option<Observer>,
     accesses: AtomicU64,
+    /// Held across an access and the observation it makes, so that observations reach the
+    /// VMM in the order of the guest's accesses, even from different vCPUs.
+    order: Mutex<()>,
     bad_access: GuestLog,
     layout: PhantomData<L>,
 }
@@ -230,6 +233,7 @@ impl<L: ControllerLayout> HotplugController<L> {
             }),
             observer: None,
             accesses: AtomicU64::new(0),
+            order: Mutex::new(()),
             bad_access: GuestLog::new(),
             layout: PhantomData,
         }
@@ -373,6 +377,9 @@ impl<L: ControllerLayout> HotplugController<L> {
 impl<L: ControllerLayout> DeviceMmio for HotplugController<L> {
     fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         self.accesses.fetch_add(1, Ordering::Relaxed);
+        // The observer never blocks (a bounded queue it does not wait on), so holding this is
+        // cheap.
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         match self.read(offset, data.len()) {
             Some((bytes, obs)) => {
                 data.copy_from_slice(&bytes);
@@ -392,6 +399,7 @@ impl<L: ControllerLayout> DeviceMmio for HotplugController<L> {
 
     fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
         self.accesses.fetch_add(1, Ordering::Relaxed);
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         match self.write(offset, data) {
             Ok(obs) => self.observe(obs),
             Err(why) => guest_warn!(self.bad_access, "{}: ignored: {why}", L::NAME),

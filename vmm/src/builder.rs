@@ -277,12 +277,31 @@ fn create_hotplug_service(
         }
     }));
     let ged = devices.ged.clone();
+    let cpu_controller = devices.cpu_hotplug.clone();
+    let memory_controller = devices.memory_hotplug.clone();
+    let refused_vcpus = vcpus.clone();
     service.on_refused_eject(Box::new(move |device| {
-        // The controller kept the device and marked it for insertion: the guest's next scan
-        // adds back what it let go of on its side.
+        // The device stays. The controller kept it under `deny`; under `allow` it carried out
+        // the `_EJ0` before the engine refused it (say, CPU 0): plug it back in. Either way
+        // the guest's next scan adds back what it let go of on its side.
         let event = match device {
-            DeviceId::Cpu(_) => GedEvent::Cpu,
-            DeviceId::MemorySlot(_) => GedEvent::Memory,
+            DeviceId::Cpu(cpu) => {
+                cpu_controller.withdraw_removal(cpu.0);
+                if let Ok(mut set) = refused_vcpus.lock() {
+                    if set.states().get(&cpu.0) == Some(&crate::vcpu::VcpuState::Parked) {
+                        if let Err(e) = set.start(cpu.0) {
+                            tracing::error!(vcpu = cpu.0, "cannot restart the vCPU: {e}");
+                        }
+                    }
+                }
+                GedEvent::Cpu
+            }
+            DeviceId::MemorySlot(slot) => {
+                if let Some(c) = &memory_controller {
+                    c.withdraw_removal(slot.0);
+                }
+                GedEvent::Memory
+            }
         };
         if let Err(e) = ged.notify(event) {
             tracing::error!("cannot raise the GED interrupt: {e}");

@@ -116,8 +116,8 @@ impl VcpuSet {
         }
     }
 
-    /// Pauses every running vCPU, waiting at most `timeout` in all. On expiry the vCPUs that
-    /// did answer stay paused and the error names one that did not.
+    /// Pauses every running vCPU, waiting at most `timeout` in all. On expiry every vCPU is
+    /// told to run again and the error names one that did not pause.
     pub fn pause_all(&self, timeout: Duration) -> Result<(), VcpuWaitError> {
         let running: Vec<&VcpuHandle> = self
             .vcpus
@@ -128,11 +128,18 @@ impl VcpuSet {
             handle.send(VcpuCommand::Pause);
         }
         let deadline = Instant::now() + timeout;
-        for handle in running {
-            handle.wait_for(
+        for handle in &running {
+            if let Err(e) = handle.wait_for(
                 VcpuState::Paused,
                 deadline.saturating_duration_since(Instant::now()),
-            )?;
+            ) {
+                // Paused in part: run them all again. A Run replaces a Pause a stuck vCPU
+                // has not taken yet, so none stays paused behind the caller's back.
+                for h in &running {
+                    h.send(VcpuCommand::Run);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -178,14 +185,15 @@ impl VcpuSet {
     pub fn states(&self) -> BTreeMap<u32, VcpuState> {
         self.vcpus.iter().map(|(&id, h)| (id, h.state())).collect()
     }
+}
 
-    /// Ids of vCPUs in `state`.
-    pub fn ids_in(&self, state: VcpuState) -> Vec<u32> {
-        self.vcpus
-            .iter()
-            .filter(|(_, h)| h.state() == state)
-            .map(|(&id, _)| id)
-            .collect()
+impl Drop for VcpuSet {
+    /// A set dropped without [`VcpuSet::shutdown`] (a VM whose building failed half-way)
+    /// still ends its threads, within the usual bound.
+    fn drop(&mut self) {
+        if !self.closed {
+            self.shutdown(VCPU_ACK_TIMEOUT);
+        }
     }
 }
 
@@ -262,9 +270,10 @@ impl HotplugParticipant for VcpuParticipant {
             // The guest may have ejected the CPU (and its thread begun parking) before the
             // removal was rolled back: the controller offers the CPU again, so it must run.
             Direction::Remove => {
-                if set.states().get(&id) == Some(&VcpuState::Parked)
-                    || set.states().get(&id) == Some(&VcpuState::Running)
-                {
+                if matches!(
+                    set.states().get(&id),
+                    Some(VcpuState::Parked | VcpuState::Running)
+                ) {
                     set.start(id).map_err(|e| {
                         ParticipantError::with_source(format!("cannot restart vCPU {id}"), e)
                     })?;

@@ -135,9 +135,9 @@ pub fn observer(
     Box::new(move |obs| queue.send(observation(obs, device)))
 }
 
-/// Called with a device the guest has just ejected (`_EJ0` accepted by its controller),
-/// before the engine judges the event: the vCPU manager starts parking the CPU's thread
-/// then, so that Commit finds it parked. Also the type of the hook told of an eject the
+/// Called with a device the guest has just ejected (`_EJ0` carried out by its controller and
+/// taken by the engine: a removal of it is in flight or has just committed): the vCPU manager
+/// starts parking the CPU's thread then, so that Commit finds it parked. Also the type of the hook told of an eject the
 /// engine refused (the device is offered to the guest again: raise its GED event).
 pub type EjectHook = Box<dyn FnMut(DeviceId) + Send>;
 
@@ -270,12 +270,21 @@ impl HotplugService {
                 refused,
             } = obs;
             tracing::debug!(%device, ?event, refused, "guest hotplug event");
-            if event == GuestEvent::Eject && !refused {
+            let report = self.engine.guest_event(device, event);
+            // The device is leaving only if the engine took the eject: a removal of it is in
+            // flight or just committed, and the engine did not refuse it.
+            let engine_refused = report.directives.iter().any(
+                |d| matches!(d, Directive::RefuseEject { device: refused, .. } if *refused == device),
+            );
+            let leaving = matches!(
+                self.engine.machine().presence(device),
+                Some(hotplug::Presence::Removing(_) | hotplug::Presence::Absent)
+            );
+            if event == GuestEvent::Eject && !refused && !engine_refused && leaving {
                 for hook in &mut self.eject_hooks {
                     hook(device);
                 }
             }
-            let report = self.engine.guest_event(device, event);
             self.finish(report);
         }
         let report = self.engine.tick();

@@ -163,10 +163,7 @@ impl RequestHandler {
         hotplug.set_paused(true);
         self.paused = true;
         if let Err(e) = vcpus.pause_all(VCPU_ACK_TIMEOUT) {
-            // Paused in part: undo it, so that the VM is in one state or the other.
-            if let Err(e) = vcpus.resume_all(VCPU_ACK_TIMEOUT) {
-                tracing::error!("cannot resume after a failed pause: {e}");
-            }
+            // pause_all has told every vCPU to run again: the VM is not paused.
             hotplug.set_paused(false);
             self.paused = false;
             return ApiResponse::error(500, format!("Cannot pause the VM: {e}."));

@@ -94,7 +94,7 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// A running VM. Dropping it stops the vCPUs before guest memory is unmapped.
+/// A running VM. Dropping it ends the VM ([`Vm::finish`]) before guest memory is unmapped.
 pub struct Vm {
     /// The KVM VM.
     pub fd: Arc<VmFd>,
@@ -178,6 +178,10 @@ impl Vm {
         }
         if let Some(server) = self.api_server.take() {
             server.shutdown();
+        }
+        // Requests that arrived while the vCPUs and the console were ending.
+        if let Some(Ok(requests)) = self.requests.as_ref().map(|r| r.lock()) {
+            requests.refuse_pending(why);
         }
         self.terminal.restore();
     }

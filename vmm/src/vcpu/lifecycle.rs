@@ -10,8 +10,9 @@
 //! access, say) makes the owner's wait expire with [`VcpuWaitError::Timeout`]; it never hangs
 //! the caller.
 //!
-//! Only the latest command counts: a newer one replaces one the thread has not taken yet,
-//! so no sequence of requests can queue work behind a slow vCPU.
+//! Only the latest command counts: a newer one replaces one the thread has not taken yet
+//! (except that `Exit` is final and `Pause` does not replace `Park`), so no sequence of
+//! requests can queue work behind a slow vCPU.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -206,7 +207,14 @@ impl VcpuHandle {
             if control.state == VcpuState::Exited {
                 return;
             }
-            control.command = Some(command);
+            // Exit is final, and a pause must not undo a park the vCPU has not taken yet (a
+            // resume would then run a CPU the guest ejected).
+            match (control.command, command) {
+                (Some(VcpuCommand::Exit), _) | (Some(VcpuCommand::Park), VcpuCommand::Pause) => {
+                    return
+                }
+                _ => control.command = Some(command),
+            }
         }
         self.shared.changed.notify_all();
         if command.needs_kick() {
@@ -474,6 +482,26 @@ mod tests {
         h.send(VcpuCommand::Park);
         stuck.store(false, Ordering::SeqCst);
         h.wait_for(VcpuState::Parked, ACK).unwrap();
+        h.exit(ACK).unwrap();
+    }
+
+    #[test]
+    fn exit_is_final_and_a_pause_does_not_undo_a_park() {
+        let (h, _, stuck) = fake(None);
+        h.request(VcpuCommand::Run, ACK).unwrap();
+        stuck.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+        h.send(VcpuCommand::Park);
+        h.send(VcpuCommand::Pause);
+        stuck.store(false, Ordering::SeqCst);
+        h.wait_for(VcpuState::Parked, ACK).unwrap();
+        stuck.store(true, Ordering::SeqCst);
+        h.send(VcpuCommand::Run);
+        std::thread::sleep(Duration::from_millis(5));
+        h.send(VcpuCommand::Exit);
+        h.send(VcpuCommand::Run);
+        stuck.store(false, Ordering::SeqCst);
+        h.wait_for(VcpuState::Exited, ACK).unwrap();
         h.exit(ACK).unwrap();
     }
 
