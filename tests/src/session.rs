@@ -53,6 +53,10 @@ dmesg -n 1 2>/dev/null\n\
 echo PLUGVM-SESSION-READY\n\
 while read -r line; do eval \"$line\"; done\n";
 
+/// The longest a booting guest's console may stay silent: the test bed's slowest quiet stretch
+/// is the bzImage's decompression, about 5 s.
+pub const BOOT_SILENCE: Duration = Duration::from_secs(60);
+
 /// How long one API request may take (hotplug requests wait for the guest, up to the
 /// transaction's deadline).
 pub const API_TIMEOUT: Duration = Duration::from_secs(60);
@@ -367,9 +371,17 @@ impl GuestSession {
 
     /// Waits until the guest is up and its command loop runs; returns the time from plugvm's
     /// start to the guest's ready line. Panics on timeout or plugvm's exit.
+    /// A boot whose console stays silent for [`BOOT_SILENCE`] has stalled: it fails then.
     pub fn wait_ready(&self, timeout: Duration) -> Duration {
         let deadline = Instant::now() + timeout;
-        let (_, ready) = self.wait_for_line(0, |l| l.contains(READY_LINE), timeout, "ready line");
+        let ready = self.try_wait_for_line_or_silence(
+            0,
+            |l| l.contains(READY_LINE),
+            timeout,
+            Some(BOOT_SILENCE),
+        );
+        let (_, ready) =
+            ready.unwrap_or_else(|why| panic!("no ready line: {why} (session report below)"));
         let left = deadline.saturating_duration_since(Instant::now());
         self.wait_for_line(
             0,
@@ -438,6 +450,19 @@ impl GuestSession {
         pred: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> Result<(usize, LogLine), String> {
+        self.try_wait_for_line_or_silence(mark, pred, timeout, None)
+    }
+
+    /// [`Self::try_wait_for_line`] that also gives up when the console has printed nothing
+    /// for `silence` (a booting guest prints all the time; one that stops has stalled, and
+    /// waiting out the whole timeout would only make the test slower to retry).
+    fn try_wait_for_line_or_silence(
+        &self,
+        mark: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+        silence: Option<Duration>,
+    ) -> Result<(usize, LogLine), String> {
         let deadline = Instant::now() + timeout;
         let mut next = mark;
         let mut state = self.log.lock();
@@ -455,6 +480,20 @@ impl GuestSession {
             let now = Instant::now();
             if now >= deadline {
                 return Err(format!("timed out after {timeout:?}"));
+            }
+            if let Some(silence) = silence {
+                let last = state
+                    .lines
+                    .iter()
+                    .rev()
+                    .find(|l| l.source == Source::Console)
+                    .map_or(Duration::ZERO, |l| l.at);
+                let quiet = self.log.start.elapsed().saturating_sub(last);
+                if quiet >= silence {
+                    return Err(format!(
+                        "the guest's console has been silent for {quiet:?}: its boot stalled"
+                    ));
+                }
             }
             // Wake up now and then even without output, to notice plugvm's exit.
             let wait = (deadline - now).min(Duration::from_millis(500));
