@@ -462,6 +462,7 @@ class Plugvm(Vmm):
         except OSError:
             return None
         for line in reversed(text.splitlines()):
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # colours, if the log has them
             if "API request served" in line and f"/api/v1/{path}" in line:
                 m = re.search(r"served_us=(\d+)", line)
                 return int(m.group(1)) if m else None
@@ -927,9 +928,11 @@ if PARTS in ("both", "cpu") and cpu.get(P, {}).get("add") and cpu.get(Q, {}).get
     a50, b50 = pct([x["commit_ms"] for x in pa], 50), pct([x["commit_ms"] for x in qa], 50)
     targets.append(f"target CPU hot-add p50 request->commit <= 50% of {Q} device_add->ACPI_DEVICE_OST: "
                    f"{a50:.1f} ms / {b50:.1f} ms = {100 * a50 / b50:.0f}% -> {'PASS' if a50 <= 0.5 * b50 else 'MISS'}")
-    for kind, sh in (("add", esh_a or sh_a), ("remove", esh_r or sh_r)):
+    for kind, esh, sh in (("add", esh_a, sh_a), ("remove", esh_r, sh_r)):
+        how = "socket in -> answer out" if esh else "journal only (no served_us in plugvm's log)"
+        sh = esh or sh
         s50, s95 = pct(sh, 50), pct(sh, 95)
-        targets.append(f"target VMM's own share < 1% of the CPU {kind}, socket in -> answer out "
+        targets.append(f"target VMM's own share < 1% of the CPU {kind}, {how} "
                        f"(p50, p95): {s50:.2f}%, {s95:.2f}% -> "
                        f"{'PASS' if s50 < 1.0 and s95 < 1.0 else 'MISS'}")
 
