@@ -297,18 +297,28 @@ pub fn boot_guest(opts: &GuestBoot<'_>) -> GuestRun {
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<(Instant, String)>();
     let stdout = child.stdout.take();
+    let last_output = std::sync::Arc::new(std::sync::Mutex::new(start));
+    let reader_last = last_output.clone();
     let reader = std::thread::spawn(move || {
         if let Some(out) = stdout {
             for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
                 let line = String::from_utf8_lossy(&line)
                     .trim_end_matches('\r')
                     .to_string();
+                if let Ok(mut last) = reader_last.lock() {
+                    *last = Instant::now();
+                }
                 if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
         }
     });
+    let silent_for = || {
+        last_output
+            .lock()
+            .map_or(Duration::ZERO, |last| last.elapsed())
+    };
     let mut stderr_pipe = child.stderr.take();
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -322,7 +332,11 @@ pub fn boot_guest(opts: &GuestBoot<'_>) -> GuestRun {
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if start.elapsed() > opts.timeout => {
+            // A guest whose console stays silent this long has stalled (see BOOT_SILENCE).
+            Ok(None)
+                if start.elapsed() > opts.timeout
+                    || silent_for() > crate::session::BOOT_SILENCE =>
+            {
                 timed_out = true;
                 let _ = child.kill();
                 break child.wait().ok();
