@@ -338,16 +338,20 @@ pub fn boot_guest(opts: &GuestBoot<'_>) -> GuestRun {
                     || silent_for() > crate::session::BOOT_SILENCE =>
             {
                 timed_out = true;
-                let _ = child.kill();
-                break child.wait().ok();
+                break crate::kill_bounded(&mut child, Duration::from_secs(5));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(_) => break None,
         }
     };
     let exited = Instant::now();
-    let _ = reader.join();
-    let stderr = err_reader.join().unwrap_or_default();
+    // A plugvm that could not be killed keeps its pipes open: do not wait for the readers.
+    let stderr = if status.is_some() {
+        let _ = reader.join();
+        err_reader.join().unwrap_or_default()
+    } else {
+        String::from("(plugvm could not be killed; its stderr was not collected)")
+    };
 
     let mut console = String::new();
     let mut ready_after = None;

@@ -333,6 +333,28 @@ pub fn write_tiny_elf_kernel(dir: &ScratchDir, name: &str) -> PathBuf {
     dir.write(name, tiny_elf_kernel())
 }
 
+/// Kills `child` and waits for it at most `bound`. Returns its status, or `None` when it did
+/// not die: in the nested test bed a vCPU thread can hang inside the outer VM's kernel (a
+/// soft lockup in `KVM_RUN`), and then nothing ends the process. The caller must not wait for
+/// it (or for its pipes) then, or the whole test run waits for the test bed's timeout.
+pub fn kill_bounded(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    let _ = child.kill();
+    let deadline = Instant::now() + bound;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                eprintln!(
+                    "WARNING: plugvm (pid {}) did not die within {bound:?} of SIGKILL; left behind",
+                    child.id()
+                );
+                return None;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

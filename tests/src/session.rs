@@ -802,13 +802,16 @@ impl Drop for GuestSession {
         }
         drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
         self.stall_console(false);
-        if self.try_exit_status().is_none() {
+        let gone = self.try_exit_status().is_some() || {
             let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
+            crate::kill_bounded(&mut child, Duration::from_secs(5)).is_some()
+        };
+        // The readers end when plugvm's pipes close, which a process that cannot die never
+        // does: leave them then.
+        if gone {
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
         }
     }
 }

@@ -260,8 +260,7 @@ fn wait_exit(child: &mut std::process::Child, bound: Duration) -> Option<i32> {
             return status.code();
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = plugvm_tests::kill_bounded(child, Duration::from_secs(5));
             panic!("plugvm still running {bound:?} after it was asked to end");
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -45,8 +45,7 @@ fn wait_exit(child: &mut Child) -> Option<i32> {
             return status.code();
         }
         if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = plugvm_tests::kill_bounded(child, Duration::from_secs(5));
             return None;
         }
         std::thread::sleep(Duration::from_millis(50));
