@@ -67,7 +67,13 @@ struct OutputQueue {
     bytes: VecDeque<u8>,
     /// The writer thread is writing a chunk it took from `bytes`.
     writing: bool,
+    /// The writer thread waits for bytes: only then does a write need to wake it.
+    idle: bool,
 }
+
+/// How long the writer thread lets output gather before it writes: the guest writes its
+/// console a byte at a time, and waking a thread per byte costs more than the byte.
+const CONSOLE_COALESCE: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Default)]
 struct OutputShared {
@@ -100,17 +106,20 @@ impl QueuedOutput {
         std::thread::Builder::new()
             .name("console-out".into())
             .spawn(move || loop {
-                let chunk: Vec<u8> = {
+                {
                     let mut q = thread_shared.lock();
                     q.writing = false;
                     thread_shared.changed.notify_all();
+                    q.idle = true;
                     q = thread_shared
                         .changed
                         .wait_while(q, |q| q.bytes.is_empty())
                         .unwrap_or_else(|e| e.into_inner());
+                    q.idle = false;
                     q.writing = true;
-                    q.bytes.drain(..).collect()
-                };
+                }
+                std::thread::sleep(CONSOLE_COALESCE);
+                let chunk: Vec<u8> = thread_shared.lock().bytes.drain(..).collect();
                 if sink.write_all(&chunk).and_then(|()| sink.flush()).is_err() {
                     // The back end refused it (a socket client that stopped reading, a
                     // closed stdout): this chunk is lost, the next is tried again.
@@ -146,13 +155,14 @@ impl Write for QueuedOutput {
         let room = CONSOLE_QUEUE_BYTES.saturating_sub(q.bytes.len());
         let taken = room.min(buf.len());
         q.bytes.extend(&buf[..taken]);
+        let wake = taken > 0 && q.idle;
         drop(q);
         if taken < buf.len() {
             self.shared
                 .dropped
                 .fetch_add((buf.len() - taken) as u64, Ordering::Relaxed);
         }
-        if taken > 0 {
+        if wake {
             self.shared.changed.notify_all();
         }
         // The whole buffer counts as written: what did not fit is lost, as on a real line.
