@@ -61,10 +61,29 @@ kvm_guest_test! {
         let s = start("deny");
         let out = s.exec(EJECT_CPU1, CMD_TIMEOUT);
         assert!(out.contains("ejecting"), "{out}");
+        // The guest's eject runs in its ACPI hotplug work queue, after the sysfs write: wait
+        // for the engine's verdict, then for the guest to take the CPU back.
+        let deadline = std::time::Instant::now() + SETTLE;
+        let records = loop {
+            let records = guest_records(&s);
+            // The refusal is journaled at the guest's `_OST(0x103, 0x84)`; wait for its `_EJ0`
+            // too, after which the guest gets the CPU back.
+            let ejected = records.iter().any(|r| {
+                r["guest_events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["kind"] == "eject"))
+            });
+            if ejected {
+                break records;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no guest-initiated record with the guest's _EJ0: {records:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
         // The guest offlines the CPU, its _EJ0 is refused, and the next scan re-adds it.
         s.poll_exec("cat /sys/devices/system/cpu/online", |o| o == "0-1", SETTLE);
-        let records = guest_records(&s);
-        assert!(!records.is_empty(), "no guest-initiated record");
         for r in &records {
             assert_eq!(r["status"], "rejected", "{r}");
             let reason = &r["outcome"]["devices"][0]["reason"]["kind"];
