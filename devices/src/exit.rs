@@ -13,8 +13,13 @@ pub enum ExitReason {
     Reset,
     /// The guest reported a kernel panic through pvpanic.
     GuestPanic,
-    /// The VMM was asked to shut down (API `vm.shutdown`).
+    /// The VM was asked to shut down (API `vm.shutdown`); the VMM stays, with the VM's
+    /// configuration, and can boot it again.
     Shutdown,
+    /// The VM was asked to go away with its configuration (API `vm.delete`); the VMM stays.
+    Delete,
+    /// The VMM was asked to end (API `vmm.shutdown`).
+    VmmShutdown,
     /// A vCPU stopped with an error (triple fault, KVM internal error, ...).
     VcpuError,
     /// A termination signal (SIGTERM, SIGINT, SIGHUP; the number) asked the VMM to stop.
@@ -25,7 +30,11 @@ impl ExitReason {
     /// The process exit code plugvm ends with for this reason (documented in the README).
     pub fn exit_code(self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Shutdown | ExitReason::Signal(_) => 0,
+            ExitReason::PowerOff
+            | ExitReason::Shutdown
+            | ExitReason::Delete
+            | ExitReason::VmmShutdown
+            | ExitReason::Signal(_) => 0,
             ExitReason::Reset => 3,
             ExitReason::GuestPanic => 4,
             ExitReason::VcpuError => 5,

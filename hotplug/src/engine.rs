@@ -28,7 +28,7 @@ pub enum Error {
     /// The request is invalid for this machine (the API answers 422 with this message).
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    /// A device of the request is in flight (the API answers 409).
+    /// A device of the request is in flight (the API answers 429, retry later).
     #[error("{device} is busy: {tx} is in flight")]
     Conflict {
         /// The busy device.

@@ -1,5 +1,5 @@
 //! Why a request or a machine configuration is refused: precise errors the API maps to
-//! HTTP statuses (422 for [`ValidationError`], 409 for [`PlanError::Conflict`]).
+//! HTTP statuses (422 for [`ValidationError`], 429 for [`PlanError::Conflict`]).
 
 use serde::Serialize;
 

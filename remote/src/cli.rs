@@ -36,8 +36,28 @@ pub struct Cli {
 pub enum Command {
     /// Check that the VMM answers.
     Ping,
-    /// Shut the VM down.
+    /// Shut the VM down; the VMM stays, and `boot` boots it again.
     Shutdown,
+    /// Shut the VM down, if it runs, and end the VMM.
+    ShutdownVmm,
+    /// Create the VM from a Cloud Hypervisor `VmConfig` JSON file (a VMM started with only
+    /// `--api-socket`).
+    Create {
+        /// The JSON file.
+        config: PathBuf,
+    },
+    /// Boot the created VM.
+    Boot,
+    /// Shut the VM down, if it runs, and forget its configuration.
+    Delete,
+    /// Pause every vCPU.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Press the VM's ACPI power button.
+    PowerButton,
+    /// Show hotplug counters per device.
+    Counters,
     /// Show the VM's state.
     Info,
     /// Plug a vCPU (the lowest free id unless ID is given).
@@ -143,6 +163,15 @@ pub fn to_request(command: &Command) -> (&'static str, String, Option<Vec<u8>>) 
     match command {
         Command::Ping => ("GET", format!("{API_PREFIX}/vmm.ping"), None),
         Command::Shutdown => ("PUT", format!("{API_PREFIX}/vm.shutdown"), None),
+        Command::ShutdownVmm => ("PUT", format!("{API_PREFIX}/vmm.shutdown"), None),
+        // The file is read by `execute`, which can report an error.
+        Command::Create { .. } => ("PUT", format!("{API_PREFIX}/vm.create"), None),
+        Command::Boot => ("PUT", format!("{API_PREFIX}/vm.boot"), None),
+        Command::Delete => ("PUT", format!("{API_PREFIX}/vm.delete"), None),
+        Command::Pause => ("PUT", format!("{API_PREFIX}/vm.pause"), None),
+        Command::Resume => ("PUT", format!("{API_PREFIX}/vm.resume"), None),
+        Command::PowerButton => ("PUT", format!("{API_PREFIX}/vm.power-button"), None),
+        Command::Counters => ("GET", format!("{API_PREFIX}/vm.counters"), None),
         Command::Info => ("GET", format!("{API_PREFIX}/vm.info"), None),
         Command::AddVcpu { id, wait } => {
             put("vm.add-vcpu", wait, json_body(&AddVcpuBody { id: *id }))
@@ -157,6 +186,7 @@ pub fn to_request(command: &Command) -> (&'static str, String, Option<Vec<u8>>) 
                 desired_vcpus: args.cpus,
                 desired_ram: args.memory,
                 best_effort: args.best_effort.then_some(true),
+                desired_balloon: None,
             };
             put("vm.resize", &args.wait, json_body(&body))
         }
@@ -300,7 +330,8 @@ fn readable(command: &Command, body: &Value) -> String {
                 .map(Value::to_string)
                 .unwrap_or_else(|| "?".to_string()),
         ),
-        (Command::Shutdown, Value::Null) => "The VM is shutting down.\n".to_string(),
+        (Command::Shutdown, Value::Null) => "The VM is shut down.\n".to_string(),
+        (Command::ShutdownVmm, Value::Null) => "The VMM is ending.\n".to_string(),
         (_, Value::Null) => "OK\n".to_string(),
         (_, value) => {
             let mut text = String::new();
@@ -312,7 +343,16 @@ fn readable(command: &Command, body: &Value) -> String {
 
 /// Runs the parsed command; returns the exit code (0 on 2xx, 1 otherwise).
 pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let (method, target, body) = to_request(&cli.command);
+    let (method, target, mut body) = to_request(&cli.command);
+    if let Command::Create { config } = &cli.command {
+        match std::fs::read(config) {
+            Ok(bytes) => body = Some(bytes),
+            Err(e) => {
+                let _ = writeln!(err, "plugvm-remote: cannot read {}: {e}", config.display());
+                return 1;
+            }
+        }
+    }
     let timeout = Duration::from_secs(cli.timeout);
     let response = match client::request(&cli.api_socket, method, &target, body.as_deref(), timeout)
     {

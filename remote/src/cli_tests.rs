@@ -26,6 +26,27 @@ fn api_cli_maps_commands_to_requests() {
         request_of(&["shutdown"]),
         ("PUT", "/api/v1/vm.shutdown".into(), None)
     );
+    for (command, method, endpoint) in [
+        ("shutdown-vmm", "PUT", "vmm.shutdown"),
+        ("create", "PUT", "vm.create"),
+        ("boot", "PUT", "vm.boot"),
+        ("delete", "PUT", "vm.delete"),
+        ("pause", "PUT", "vm.pause"),
+        ("resume", "PUT", "vm.resume"),
+        ("power-button", "PUT", "vm.power-button"),
+        ("counters", "GET", "vm.counters"),
+    ] {
+        let args: Vec<&str> = if command == "create" {
+            vec![command, "/tmp/vm.json"]
+        } else {
+            vec![command]
+        };
+        assert_eq!(
+            request_of(&args),
+            (method, format!("/api/v1/{endpoint}"), None),
+            "{command}"
+        );
+    }
     assert_eq!(
         request_of(&["info", "--json"]),
         ("GET", "/api/v1/vm.info".into(), None)
@@ -149,7 +170,7 @@ fn api_cli_renders_readable_output() {
     );
     assert_eq!(
         readable(&Command::Shutdown, &Value::Null),
-        "The VM is shutting down.\n"
+        "The VM is shut down.\n"
     );
     let info = json!({"state": "running", "vcpus": {"online": [0, 1]}, "tags": []});
     assert_eq!(

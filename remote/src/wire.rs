@@ -22,6 +22,10 @@ pub struct ResizeBody {
     /// Keep what succeeded instead of rolling everything back on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_effort: Option<bool>,
+    /// Cloud Hypervisor's balloon target. Its clients always send the field (`null` when
+    /// unused); plugvm has no balloon, so only `null` or absent is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_balloon: Option<u64>,
 }
 
 /// Body of `PUT /api/v1/vm.add-vcpu`; the body may also be empty.
@@ -61,6 +65,12 @@ impl ResizeBody {
     /// Checks what serde cannot: one target at least, none of them zero.
     /// The error is one sentence for the client.
     pub fn validate(&self) -> Result<(), String> {
+        if self.desired_balloon.is_some() {
+            return Err(
+                "vm.resize: desired_balloon is not supported (plugvm has no balloon device); send null or leave it out."
+                    .to_string(),
+            );
+        }
         if self.desired_vcpus.is_none() && self.desired_ram.is_none() {
             return Err("vm.resize needs desired_vcpus, desired_ram or both.".to_string());
         }

@@ -15,12 +15,12 @@ use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::api::{self, ApiMessage, ApiServerHandle};
 use crate::arch::{self, BootRegsLayout, CpuTopology};
 use crate::boot::{self, ZeroPageInputs};
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::TerminalGuard;
 use crate::console::{self, QueuedOutput, SocketConsole, StdoutWriter};
+use crate::control::ApiEndpoint;
 use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet, SPARE_VCPUS};
 use crate::hotplug_service::{self, HotplugService, ObservationReceiver, ObservationSender};
 use crate::memory::{self, MemoryLayout};
@@ -28,7 +28,6 @@ use crate::memory_manager::{
     GuestMemoryMap, HotplugMemory, MemoryBackingParticipant, MemoryControllerParticipant,
 };
 use crate::request_handler::{RequestHandler, VmView};
-use crate::signals;
 use crate::vcpu;
 use crate::vm::{Vm, VmError};
 use hotplug::DeviceId;
@@ -78,28 +77,6 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 
 fn eventfd() -> Result<EventFd, VmError> {
     EventFd::new(EFD_NONBLOCK).map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
-}
-
-/// The VMM's end of the API: requests arrive on `requests`, `wake` says so.
-struct ApiEndpoint {
-    requests: std::sync::mpsc::Receiver<ApiMessage>,
-    wake: EventFd,
-    server: ApiServerHandle,
-}
-
-fn start_api(path: &std::path::Path) -> Result<ApiEndpoint, VmError> {
-    let (tx, requests) = std::sync::mpsc::channel();
-    let wake = eventfd()?;
-    let server_wake = wake
-        .try_clone()
-        .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
-    let server = api::start(path, tx, server_wake)?;
-    tracing::info!(path = %path.display(), "API server listening");
-    Ok(ApiEndpoint {
-        requests,
-        wake,
-        server,
-    })
 }
 
 /// The devices of a VM, shared with the vCPU threads through the I/O manager.
@@ -342,11 +319,16 @@ fn check_hotplug_region(
     Ok(())
 }
 
-/// Builds the VM of `config` and starts its boot vCPUs.
-pub fn build(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
+/// Builds the VM of `config` and starts its boot vCPUs. The VM takes `api` and answers the
+/// requests arriving there while it runs; it ends when `terminate` fires (a signal to the
+/// VMM). On error `api` is left in place.
+pub fn build(
+    kvm: &Kvm,
+    config: &VmConfig,
+    api: &mut Option<ApiEndpoint>,
+    terminate: Arc<ExitSignal>,
+) -> Result<Vm, VmError> {
     let payload = config.payload.as_ref().ok_or(VmError::NoKernel)?;
-    // The API socket first: a path in use must fail before anything is built.
-    let api = config.api_socket.as_deref().map(start_api).transpose()?;
     let fd = kvm
         .create_vm()
         .map_err(|e| VmError::KvmIoctl("KVM_CREATE_VM", e))?;
@@ -389,8 +371,6 @@ pub fn build(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
     boot::write_zero_page(&mem, &zero_page, regs_layout.zero_page)?;
 
     let exit = Arc::new(ExitSignal::new(eventfd()?));
-    signals::watch_termination(exit.clone())
-        .map_err(|e| VmError::EventLoop(format!("signal thread: {e}")))?;
     let (sink, socket): (Box<dyn std::io::Write + Send>, _) = match &config.serial {
         SerialConfig::Stdio => (Box::new(StdoutWriter), None),
         SerialConfig::File(path) => (console::file_writer(path)?, None),
@@ -474,7 +454,9 @@ pub fn build(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
         hotplug_memory.as_ref(),
         obs_rx,
     )?));
-    let (requests, api_server) = match api {
+    // Taken only now that nothing can fail: a VM that fails to build leaves the endpoint
+    // to the VMM, which answers the API without a VM.
+    let requests = match api.take() {
         Some(api) => {
             let view = VmView {
                 config: config.clone(),
@@ -485,16 +467,16 @@ pub fn build(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
                 console: console.clone(),
             };
             let handler = RequestHandler::new(
-                api.requests,
-                api.wake,
+                api,
                 hotplug.clone(),
                 vcpus.clone(),
                 exit.clone(),
                 view,
+                devices.ged.clone(),
             );
-            (Some(Arc::new(Mutex::new(handler))), Some(api.server))
+            Some(Arc::new(Mutex::new(handler)))
         }
-        None => (None, None),
+        None => None,
     };
     tracing::info!(
         vcpus = config.cpus.boot,
@@ -509,9 +491,9 @@ pub fn build(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
         vcpus,
         hotplug,
         requests,
-        api_server,
         console,
         exit,
+        terminate,
         finished: false,
         terminal,
     })

@@ -45,6 +45,7 @@ pub use memory::{
     MAX_HOTPLUG_SLOTS, MEMORY_ALIGNMENT, MIN_MEMORY,
 };
 pub use options::OptionsError;
+pub(crate) use serial::check_socket_path;
 pub use serial::{SerialConfig, SerialError, SocketPathError, MAX_SOCKET_PATH_LEN};
 // The size syntax is shared with `plugvm-remote`, whose crate defines it.
 pub use plugvm_remote::size::{parse_size, ApproxSize, ByteSize, SizeError, GIB, KIB, MIB, TIB};
@@ -74,8 +75,9 @@ pub struct VmConfig {
     pub cpus: CpusConfig,
     /// `--memory`.
     pub memory: MemoryConfig,
-    /// `--kernel`, `--initramfs`, `--cmdline`; `None` only for [`Command::DumpAcpiTables`]
-    /// without `--kernel`.
+    /// `--kernel`, `--initramfs`, `--cmdline`; `None` for [`Command::DumpAcpiTables`] without
+    /// `--kernel`, and for an API-first launch (`--api-socket` alone: `vm.create` brings the
+    /// VM's configuration).
     pub payload: Option<PayloadConfig>,
     /// `--serial`.
     pub serial: SerialConfig,
@@ -88,7 +90,8 @@ pub struct VmConfig {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Boot and run the VM (`payload` is `Some`).
+    /// Boot and run the VM when `payload` is `Some`; with `payload` `None` (an API-first
+    /// launch, `api_socket` is then `Some`), serve the API and wait for `vm.create`.
     Run(VmConfig),
     /// Write the ACPI tables the VM would get (DSDT.dat, APIC.dat, FACP.dat...) into `dir`,
     /// then exit. `config.payload` is `None` unless `--kernel` was given too.
@@ -119,10 +122,11 @@ pub enum UsageError {
     /// a value that is not UTF-8 where text is needed...
     #[error("plugvm: {}", clap_one_line(.0))]
     Syntax(clap::Error),
-    /// Neither `--kernel` nor `--dump-acpi-tables`.
-    #[error("plugvm: --kernel PATH is required (unless --dump-acpi-tables DIR is given)")]
+    /// None of `--kernel`, `--api-socket` and `--dump-acpi-tables`.
+    #[error("plugvm: --kernel PATH is required (unless --api-socket PATH is given, to create the VM through the API, or --dump-acpi-tables DIR)")]
     MissingKernel,
-    /// `--initramfs` or `--cmdline` without `--kernel`.
+    /// A VM option (`--initramfs`, `--cmdline`, `--cpus`, `--memory`, `--serial`) without
+    /// `--kernel`.
     #[error("plugvm: {0} needs --kernel")]
     RequiresKernel(&'static str),
     /// A bad `--cpus`.
@@ -246,7 +250,7 @@ fn clap_one_line(err: &clap::Error) -> String {
     bin_name = "plugvm",
     version,
     about = "A KVM microVM monitor with CPU and memory hotplug",
-    override_usage = "plugvm --kernel PATH [OPTIONS]\n       plugvm --dump-acpi-tables DIR [OPTIONS]"
+    override_usage = "plugvm --kernel PATH [OPTIONS]\n       plugvm --api-socket PATH [--guest-eject deny|allow]\n       plugvm --dump-acpi-tables DIR [OPTIONS]"
 )]
 struct Cli {
     /// Linux kernel image (bzImage or ELF vmlinux). Required unless --dump-acpi-tables is given
@@ -261,26 +265,18 @@ struct Cli {
     #[arg(long, value_name = "STR")]
     cmdline: Option<OsString>,
 
-    /// vCPUs at boot and the most that can be hotplugged (max defaults to boot)
-    #[arg(long, value_name = "boot=N[,max=M]", default_value = "boot=1")]
-    cpus: OsString,
+    /// vCPUs at boot and the most that can be hotplugged (max defaults to boot) [default: boot=1]
+    #[arg(long, value_name = "boot=N[,max=M]")]
+    cpus: Option<OsString>,
 
     /// Boot RAM (a multiple of 1M, at least 64M) and hotplug area (a multiple of 128M; 8 slots
-    /// by default). SIZE: bytes, or a K/M/G/T suffix (powers of 1024; KiB... also accepted)
-    #[arg(
-        long,
-        value_name = "size=SIZE[,hotplug_size=SIZE][,hotplug_slots=N]",
-        default_value = "size=512M"
-    )]
-    memory: OsString,
+    /// by default). SIZE: bytes, or a K/M/G/T suffix (powers of 1024; KiB... also accepted) [default: size=512M]
+    #[arg(long, value_name = "size=SIZE[,hotplug_size=SIZE][,hotplug_slots=N]")]
+    memory: Option<OsString>,
 
-    /// Where the guest's serial console (ttyS0) goes
-    #[arg(
-        long,
-        value_name = "stdio|file=PATH|socket=PATH|null",
-        default_value = "stdio"
-    )]
-    serial: OsString,
+    /// Where the guest's serial console (ttyS0) goes [default: stdio]
+    #[arg(long, value_name = "stdio|file=PATH|socket=PATH|null")]
+    serial: Option<OsString>,
 
     /// Serve the HTTP API on this Unix socket
     #[arg(long, value_name = "PATH")]
@@ -328,9 +324,27 @@ where
         _ => UsageError::Syntax(err),
     })?;
 
-    let cpus = CpusConfig::parse(&utf8("--cpus", cli.cpus)?)?;
-    let memory = MemoryConfig::parse(&utf8("--memory", cli.memory)?)?;
-    let serial = SerialConfig::parse(&cli.serial)?;
+    // Without --kernel there is no VM to describe (API-first launch): VM options given then
+    // would be ignored, so they are refused instead.
+    let vm_options_need_kernel = cli.kernel.is_none() && cli.dump_acpi_tables.is_none();
+    for (flag, given) in [
+        ("--cpus", cli.cpus.is_some()),
+        ("--memory", cli.memory.is_some()),
+        ("--serial", cli.serial.is_some()),
+    ] {
+        if given && vm_options_need_kernel {
+            return Err(UsageError::RequiresKernel(flag));
+        }
+    }
+    let cpus = CpusConfig::parse(&utf8(
+        "--cpus",
+        cli.cpus.unwrap_or_else(|| "boot=1".into()),
+    )?)?;
+    let memory = MemoryConfig::parse(&utf8(
+        "--memory",
+        cli.memory.unwrap_or_else(|| "size=512M".into()),
+    )?)?;
+    let serial = SerialConfig::parse(&cli.serial.unwrap_or_else(|| "stdio".into()))?;
     if let Some(path) = &cli.api_socket {
         serial::check_socket_path(path).map_err(UsageError::ApiSocket)?;
     }
@@ -345,9 +359,11 @@ where
             initramfs: cli.initramfs,
             cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
         }),
-        None if cli.dump_acpi_tables.is_none() => return Err(UsageError::MissingKernel),
         None if cli.initramfs.is_some() => return Err(UsageError::RequiresKernel("--initramfs")),
         None if cmdline.is_some() => return Err(UsageError::RequiresKernel("--cmdline")),
+        None if cli.dump_acpi_tables.is_none() && cli.api_socket.is_none() => {
+            return Err(UsageError::MissingKernel)
+        }
         None => None,
     };
 
@@ -372,7 +388,7 @@ fn utf8(flag: &'static str, value: OsString) -> Result<String, UsageError> {
     })
 }
 
-fn check_cmdline(cmdline: &str) -> Result<(), UsageError> {
+pub(crate) fn check_cmdline(cmdline: &str) -> Result<(), UsageError> {
     if let Some((index, ch)) = cmdline
         .char_indices()
         .find(|&(_, c)| !(' '..='~').contains(&c))

@@ -21,6 +21,7 @@ use hotplug::{
 use serde_json::json;
 
 use crate::api::ApiResponse;
+use crate::counters::HotplugCounters;
 
 /// A guest access the engine must hear about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +160,7 @@ pub struct HotplugService {
     refused_eject_hooks: Vec<EjectHook>,
     refused_ejects: u64,
     paused: bool,
+    counters: HotplugCounters,
 }
 
 impl std::fmt::Debug for HotplugService {
@@ -187,6 +189,7 @@ impl HotplugService {
             refused_eject_hooks: Vec::new(),
             refused_ejects: 0,
             paused: false,
+            counters: HotplugCounters::default(),
         })
     }
 
@@ -203,6 +206,11 @@ impl HotplugService {
     /// Adds a hook told of every guest eject the engine refused.
     pub fn on_refused_eject(&mut self, hook: EjectHook) {
         self.refused_eject_hooks.push(hook);
+    }
+
+    /// Cumulative hotplug counters per device.
+    pub fn counters(&self) -> &HotplugCounters {
+        &self.counters
     }
 
     /// Observations dropped because the queue was full.
@@ -235,7 +243,9 @@ impl HotplugService {
             Ok(b) => b,
             Err(e) => {
                 let status = match e {
-                    hotplug::Error::Conflict { .. } => 409,
+                    // Cloud Hypervisor's answer to a resize while a change is pending, and the
+                    // one Kata Containers retries on.
+                    hotplug::Error::Conflict { .. } => 429,
                     hotplug::Error::Invalid(_) => 422,
                     hotplug::Error::RegisterInFlight { .. } => 500,
                 };
@@ -329,6 +339,7 @@ impl HotplugService {
         for directive in &report.directives {
             match directive {
                 Directive::RefuseEject { device, tx, status } => {
+                    self.counters.count_refused_eject(*device);
                     self.refused_ejects += 1;
                     let n = self.refused_ejects;
                     if n <= REFUSED_EJECT_LOG_BURST || n.is_multiple_of(1024) {
@@ -342,6 +353,8 @@ impl HotplugService {
         }
         for done in &report.completed {
             tracing::info!(tx = %done.id, status = ?done.outcome.status, "hotplug transaction ended");
+            self.counters
+                .count_completion(done, self.engine.transaction(done.id));
             if let Some(waiters) = self.waiters.remove(&done.id) {
                 let answer = self.answer(done);
                 for w in waiters {

@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
+use devices::ExitReason;
 use vmm::config::{self, Command, HostLimits};
-use vmm::vm::{self, Vm};
+use vmm::control::{Vmm, VmmExit};
+use vmm::vm;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -50,34 +52,38 @@ fn main() -> ExitCode {
             if let Err(e) = config.validate(&host) {
                 return fail(1, e);
             }
-            let mut vm = match Vm::start(&kvm, &config) {
-                Ok(vm) => vm,
+            let vmm = match Vmm::new(&kvm, host, config) {
+                Ok(vmm) => vmm,
                 Err(e) => return fail(1, e),
             };
-            match vm.run_until_exit() {
-                Ok(reason) => {
-                    let code = reason.exit_code();
-                    drop(vm);
-                    match reason {
-                        devices::ExitReason::PowerOff
-                        | devices::ExitReason::Shutdown
-                        | devices::ExitReason::Signal(_) => {
-                            tracing::info!("VM ended: {reason:?}")
-                        }
-                        devices::ExitReason::Reset => {
-                            eprintln!("plugvm: the guest reset the machine (exit code {code})")
-                        }
-                        devices::ExitReason::GuestPanic => {
-                            eprintln!("plugvm: the guest kernel panicked (exit code {code})")
-                        }
-                        devices::ExitReason::VcpuError => {
-                            eprintln!("plugvm: a vCPU stopped with an error (exit code {code})")
-                        }
+            match vmm.run() {
+                Ok(exit) => {
+                    let code = exit.exit_code();
+                    match exit {
+                        VmmExit::Requested => tracing::info!("the VMM was asked to end"),
+                        VmmExit::Vm(reason) => report(reason, code),
                     }
                     ExitCode::from(u8::try_from(code).unwrap_or(1))
                 }
                 Err(e) => fail(1, e),
             }
+        }
+    }
+}
+
+fn report(reason: ExitReason, code: i32) {
+    match reason {
+        ExitReason::PowerOff
+        | ExitReason::Shutdown
+        | ExitReason::Delete
+        | ExitReason::VmmShutdown
+        | ExitReason::Signal(_) => tracing::info!("VM ended: {reason:?}"),
+        ExitReason::Reset => eprintln!("plugvm: the guest reset the machine (exit code {code})"),
+        ExitReason::GuestPanic => {
+            eprintln!("plugvm: the guest kernel panicked (exit code {code})")
+        }
+        ExitReason::VcpuError => {
+            eprintln!("plugvm: a vCPU stopped with an error (exit code {code})")
         }
     }
 }

@@ -2,19 +2,22 @@
 //! [`HotplugService`], pause/resume to the vCPUs, and `vm.info` is built here from the parts
 //! of the VM it describes.
 
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
-use devices::{CpuHotplugController, ExitReason, ExitSignal, MemoryHotplugController};
+use devices::{
+    CpuHotplugController, ExitReason, ExitSignal, Ged, GedEvent, MemoryHotplugController,
+};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::{ApiMessage, ApiRequest, ApiResponse};
+use crate::api::{ApiMessage, ApiRequest, ApiResponse, Responder};
 use crate::config::VmConfig;
 use crate::console::QueuedOutput;
+use crate::control::ApiEndpoint;
+use crate::counters::{DeviceCounters, HotplugCounters};
 use crate::cpu_manager::{VcpuSet, VCPU_ACK_TIMEOUT};
 use crate::hotplug_service::HotplugService;
+use crate::info::{self, Present, VmState};
 use crate::memory::{self, MemoryLayout};
 use crate::memory_manager::HotplugMemory;
 use crate::vcpu::VcpuState;
@@ -35,46 +38,53 @@ pub struct VmView {
     pub console: QueuedOutput,
 }
 
-/// The event-loop subscriber that answers API requests.
+/// The event-loop subscriber that answers API requests while the VM runs.
 pub struct RequestHandler {
-    requests: Receiver<ApiMessage>,
-    wake: EventFd,
+    /// `None` once the VMM has taken the endpoint back (the VM has ended).
+    api: Option<ApiEndpoint>,
     hotplug: Arc<Mutex<HotplugService>>,
     vcpus: Arc<Mutex<VcpuSet>>,
     exit: Arc<ExitSignal>,
     view: VmView,
+    ged: Arc<Ged>,
     paused: bool,
+    /// Answers given once the VM has ended (`vm.shutdown`, `vm.delete`, `vmm.shutdown`).
+    deferred: Vec<Responder>,
 }
 
 impl RequestHandler {
-    /// Answers the requests arriving on `requests` (`wake` says there are some).
+    /// Answers the requests arriving at `api`.
     pub fn new(
-        requests: Receiver<ApiMessage>,
-        wake: EventFd,
+        api: ApiEndpoint,
         hotplug: Arc<Mutex<HotplugService>>,
         vcpus: Arc<Mutex<VcpuSet>>,
         exit: Arc<ExitSignal>,
         view: VmView,
+        ged: Arc<Ged>,
     ) -> Self {
         RequestHandler {
-            requests,
-            wake,
+            api: Some(api),
             hotplug,
             vcpus,
             exit,
             view,
+            ged,
             paused: false,
+            deferred: Vec::new(),
         }
     }
 
-    /// Answers every request still queued with 503 (the VM is ending).
-    pub fn refuse_pending(&self, why: &str) {
-        for msg in self.requests.try_iter() {
-            let _ = msg.respond.send(ApiResponse::error(
-                503,
-                format!("{} was not handled: {why}", msg.request.endpoint()),
-            ));
-        }
+    /// Gives the endpoint back to the VMM, with the answers deferred to the VM's end.
+    pub(crate) fn take_endpoint(&mut self) -> Option<(ApiEndpoint, Vec<Responder>)> {
+        let api = self.api.take()?;
+        Some((api, std::mem::take(&mut self.deferred)))
+    }
+
+    /// Ends the VM for `reason`; the client's answer waits for the VM's end.
+    fn end_vm(&mut self, reason: ExitReason, respond: Responder) {
+        tracing::info!(?reason, "the API asked the VM to end");
+        self.exit.request(reason);
+        self.deferred.push(respond);
     }
 
     fn handle(&mut self, msg: ApiMessage) {
@@ -82,10 +92,26 @@ impl RequestHandler {
         // The client may have gone away by the time of the answer; nothing to do then.
         let respond = msg.respond;
         let (request, wait) = match msg.request {
-            ApiRequest::Shutdown => {
-                tracing::info!("shutdown requested through the API");
-                self.exit.request(ExitReason::Shutdown);
-                let _ = respond.send(ApiResponse::no_content());
+            ApiRequest::Shutdown => return self.end_vm(ExitReason::Shutdown, respond),
+            ApiRequest::Delete => return self.end_vm(ExitReason::Delete, respond),
+            ApiRequest::VmmShutdown => return self.end_vm(ExitReason::VmmShutdown, respond),
+            ApiRequest::Create(_) => {
+                let _ = respond.send(ApiResponse::error(
+                    409,
+                    "A VM already exists and is running; vm.delete it first.",
+                ));
+                return;
+            }
+            ApiRequest::Boot => {
+                let _ = respond.send(ApiResponse::error(409, "The VM is already booted."));
+                return;
+            }
+            ApiRequest::PowerButton => {
+                let _ = respond.send(self.power_button());
+                return;
+            }
+            ApiRequest::Counters => {
+                let _ = respond.send(ApiResponse::ok(self.counters()));
                 return;
             }
             ApiRequest::VmInfo => {
@@ -153,7 +179,7 @@ impl RequestHandler {
         // The guest could not answer a transaction while paused; its deadline would expire.
         if hotplug.in_flight() {
             return ApiResponse::error(
-                409,
+                429,
                 "A hotplug transaction is waiting for the guest; pause once it has ended.",
             );
         }
@@ -189,7 +215,43 @@ impl RequestHandler {
         ApiResponse::no_content()
     }
 
-    /// The `vm.info` document: configuration, every possible vCPU with its state, memory.
+    /// Presses the ACPI power button: the GED tells the guest, which decides what to do.
+    fn power_button(&self) -> ApiResponse {
+        if self.paused {
+            return ApiResponse::error(
+                409,
+                "vm.power-button: the VM is paused; vm.resume it first.",
+            );
+        }
+        match self.ged.notify(GedEvent::PowerButton) {
+            Ok(()) => {
+                tracing::info!("power button pressed through the API");
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::error(500, format!("vm.power-button: {e}.")),
+        }
+    }
+
+    /// The `vm.counters` document: hotplug counters per device, register accesses per
+    /// controller.
+    pub fn counters(&self) -> serde_json::Value {
+        let view = &self.view;
+        let accesses = |n: u64| -> DeviceCounters { [("register_accesses", n)].into() };
+        let mut extra = vec![(
+            "cpu_hotplug_controller",
+            accesses(view.cpu_hotplug.access_count()),
+        )];
+        if let Some(c) = &view.memory_hotplug {
+            extra.push(("memory_hotplug_controller", accesses(c.access_count())));
+        }
+        self.hotplug
+            .lock()
+            .map(|h| h.counters().to_json(&extra))
+            .unwrap_or_else(|_| HotplugCounters::default().to_json(&extra))
+    }
+
+    /// The `vm.info` document (see [`crate::info`]): Cloud Hypervisor's fields, and under
+    /// `plugvm` every possible vCPU with its state, memory slots and counters.
     pub fn info(&self) -> serde_json::Value {
         let view = &self.view;
         let threads = self.vcpus.lock().map(|s| s.states()).unwrap_or_default();
@@ -200,6 +262,9 @@ impl RequestHandler {
                 serde_json::json!({ "id": id, "state": state, "thread": threads.get(&id) })
             })
             .collect();
+        let present_vcpus = (0..view.config.cpus.max)
+            .filter(|id| presence(hotplug::DeviceId::cpu(*id)) != "absent")
+            .count();
         let ids = |want: VcpuState| -> Vec<u32> {
             threads
                 .iter()
@@ -208,10 +273,27 @@ impl RequestHandler {
                 .collect()
         };
         let layout = &view.layout;
-        let dropped_observations = self.hotplug.lock().map_or(0, |h| h.dropped_observations());
-        serde_json::json!({
-            "config": view.config,
-            "state": if self.paused { "paused" } else { "running" },
+        let (dropped_observations, in_flight) = self
+            .hotplug
+            .lock()
+            .map_or((0, false), |h| (h.dropped_observations(), h.in_flight()));
+        let plugged = view
+            .hotplug_memory
+            .as_ref()
+            .and_then(|m| m.lock().ok())
+            .map_or(0, |m| m.plugged_bytes());
+        let state = if self.paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        let present = Present {
+            vcpus: u32::try_from(present_vcpus).unwrap_or(u32::MAX),
+            ram: view.config.memory.size.saturating_add(plugged),
+        };
+        let plugvm = serde_json::json!({
+            "guest_eject": view.config.guest_eject,
+            "transaction_in_flight": in_flight,
             "cpus": {
                 "boot": view.config.cpus.boot,
                 "max": view.config.cpus.max,
@@ -226,7 +308,7 @@ impl RequestHandler {
                 "ram_ranges": layout.ram.iter().map(|r| serde_json::json!({"base": r.base, "size": r.size})).collect::<Vec<_>>(),
                 "hotplug_region": layout.hotplug.map(|r| serde_json::json!({"base": r.base, "size": r.size})),
                 "hotplug_slots": self.memory_slots_info(),
-                "plugged": view.hotplug_memory.as_ref().and_then(|m| m.lock().ok()).map_or(0, |m| m.plugged_bytes()),
+                "plugged": plugged,
             },
             "register_accesses": {
                 "cpu_hotplug": view.cpu_hotplug.access_count(),
@@ -236,7 +318,8 @@ impl RequestHandler {
                 "console_bytes": view.console.dropped(),
                 "guest_observations": dropped_observations,
             },
-        })
+        });
+        info::document(&view.config, state, present, plugvm)
     }
 
     /// The state of each device as the engine, the one authority, has it.
@@ -289,14 +372,20 @@ impl RequestHandler {
 
 impl MutEventSubscriber for RequestHandler {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.wake.read();
-        while let Ok(msg) = self.requests.try_recv() {
+        let Some(api) = &self.api else { return };
+        let _ = api.wake.read();
+        // Requests after one that ends the VM are the VMM's to answer, once the VM is gone.
+        while self.exit.reason().is_none() {
+            let Some(Ok(msg)) = self.api.as_ref().map(|a| a.requests.try_recv()) else {
+                break;
+            };
             self.handle(msg);
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.wake, EventSet::IN)) {
+        let Some(api) = &self.api else { return };
+        if let Err(e) = ops.add(Events::new(&api.wake, EventSet::IN)) {
             tracing::error!("cannot watch the API wake-up event: {e:?}");
         }
     }

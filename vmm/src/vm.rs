@@ -9,11 +9,12 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::api::{self, ApiServerHandle};
+use crate::api::{self, Responder};
 use crate::arch;
 use crate::boot::BootError;
 use crate::config::VmConfig;
 use crate::console::{ConsoleError, QueuedOutput, TerminalGuard};
+use crate::control::ApiEndpoint;
 use crate::cpu_manager::VcpuSet;
 use crate::hotplug_service::HotplugService;
 use crate::memory::MemoryError;
@@ -77,18 +78,35 @@ pub enum VmError {
     NoKernel,
 }
 
-/// Wakes the event loop when a device asks the VM to end.
+impl VmError {
+    /// Whether the configuration is at fault (the kernel cannot be loaded, the memory layout
+    /// does not fit) rather than the host: an API client gets 400 for these.
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            VmError::Boot(_) | VmError::HotplugRegion { .. } | VmError::NoKernel
+        )
+    }
+}
+
+/// Wakes the event loop when a device asks the VM to end, or passes the VMM's end (a
+/// termination signal) on to the VM.
 struct ExitWatcher {
-    exit: Arc<ExitSignal>,
+    watched: Arc<ExitSignal>,
+    /// The VM's own exit, when `watched` is the VMM's.
+    forward_to: Option<Arc<ExitSignal>>,
 }
 
 impl MutEventSubscriber for ExitWatcher {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.exit.event().read();
+        let _ = self.watched.event().read();
+        if let (Some(vm_exit), Some(reason)) = (&self.forward_to, self.watched.reason()) {
+            vm_exit.request(reason);
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(self.exit.event(), EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(self.watched.event(), EventSet::IN)) {
             tracing::error!("cannot watch the exit event: {e:?}");
         }
     }
@@ -108,10 +126,11 @@ pub struct Vm {
     pub vcpus: Arc<Mutex<VcpuSet>>,
     pub(crate) hotplug: Arc<Mutex<HotplugService>>,
     pub(crate) requests: Option<Arc<Mutex<RequestHandler>>>,
-    pub(crate) api_server: Option<ApiServerHandle>,
     pub(crate) console: QueuedOutput,
     /// The VM's end.
     pub exit: Arc<ExitSignal>,
+    /// The VMM's end (a termination signal), which ends the VM too.
+    pub(crate) terminate: Arc<ExitSignal>,
     pub(crate) finished: bool,
     pub(crate) terminal: TerminalGuard,
 }
@@ -123,8 +142,22 @@ const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Vm {
     /// Builds the VM of `config` and starts its boot vCPUs (see [`crate::builder::build`]).
-    pub fn start(kvm: &Kvm, config: &VmConfig) -> Result<Vm, VmError> {
-        crate::builder::build(kvm, config)
+    pub fn start(
+        kvm: &Kvm,
+        config: &VmConfig,
+        api: &mut Option<ApiEndpoint>,
+        terminate: Arc<ExitSignal>,
+    ) -> Result<Vm, VmError> {
+        crate::builder::build(kvm, config, api, terminate)
+    }
+
+    /// Takes back the API endpoint after the VM has ended, with the answers the VM deferred
+    /// to its end (`vm.shutdown`, `vm.delete`, `vmm.shutdown`).
+    pub(crate) fn take_api(&mut self) -> Option<(ApiEndpoint, Vec<Responder>)> {
+        self.finish();
+        let requests = self.requests.take()?;
+        let mut handler = requests.lock().ok()?;
+        handler.take_endpoint()
     }
 
     /// Runs the event loop until a device, the API or a signal ends the VM, then ends it:
@@ -139,8 +172,17 @@ impl Vm {
         let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
             EventManager::new().map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
         em.add_subscriber(Box::new(ExitWatcher {
-            exit: self.exit.clone(),
+            watched: self.exit.clone(),
+            forward_to: None,
         }));
+        em.add_subscriber(Box::new(ExitWatcher {
+            watched: self.terminate.clone(),
+            forward_to: Some(self.exit.clone()),
+        }));
+        // A signal that came before the loop existed.
+        if let Some(reason) = self.terminate.reason() {
+            self.exit.request(reason);
+        }
         em.add_subscriber(Box::new(self.hotplug.clone()));
         if let Some(requests) = &self.requests {
             em.add_subscriber(Box::new(requests.clone()));
@@ -154,9 +196,10 @@ impl Vm {
     }
 
     /// Ends the VM within a bounded time whatever state it is in: callers waiting for a
-    /// transaction or with a request queued get 503, the vCPU threads leave (those that do
-    /// not within [`VCPU_EXIT_TIMEOUT`] are left behind), the console gets its last output,
-    /// the API socket is removed and the terminal restored. Idempotent.
+    /// transaction get 503, the vCPU threads leave (those that do not within
+    /// [`VCPU_EXIT_TIMEOUT`] are left behind), the console gets its last output and the
+    /// terminal is restored. Requests still queued stay queued: the VMM answers them once
+    /// the VM has gone ([`crate::control`]). Idempotent.
     pub fn finish(&mut self) {
         if self.finished {
             return;
@@ -166,22 +209,12 @@ impl Vm {
         if let Ok(mut hotplug) = self.hotplug.lock() {
             hotplug.abandon_waiters(why);
         }
-        if let Some(Ok(requests)) = self.requests.as_ref().map(|r| r.lock()) {
-            requests.refuse_pending(why);
-        }
         match self.vcpus.lock() {
             Ok(mut set) => set.shutdown(VCPU_EXIT_TIMEOUT),
             Err(_) => tracing::error!("vCPU set lock poisoned; threads left running"),
         }
         if !self.console.drain(CONSOLE_DRAIN_TIMEOUT) {
             tracing::warn!("the console's reader did not take the last output");
-        }
-        if let Some(server) = self.api_server.take() {
-            server.shutdown();
-        }
-        // Requests that arrived while the vCPUs and the console were ending.
-        if let Some(Ok(requests)) = self.requests.as_ref().map(|r| r.lock()) {
-            requests.refuse_pending(why);
         }
         self.terminal.restore();
     }

@@ -94,7 +94,12 @@ mod tests {
     fn api_field_names_come_from_serde() {
         assert_eq!(
             field_names::<ResizeBody>(),
-            ["desired_vcpus", "desired_ram", "best_effort"]
+            [
+                "desired_vcpus",
+                "desired_ram",
+                "best_effort",
+                "desired_balloon"
+            ]
         );
         assert_eq!(field_names::<RemoveMemoryBody>(), ["slot"]);
     }

@@ -37,6 +37,7 @@ mod bodies;
 mod http;
 mod routing;
 mod server;
+mod vm_create;
 
 #[cfg(test)]
 mod openapi_tests;
@@ -71,8 +72,22 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// has acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRequest {
-    /// `PUT /api/v1/vm.shutdown`: stop the VM and the VMM.
+    /// `PUT /api/v1/vm.shutdown`: stop the VM; the VMM stays, and `vm.boot` boots the same
+    /// configuration again.
     Shutdown,
+    /// `PUT /api/v1/vmm.shutdown`: stop the VM, if it runs, and end the VMM.
+    VmmShutdown,
+    /// `PUT /api/v1/vm.create`: record the VM's configuration (Cloud Hypervisor's `VmConfig`,
+    /// already checked against what plugvm implements).
+    Create(Box<crate::config::VmConfig>),
+    /// `PUT /api/v1/vm.boot`: build and boot the created VM.
+    Boot,
+    /// `PUT /api/v1/vm.delete`: stop the VM, if it runs, and forget its configuration.
+    Delete,
+    /// `GET /api/v1/vm.counters`: hotplug counters per device.
+    Counters,
+    /// `PUT /api/v1/vm.power-button`: press the ACPI power button.
+    PowerButton,
     /// `GET /api/v1/vm.info`: describe the VM.
     VmInfo,
     /// `PUT /api/v1/vm.pause`: every vCPU leaves `KVM_RUN` until `vm.resume`.
@@ -129,6 +144,12 @@ impl ApiRequest {
     pub fn endpoint(&self) -> &'static str {
         match self {
             ApiRequest::Shutdown => "vm.shutdown",
+            ApiRequest::VmmShutdown => "vmm.shutdown",
+            ApiRequest::Create(_) => "vm.create",
+            ApiRequest::Boot => "vm.boot",
+            ApiRequest::Delete => "vm.delete",
+            ApiRequest::Counters => "vm.counters",
+            ApiRequest::PowerButton => "vm.power-button",
             ApiRequest::VmInfo => "vm.info",
             ApiRequest::Pause => "vm.pause",
             ApiRequest::Resume => "vm.resume",
@@ -185,6 +206,9 @@ impl ApiResponse {
         )
     }
 }
+
+/// Where the VMM sends its answer to one request.
+pub type Responder = mpsc::Sender<ApiResponse>;
 
 /// A request for the VMM and the channel on which to answer it.
 ///

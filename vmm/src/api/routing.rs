@@ -4,6 +4,7 @@
 //! `resources/openapi.yaml`; a test keeps both in step).
 
 use super::bodies::{self, field_names};
+use super::vm_create;
 use super::{ping_body, ApiRequest, ApiResponse, API_PREFIX};
 use super::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
 
@@ -104,7 +105,13 @@ const fn schema(
 #[rustfmt::skip]
 pub(crate) static ROUTES: &[Route] = &[
     Route { method: Method::Get, path: "/vmm.ping", body: None, wait: false, parse: |_| Ok(Action::Reply(ApiResponse::ok(ping_body()))) },
+    Route { method: Method::Put, path: "/vmm.shutdown", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::VmmShutdown)) },
+    Route { method: Method::Put, path: "/vm.create", body: Some(BodySchema { name: "VmConfig", fields: vm_create::field_names, required: true }), wait: false, parse: create },
+    Route { method: Method::Put, path: "/vm.boot", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Boot)) },
+    Route { method: Method::Put, path: "/vm.delete", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Delete)) },
     Route { method: Method::Put, path: "/vm.shutdown", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
+    Route { method: Method::Put, path: "/vm.power-button", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::PowerButton)) },
+    Route { method: Method::Get, path: "/vm.counters", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Counters)) },
     Route { method: Method::Put, path: "/vm.pause", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Pause)) },
     Route { method: Method::Put, path: "/vm.resume", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Resume)) },
     Route { method: Method::Get, path: "/vm.info", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::VmInfo)) },
@@ -116,6 +123,11 @@ pub(crate) static ROUTES: &[Route] = &[
     Route { method: Method::Get, path: "/hotplug/transactions", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Transactions)) },
     Route { method: Method::Get, path: "/hotplug/transactions/{id}", body: None, wait: false, parse: transaction },
 ];
+
+fn create(input: &RouteInput<'_>) -> Result<Action, String> {
+    let config = vm_create::parse(input.body)?;
+    Ok(Action::Forward(ApiRequest::Create(Box::new(config))))
+}
 
 fn add_vcpu(input: &RouteInput<'_>) -> Result<Action, String> {
     let body: AddVcpuBody = bodies::parse_optional("vm.add-vcpu", input.body)?;

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -20,6 +20,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::http::{self, DeadlineReader, HeadError};
 use super::routing::{self, Action};
 use super::{ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, MAX_BODY_BYTES};
+
+/// How long a stop waits for answers already given by the VMM to reach their clients (the
+/// answer to `vmm.shutdown` itself is one of them).
+const ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Longest socket path the kernel accepts (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -39,6 +43,8 @@ struct Shared {
     connections: Mutex<HashMap<u64, UnixStream>>,
     next_connection: AtomicU64,
     stopping: AtomicBool,
+    /// Requests read and not yet fully answered, so that a stop lets their answers out.
+    answering: AtomicUsize,
 }
 
 impl Shared {
@@ -92,6 +98,11 @@ impl Drop for ApiServerHandle {
                 tracing::error!("the API server thread panicked");
             }
         }
+        let drain_until = std::time::Instant::now() + ANSWER_DRAIN_TIMEOUT;
+        while shared.answering.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < drain_until
+        {
+            thread::sleep(Duration::from_millis(2));
+        }
         for stream in shared.connections().values() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -125,6 +136,7 @@ pub(crate) fn start(
         connections: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
+        answering: AtomicUsize::new(0),
     });
     let thread_shared = Arc::clone(&shared);
     let spawned = thread::Builder::new()
@@ -317,9 +329,11 @@ fn spawn_connection(shared: &Arc<Shared>, stream: UnixStream) {
 }
 
 fn error_body(message: &str) -> Vec<u8> {
-    serde_json::json!({ "error": message })
-        .to_string()
-        .into_bytes()
+    ascii_json(
+        serde_json::json!({ "error": message })
+            .to_string()
+            .into_bytes(),
+    )
 }
 
 /// Serves requests on one connection until it closes, fails or times out.
@@ -371,6 +385,7 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
         };
         // The request is in: the VMM's time for it runs from here to the answer's last byte.
         let received = std::time::Instant::now();
+        shared.answering.fetch_add(1, Ordering::SeqCst);
         let (response, allow) = handle(shared, &head.method, &head.target, &body);
         let body = encode_body(&response);
         let written = http::write_response(
@@ -380,6 +395,7 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
             allow.as_deref(),
             head.keep_alive,
         );
+        shared.answering.fetch_sub(1, Ordering::SeqCst);
         // Benchmarks subtract the guest's share (the journal's await_guest) from this.
         tracing::info!(
             method = %head.method,
@@ -458,8 +474,30 @@ fn encode_body(response: &ApiResponse) -> Option<Vec<u8>> {
     if response.status == 204 || response.body.is_null() {
         return None;
     }
-    Some(
+    Some(ascii_json(
         serde_json::to_vec(&response.body)
             .unwrap_or_else(|_| error_body("The response could not be encoded.")),
-    )
+    ))
+}
+
+/// `json` with every non-ASCII character escaped (`\uXXXX`): Cloud Hypervisor's client
+/// decodes each 256-byte read as UTF-8 on its own and fails on a character split between
+/// two reads. Outside strings JSON is ASCII already, so only string contents change.
+fn ascii_json(json: Vec<u8>) -> Vec<u8> {
+    if json.is_ascii() {
+        return json;
+    }
+    let text = String::from_utf8_lossy(&json);
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out.into_bytes()
 }

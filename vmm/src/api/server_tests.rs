@@ -149,8 +149,7 @@ fn api_server_rejects_hostile_requests_with_json_errors() {
     );
     let text = f.raw(b"DELETE /api/v1/vm.info HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert!(
-        text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
-            && text.contains("\r\nAllow: GET\r\n"),
+        text.starts_with("HTTP/1.1 405 \r\n") && text.contains("\r\nAllow: GET\r\n"),
         "{text}"
     );
     for garbage in [

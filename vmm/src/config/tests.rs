@@ -180,16 +180,34 @@ fn help_and_version_exit_zero() {
 }
 
 #[test]
+fn api_first_launch_needs_only_the_api_socket() {
+    let Command::Run(config) = parse_args(["plugvm", "--api-socket", "/tmp/p.sock"]).unwrap()
+    else {
+        panic!("not a run");
+    };
+    assert_eq!(config.payload, None);
+    assert_eq!(config.api_socket, Some("/tmp/p.sock".into()));
+}
+
+#[test]
 fn missing_kernel() {
-    for args in [&[][..], &["--cpus", "boot=2"][..]] {
-        let err = usage_error(args);
-        assert!(matches!(err, UsageError::MissingKernel));
-        assert_one_line(&err);
-        assert_eq!(
-            err.to_string(),
-            "plugvm: --kernel PATH is required (unless --dump-acpi-tables DIR is given)"
+    let err = usage_error(&[]);
+    assert!(matches!(err, UsageError::MissingKernel));
+    assert_one_line(&err);
+    assert_eq!(
+        err.to_string(),
+        "plugvm: --kernel PATH is required (unless --api-socket PATH is given, to create the VM through the API, or --dump-acpi-tables DIR)"
+    );
+    // Without --kernel, VM options would be ignored: they are refused.
+    for flag in ["--cpus", "--memory", "--serial"] {
+        let err = usage_error(&["--api-socket", "/tmp/p.sock", flag, "x"]);
+        assert!(
+            matches!(err, UsageError::RequiresKernel(f) if f == flag),
+            "{err}"
         );
     }
+    let err = usage_error(&["--cpus", "boot=2"]);
+    assert!(matches!(err, UsageError::RequiresKernel("--cpus")), "{err}");
     let err = usage_error(&["--dump-acpi-tables", "d", "--initramfs", "i"]);
     assert!(matches!(err, UsageError::RequiresKernel("--initramfs")));
     assert_eq!(err.to_string(), "plugvm: --initramfs needs --kernel");
@@ -548,7 +566,10 @@ fn fuzz_parse_args_never_panics_and_errors_are_one_line() {
                 let config = cmd.config();
                 assert!(config.cpus.boot <= config.cpus.max);
                 if let Command::Run(config) = &cmd {
-                    assert!(config.payload.is_some(), "{args:?}");
+                    assert!(
+                        config.payload.is_some() || config.api_socket.is_some(),
+                        "{args:?}"
+                    );
                 }
             }
             Err(err) if err.is_informational() => {}

@@ -1,0 +1,337 @@
+//! The VMM across a VM's life, in Cloud Hypervisor's model: the API outlives the VM.
+//!
+//! With `--kernel`, the VM is built and booted at once; with `--api-socket` alone, the VMM
+//! waits for `vm.create` (the configuration, state `Created`) and `vm.boot`. While the VM
+//! runs, its [`RequestHandler`](crate::request_handler::RequestHandler) answers the API;
+//! before and after, [`Vmm`] does. `vm.shutdown` ends the VM and keeps its configuration (it
+//! can be booted again), `vm.delete` forgets it too, `vmm.shutdown` and a termination signal
+//! end the process, and so does the guest powering off, resetting or panicking (the exit
+//! code says which).
+
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use devices::{ExitReason, ExitSignal};
+use kvm_ioctls::Kvm;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::api::{self, ApiMessage, ApiRequest, ApiResponse, ApiServerHandle, Responder};
+use crate::config::{HostLimits, VmConfig};
+use crate::info;
+use crate::signals;
+use crate::vm::{Vm, VmError};
+
+/// The VMM's end of the API: requests arrive on `requests`, `wake` says so.
+pub struct ApiEndpoint {
+    /// Requests from the server's connection threads.
+    pub requests: Receiver<ApiMessage>,
+    /// Written once per request sent.
+    pub wake: EventFd,
+}
+
+impl ApiEndpoint {
+    /// Answers every request still queued with 503.
+    fn refuse_pending(&self, why: &str) {
+        for msg in self.requests.try_iter() {
+            let _ = msg.respond.send(ApiResponse::error(
+                503,
+                format!("{} was not handled: {why}", msg.request.endpoint()),
+            ));
+        }
+    }
+}
+
+fn eventfd() -> Result<EventFd, VmError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
+}
+
+/// Binds the API socket and starts its server.
+fn start_api(path: &Path) -> Result<(ApiEndpoint, ApiServerHandle), VmError> {
+    let (tx, requests) = std::sync::mpsc::channel();
+    let wake = eventfd()?;
+    let server_wake = wake
+        .try_clone()
+        .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
+    let server = api::start(path, tx, server_wake)?;
+    tracing::info!(path = %path.display(), "API server listening");
+    Ok((ApiEndpoint { requests, wake }, server))
+}
+
+/// How the VMM ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmExit {
+    /// The VM ended for this reason and the VMM with it.
+    Vm(ExitReason),
+    /// `vmm.shutdown`, or a signal, with no VM running.
+    Requested,
+}
+
+impl VmmExit {
+    /// The process exit code (documented in the README).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            VmmExit::Vm(reason) => reason.exit_code(),
+            VmmExit::Requested => 0,
+        }
+    }
+}
+
+/// The VMM: the API, the VM's configuration once created, and the VM while it runs.
+pub struct Vmm<'k> {
+    kvm: &'k Kvm,
+    host: HostLimits,
+    /// What the command line set for every VM (`--guest-eject`).
+    launch: VmConfig,
+    /// The created VM's configuration.
+    config: Option<VmConfig>,
+    api: Option<ApiEndpoint>,
+    server: Option<ApiServerHandle>,
+    /// Fired by a termination signal.
+    terminate: Arc<ExitSignal>,
+}
+
+const TOKEN_API: u64 = 0;
+const TOKEN_TERMINATE: u64 = 1;
+
+impl<'k> Vmm<'k> {
+    /// Starts the VMM of the command line's `launch` configuration: binds the API socket (a
+    /// path in use fails here, before anything is built) and watches termination signals.
+    pub fn new(kvm: &'k Kvm, host: HostLimits, launch: VmConfig) -> Result<Self, VmError> {
+        let (api, server) = match launch.api_socket.as_deref().map(start_api).transpose()? {
+            Some((api, server)) => (Some(api), Some(server)),
+            None => (None, None),
+        };
+        let terminate = Arc::new(ExitSignal::new(eventfd()?));
+        signals::watch_termination(terminate.clone())
+            .map_err(|e| VmError::EventLoop(format!("signal thread: {e}")))?;
+        let config = launch.payload.is_some().then(|| launch.clone());
+        Ok(Vmm {
+            kvm,
+            host,
+            launch,
+            config,
+            api,
+            server,
+            terminate,
+        })
+    }
+
+    /// Runs until the VMM ends: boots the command line's VM at once, if it has one, and
+    /// otherwise serves the API until a VM is created and booted.
+    pub fn run(mut self) -> Result<VmmExit, VmError> {
+        let mut vm = match &self.config {
+            Some(config) => Some(Vm::start(
+                self.kvm,
+                config,
+                &mut self.api,
+                self.terminate.clone(),
+            )?),
+            None => None,
+        };
+        loop {
+            let exit = match vm.take() {
+                Some(running) => self.run_vm(running)?,
+                None => self.serve_without_vm()?,
+            };
+            match exit {
+                Step::Boot(next) => vm = Some(*next),
+                Step::Continue => {}
+                Step::End(exit) => {
+                    self.stop_api("the VMM is ending");
+                    return Ok(exit);
+                }
+            }
+        }
+    }
+
+    /// Runs `vm` until it ends and takes the API back.
+    fn run_vm(&mut self, mut vm: Vm) -> Result<Step, VmError> {
+        let result = vm.run_until_exit();
+        let (api, deferred) = match vm.take_api() {
+            Some((api, deferred)) => (Some(api), deferred),
+            None => (None, Vec::new()),
+        };
+        drop(vm);
+        self.api = api;
+        let reason = match result {
+            Ok(reason) => reason,
+            Err(e) => {
+                answer_all(deferred, ApiResponse::error(500, e.to_string()));
+                return Err(e);
+            }
+        };
+        tracing::info!(?reason, "the VM ended");
+        answer_all(deferred, ApiResponse::no_content());
+        Ok(match reason {
+            ExitReason::Shutdown if self.api.is_some() => Step::Continue,
+            ExitReason::Delete if self.api.is_some() => {
+                self.config = None;
+                Step::Continue
+            }
+            other => Step::End(VmmExit::Vm(other)),
+        })
+    }
+
+    /// Answers the API while no VM runs, until a VM boots or the VMM is told to end.
+    fn serve_without_vm(&mut self) -> Result<Step, VmError> {
+        let Some(api) = self.api.as_ref() else {
+            // Without an API nothing can create a VM.
+            return Ok(Step::End(VmmExit::Requested));
+        };
+        let epoll = Epoll::new().map_err(|e| VmError::EventLoop(format!("epoll: {e}")))?;
+        let watch = |fd: &EventFd, token| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(|e| VmError::EventLoop(format!("epoll_ctl: {e}")))
+        };
+        watch(&api.wake, TOKEN_API)?;
+        watch(self.terminate.event(), TOKEN_TERMINATE)?;
+        let mut events = [EpollEvent::default(); 2];
+        loop {
+            if self.terminate.reason().is_some() {
+                return Ok(Step::End(VmmExit::Requested));
+            }
+            // Requests may be queued already: those that arrived while a VM was ending.
+            while let Some(Ok(msg)) = self.api.as_ref().map(|a| a.requests.try_recv()) {
+                if let Some(step) = self.handle_without_vm(msg) {
+                    return Ok(step);
+                }
+            }
+            match epoll.wait(-1, &mut events) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(VmError::EventLoop(format!("epoll_wait: {e}"))),
+            }
+            if let Some(api) = &self.api {
+                let _ = api.wake.read();
+            }
+        }
+    }
+
+    /// Answers one request while no VM runs; `Some` when the VMM's state moves on.
+    fn handle_without_vm(&mut self, msg: ApiMessage) -> Option<Step> {
+        let respond = msg.respond;
+        let endpoint = msg.request.endpoint();
+        let not_running = |what: &str| {
+            ApiResponse::error(409, format!("{endpoint}: the VM is not running ({what})."))
+        };
+        let state = if self.config.is_some() {
+            "it is created, not booted: vm.boot boots it"
+        } else {
+            "no VM is created: vm.create creates one"
+        };
+        let response = match msg.request {
+            ApiRequest::VmmShutdown => {
+                tracing::info!("vmm.shutdown: the VMM ends");
+                let _ = respond.send(ApiResponse::no_content());
+                return Some(Step::End(VmmExit::Requested));
+            }
+            ApiRequest::Create(config) => self.create(*config),
+            ApiRequest::Delete => {
+                self.config = None;
+                ApiResponse::no_content()
+            }
+            ApiRequest::VmInfo => match &self.config {
+                Some(config) => ApiResponse::ok(info::created(config)),
+                None => {
+                    ApiResponse::error(404, "vm.info: no VM is created (vm.create creates one).")
+                }
+            },
+            ApiRequest::Boot => match self.config.clone() {
+                None => ApiResponse::error(
+                    404,
+                    "vm.boot: no VM is created (vm.create creates one first).",
+                ),
+                Some(config) => return self.boot(&config, respond),
+            },
+            ApiRequest::Shutdown
+            | ApiRequest::Pause
+            | ApiRequest::Resume
+            | ApiRequest::Counters
+            | ApiRequest::PowerButton
+            | ApiRequest::Transactions
+            | ApiRequest::Transaction(_)
+            | ApiRequest::AddVcpu { .. }
+            | ApiRequest::RemoveVcpu { .. }
+            | ApiRequest::Resize { .. }
+            | ApiRequest::AddMemory { .. }
+            | ApiRequest::RemoveMemory { .. } => not_running(state),
+        };
+        let _ = respond.send(response);
+        None
+    }
+
+    fn create(&mut self, mut config: VmConfig) -> ApiResponse {
+        if self.config.is_some() {
+            return ApiResponse::error(
+                409,
+                "vm.create: a VM is already created; vm.delete it first.",
+            );
+        }
+        config.api_socket = None;
+        config.guest_eject = self.launch.guest_eject;
+        if let Err(e) = config.validate(&self.host) {
+            return ApiResponse::error(400, format!("vm.create: {e}."));
+        }
+        tracing::info!(
+            vcpus = config.cpus.boot,
+            max = config.cpus.max,
+            ram = config.memory.size,
+            "VM created through the API"
+        );
+        self.config = Some(config);
+        ApiResponse::no_content()
+    }
+
+    fn boot(&mut self, config: &VmConfig, respond: Responder) -> Option<Step> {
+        // The files may have changed since vm.create.
+        if let Err(e) = config.validate_files() {
+            let _ = respond.send(ApiResponse::error(400, format!("vm.boot: {e}.")));
+            return None;
+        }
+        match Vm::start(self.kvm, config, &mut self.api, self.terminate.clone()) {
+            Ok(vm) => {
+                let _ = respond.send(ApiResponse::no_content());
+                Some(Step::Boot(Box::new(vm)))
+            }
+            Err(e) => {
+                tracing::warn!("vm.boot failed: {e}");
+                let status = if e.is_config_error() { 400 } else { 500 };
+                let _ = respond.send(ApiResponse::error(status, format!("vm.boot: {e}.")));
+                None
+            }
+        }
+    }
+
+    /// Answers what is queued with 503, then stops the server (which removes the socket).
+    fn stop_api(&mut self, why: &str) {
+        if let Some(api) = self.api.take() {
+            api.refuse_pending(why);
+        }
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+}
+
+/// What the VMM does next.
+enum Step {
+    /// Run this freshly booted VM.
+    Boot(Box<Vm>),
+    /// Serve the API without a VM.
+    Continue,
+    /// End the process.
+    End(VmmExit),
+}
+
+fn answer_all(responders: Vec<Responder>, response: ApiResponse) {
+    for r in responders {
+        let _ = r.send(response.clone());
+    }
+}
