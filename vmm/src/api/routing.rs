@@ -64,8 +64,23 @@ pub(crate) struct Route {
     pub body: Option<BodySchema>,
     /// Whether `?wait=true|false` is accepted.
     pub wait: bool,
+    /// Every status the route itself can answer; `resources/openapi.yaml` lists exactly these
+    /// (plus its `default` answer for [`TRANSPORT_STATUSES`]).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub statuses: &'static [u16],
     parse: fn(&RouteInput<'_>) -> Result<Action, String>,
 }
+
+/// Statuses any request can get before or around its route: a malformed request (400), too
+/// slow (408), too large (413, 431), the VMM unavailable or gone (503), an HTTP version other
+/// than 1.x (505), Transfer-Encoding (501).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const TRANSPORT_STATUSES: &[u16] = &[400, 408, 413, 431, 501, 503, 505];
+
+/// What a hotplug request can answer: done (200), started (202, `?wait=false`), refused
+/// (409 no VM running, paused or batch aborted; 422 invalid; 429 a device busy), failed on the
+/// host (500), refused by the guest (502), no answer from the guest (504).
+const HOTPLUG: &[u16] = &[200, 202, 400, 409, 422, 429, 500, 502, 504];
 
 /// Why a request was not routed; every variant is a 4xx.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,24 +119,24 @@ const fn schema(
 /// Every endpoint of the API.
 #[rustfmt::skip]
 pub(crate) static ROUTES: &[Route] = &[
-    Route { method: Method::Get, path: "/vmm.ping", body: None, wait: false, parse: |_| Ok(Action::Reply(ApiResponse::ok(ping_body()))) },
-    Route { method: Method::Put, path: "/vmm.shutdown", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::VmmShutdown)) },
-    Route { method: Method::Put, path: "/vm.create", body: Some(BodySchema { name: "VmConfig", fields: vm_create::field_names, required: true }), wait: false, parse: create },
-    Route { method: Method::Put, path: "/vm.boot", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Boot)) },
-    Route { method: Method::Put, path: "/vm.delete", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Delete)) },
-    Route { method: Method::Put, path: "/vm.shutdown", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
-    Route { method: Method::Put, path: "/vm.power-button", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::PowerButton)) },
-    Route { method: Method::Get, path: "/vm.counters", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Counters)) },
-    Route { method: Method::Put, path: "/vm.pause", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Pause)) },
-    Route { method: Method::Put, path: "/vm.resume", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Resume)) },
-    Route { method: Method::Get, path: "/vm.info", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::VmInfo)) },
-    Route { method: Method::Put, path: "/vm.add-vcpu", body: schema("VmAddVcpu", field_names::<AddVcpuBody>, false), wait: true, parse: add_vcpu },
-    Route { method: Method::Put, path: "/vm.remove-vcpu", body: schema("VmRemoveVcpu", field_names::<RemoveVcpuBody>, true), wait: true, parse: remove_vcpu },
-    Route { method: Method::Put, path: "/vm.resize", body: schema("VmResize", field_names::<ResizeBody>, true), wait: true, parse: resize },
-    Route { method: Method::Put, path: "/vm.add-memory", body: schema("VmAddMemory", field_names::<AddMemoryBody>, true), wait: true, parse: add_memory },
-    Route { method: Method::Put, path: "/vm.remove-memory", body: schema("VmRemoveMemory", field_names::<RemoveMemoryBody>, true), wait: true, parse: remove_memory },
-    Route { method: Method::Get, path: "/hotplug/transactions", body: None, wait: false, parse: |_| Ok(Action::Forward(ApiRequest::Transactions)) },
-    Route { method: Method::Get, path: "/hotplug/transactions/{id}", body: None, wait: false, parse: transaction },
+    Route { method: Method::Get, path: "/vmm.ping", body: None, wait: false, statuses: &[200], parse: |_| Ok(Action::Reply(ApiResponse::ok(ping_body()))) },
+    Route { method: Method::Put, path: "/vmm.shutdown", body: None, wait: false, statuses: &[204], parse: |_| Ok(Action::Forward(ApiRequest::VmmShutdown)) },
+    Route { method: Method::Put, path: "/vm.create", body: Some(BodySchema { name: "VmConfig", fields: vm_create::field_names, required: true }), wait: false, statuses: &[204, 400, 409], parse: create },
+    Route { method: Method::Put, path: "/vm.boot", body: None, wait: false, statuses: &[204, 400, 404, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Boot)) },
+    Route { method: Method::Put, path: "/vm.delete", body: None, wait: false, statuses: &[204], parse: |_| Ok(Action::Forward(ApiRequest::Delete)) },
+    Route { method: Method::Put, path: "/vm.shutdown", body: None, wait: false, statuses: &[204, 409], parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
+    Route { method: Method::Put, path: "/vm.power-button", body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::PowerButton)) },
+    Route { method: Method::Get, path: "/vm.counters", body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Counters)) },
+    Route { method: Method::Put, path: "/vm.pause", body: None, wait: false, statuses: &[204, 409, 429, 500], parse: |_| Ok(Action::Forward(ApiRequest::Pause)) },
+    Route { method: Method::Put, path: "/vm.resume", body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Resume)) },
+    Route { method: Method::Get, path: "/vm.info", body: None, wait: false, statuses: &[200, 404], parse: |_| Ok(Action::Forward(ApiRequest::VmInfo)) },
+    Route { method: Method::Put, path: "/vm.add-vcpu", body: schema("VmAddVcpu", field_names::<AddVcpuBody>, false), wait: true, statuses: HOTPLUG, parse: add_vcpu },
+    Route { method: Method::Put, path: "/vm.remove-vcpu", body: schema("VmRemoveVcpu", field_names::<RemoveVcpuBody>, true), wait: true, statuses: HOTPLUG, parse: remove_vcpu },
+    Route { method: Method::Put, path: "/vm.resize", body: schema("VmResize", field_names::<ResizeBody>, true), wait: true, statuses: HOTPLUG, parse: resize },
+    Route { method: Method::Put, path: "/vm.add-memory", body: schema("VmAddMemory", field_names::<AddMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: add_memory },
+    Route { method: Method::Put, path: "/vm.remove-memory", body: schema("VmRemoveMemory", field_names::<RemoveMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: remove_memory },
+    Route { method: Method::Get, path: "/hotplug/transactions", body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Transactions)) },
+    Route { method: Method::Get, path: "/hotplug/transactions/{id}", body: None, wait: false, statuses: &[200, 400, 404, 409], parse: transaction },
 ];
 
 fn create(input: &RouteInput<'_>) -> Result<Action, String> {
