@@ -70,6 +70,6 @@ api remove-memory 1
 sleep 3
 say "the journal: every transaction with its phases and the guest's verdicts"
 "$remote" --api-socket "$sock" transactions
-say "shutting down"
-api shutdown
+say "press the ACPI power button: the guest's acpid powers it off, and plugvm ends with it"
+api power-button
 wait "$vmm" && echo "plugvm exited with 0"

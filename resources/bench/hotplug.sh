@@ -486,7 +486,7 @@ class Plugvm(Vmm):
         return t0, t1, rec
 
     def regs(self):
-        ra = self.api("GET", "vm.info")["register_accesses"]
+        ra = self.api("GET", "vm.info")["plugvm"]["register_accesses"]
         return ra["cpu_hotplug"], ra["memory_hotplug"]
 
     def wait_api(self):
@@ -835,7 +835,7 @@ if failed and vmms and isinstance(vmms[0], Plugvm) and vmms[0].proc.poll() is No
     p = vmms[0]
     try:
         info = p.api("GET", "vm.info", timeout=10)
-        log("plugvm vm.info cpus: " + json.dumps(info.get("cpus")))
+        log("plugvm vm.info cpus: " + json.dumps(info.get("plugvm", {}).get("cpus")))
         txs = p.api("GET", "hotplug/transactions", timeout=10).get("transactions", [])
         if txs:
             log("plugvm last transaction: " + json.dumps(txs[-1]))

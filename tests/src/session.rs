@@ -146,6 +146,21 @@ impl<R: Read> Read for GatedRead<R> {
     }
 }
 
+/// The kernel, initramfs and command line that boot the test guest as the session's command
+/// server, with `extra_cmdline` appended.
+pub fn session_payload(extra_cmdline: &str) -> (PathBuf, PathBuf, String) {
+    let img = guest_image();
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 pci=off plugvm.run={} {extra_cmdline}",
+        base64(SESSION_SCRIPT.as_bytes())
+    );
+    (
+        img.kernel.clone(),
+        img.initramfs.clone(),
+        cmdline.trim_end().to_string(),
+    )
+}
+
 /// Where the session's guest console is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleKind {
@@ -226,10 +241,7 @@ impl GuestSession {
             ConsoleKind::Stdio => "stdio".to_string(),
             ConsoleKind::Socket => format!("socket={}", console_socket.display()),
         };
-        let cmdline = format!(
-            "console=ttyS0 panic=-1 pci=off plugvm.run={} {extra_cmdline}",
-            base64(SESSION_SCRIPT.as_bytes())
-        );
+        let (_, _, cmdline) = session_payload(extra_cmdline);
         let mut cmd = Command::new(guest_test_binary());
         cmd.arg("--kernel")
             .arg(&img.kernel)
@@ -239,8 +251,31 @@ impl GuestSession {
             .args(extra_args)
             .arg("--api-socket")
             .arg(&socket)
-            .args(["--cmdline", cmdline.trim_end()])
-            .env_remove("RUST_BACKTRACE")
+            .args(["--cmdline", &cmdline]);
+        Self::spawn(cmd, dir, socket, console, console_socket)
+    }
+
+    /// plugvm started with `--api-socket` alone (Cloud Hypervisor's API-first launch): no VM
+    /// until `vm.create` and `vm.boot`. With `serial` `Tty` in `vm.create`, the guest's
+    /// console is plugvm's stdout, which the session reads as usual; [`session_payload`] gives
+    /// the payload that makes the guest a command server.
+    pub fn start_api_first() -> GuestSession {
+        let dir = ScratchDir::new("session");
+        let socket = dir.join("api.sock");
+        let console_socket = dir.join("console.sock");
+        let mut cmd = Command::new(guest_test_binary());
+        cmd.arg("--api-socket").arg(&socket);
+        Self::spawn(cmd, dir, socket, ConsoleKind::Stdio, console_socket)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        dir: ScratchDir,
+        socket: PathBuf,
+        console: ConsoleKind,
+        console_socket: PathBuf,
+    ) -> GuestSession {
+        cmd.env_remove("RUST_BACKTRACE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -736,14 +771,16 @@ impl GuestSession {
         }
     }
 
-    /// Asks plugvm to stop (`PUT vm.shutdown`, which must answer 2xx) and returns its exit
-    /// code. Panics if it does not exit within 30 s.
+    /// Stops the VM (`PUT vm.shutdown`), then plugvm (`PUT vmm.shutdown`), each of which must
+    /// answer 2xx, and returns plugvm's exit code. Panics if it does not exit within 30 s.
     pub fn shutdown(&self) -> Option<i32> {
-        let (status, body) = self.api("PUT", "vm.shutdown", None);
-        assert!(
-            (200..300).contains(&status),
-            "vm.shutdown answered {status} {body}"
-        );
+        for endpoint in ["vm.shutdown", "vmm.shutdown"] {
+            let (status, body) = self.api("PUT", endpoint, None);
+            assert!(
+                (200..300).contains(&status),
+                "{endpoint} answered {status} {body}"
+            );
+        }
         self.wait_exit(Duration::from_secs(30))
     }
 

@@ -10,7 +10,7 @@
 //! * `cpu_bad_requests_and_guest_refused_removal`: validation errors change nothing; a
 //!   removal the guest refuses (`_OST(3, 0x80)`) is rolled back with the guest's reason.
 //! * `cpu_hotplug_without_guest_answer`: a guest whose GED driver never binds: deadlines (504),
-//!   consistent state afterwards, 409 while a device is in flight.
+//!   consistent state afterwards, 429 while a device is in flight.
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ fn wait_online(s: &GuestSession, want: &str) {
 fn vcpu_states(s: &GuestSession) -> Vec<String> {
     let (status, info) = s.api("GET", "vm.info", None);
     assert_eq!(status, 200, "vm.info: {info}");
-    let vcpus = info["cpus"]["vcpus"]
+    let vcpus = info["plugvm"]["cpus"]["vcpus"]
         .as_array()
         .unwrap_or_else(|| panic!("vm.info has no cpus.vcpus: {info}"));
     vcpus
@@ -69,12 +69,12 @@ fn running_vcpus(s: &GuestSession) -> Vec<u64> {
     let (status, info) = s.api("GET", "vm.info", None);
     assert_eq!(status, 200, "vm.info: {info}");
     let threads = s.vcpu_threads();
-    let max = info["cpus"]["max"].as_u64().unwrap_or(0) as usize;
+    let max = info["plugvm"]["cpus"]["max"].as_u64().unwrap_or(0) as usize;
     assert!(
         threads.len() <= max,
         "more vCPU threads than possible CPUs: {threads:?}"
     );
-    info["cpus"]["threads_running"]
+    info["plugvm"]["cpus"]["threads_running"]
         .as_array()
         .unwrap_or_else(|| panic!("vm.info has no cpus.threads_running: {info}"))
         .iter()
@@ -281,8 +281,8 @@ kvm_guest_test! {
 
         let (status, info) = s.api("GET", "vm.info", None);
         assert_eq!(status, 200, "{info}");
-        assert_eq!(info["cpus"]["boot"], 1, "{info}");
-        assert_eq!(info["cpus"]["max"], 2, "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["boot"], 1, "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["max"], 2, "{info}");
         assert_vcpu_states(&s, &["present", "absent"]);
         assert_running(&s, &[0]);
 
@@ -465,7 +465,7 @@ kvm_guest_test! {
     /// `--cpus boot=2,max=4` and `initcall_blacklist=ged_driver_init`: the guest never sees a
     /// hotplug notification. add-vcpu ends at its 5 s deadline with 504 and the CPU absent
     /// again; the next add is handled (504 again, not 409); a second request for a device in
-    /// flight (`?wait=false`) gets 409; remove-vcpu ends at its 10 s deadline with the CPU
+    /// flight (`?wait=false`) gets 429; remove-vcpu ends at its 10 s deadline with the CPU
     /// still present; the API keeps answering.
     fn cpu_hotplug_without_guest_answer() {
         let s = start("boot=2,max=4", "initcall_blacklist=ged_driver_init");
@@ -500,7 +500,8 @@ kvm_guest_test! {
         assert_rolled_back(&record, 3, "add_cpu", "timeout");
         assert_vcpu_states(&s, &["present", "present", "absent", "absent"]);
 
-        // In flight: a second request for the same device is refused with 409.
+        // In flight: a second request for the same device is refused with 429 (Cloud
+        // Hypervisor's "Too Many Requests": retry later).
         let (status, answer) = s.api("PUT", "vm.add-vcpu?wait=false", Some(&json!({"id": 2})));
         assert_eq!(status, 202, "{answer}");
         let id = answer["id"].clone();
@@ -509,7 +510,7 @@ kvm_guest_test! {
         assert_eq!(answer["transaction"]["status"], "in_progress", "{answer}");
         assert_eq!(vcpu_states(&s)[2], "adding");
         let (status, conflict) = s.api("PUT", "vm.add-vcpu", Some(&json!({"id": 2})));
-        assert_eq!(status, 409, "{conflict}");
+        assert_eq!(status, 429, "{conflict}");
         assert!(!error_message(&conflict).is_empty(), "{conflict}");
         let (status, ping) = s.api("GET", "vmm.ping", None);
         assert_eq!(status, 200, "{ping}");

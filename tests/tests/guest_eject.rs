@@ -90,8 +90,8 @@ kvm_guest_test! {
             assert_eq!(reason, "guest_eject_denied", "{r}");
         }
         let info = info(&s);
-        assert_eq!(info["cpus"]["vcpus"][1]["state"], "present", "{info}");
-        assert_eq!(info["cpus"]["threads_running"], json!([0, 1]), "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["vcpus"][1]["state"], "present", "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["threads_running"], json!([0, 1]), "{info}");
         s.exec("taskset -c 1 true", CMD_TIMEOUT);
         assert_eq!(s.shutdown(), Some(0));
     }
@@ -115,9 +115,9 @@ kvm_guest_test! {
         assert_eq!(record["status"], "committed", "{record}");
         assert_eq!(record["request"], json!({"kind": "remove_cpu", "id": 1}), "{record}");
         let info = info(&s);
-        assert_eq!(info["cpus"]["vcpus"][1]["state"], "absent", "{info}");
-        assert_eq!(info["cpus"]["threads_running"], json!([0]), "{info}");
-        assert_eq!(info["cpus"]["parked"], json!([1]), "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["vcpus"][1]["state"], "absent", "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["threads_running"], json!([0]), "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["parked"], json!([1]), "{info}");
         assert_eq!(s.exec("cat /sys/devices/system/cpu/online", CMD_TIMEOUT), "0");
 
         // The host may plug it in again.

@@ -39,7 +39,7 @@ kvm_guest_test! {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (_, info) = s.api("GET", "vm.info", None);
-            if info["dropped"]["console_bytes"].as_u64().unwrap_or(0) > 0 {
+            if info["plugvm"]["dropped"]["console_bytes"].as_u64().unwrap_or(0) > 0 {
                 break;
             }
             assert!(Instant::now() < deadline, "the console queue never filled: {info}");
@@ -48,7 +48,7 @@ kvm_guest_test! {
         std::thread::sleep(Duration::from_secs(22).saturating_sub(flood_started.elapsed()));
         let (_, before) = s.api("GET", "vm.info", None);
 
-        let dropped = |info: &Value| info["dropped"]["console_bytes"].as_u64().unwrap_or(0);
+        let dropped = |info: &Value| info["plugvm"]["dropped"]["console_bytes"].as_u64().unwrap_or(0);
         let started = Instant::now();
         let (status, add) = hotplug(&s, "vm.add-vcpu", json!({"id": 1}));
         assert_eq!(status, 200, "{add}");
@@ -68,8 +68,8 @@ kvm_guest_test! {
         eprintln!("add and remove with a stalled console took {:?}", started.elapsed());
 
         let (_, info) = s.api("GET", "vm.info", None);
-        assert_eq!(info["cpus"]["threads_running"], json!([0]), "{info}");
-        assert_eq!(info["cpus"]["parked"], json!([1]), "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["threads_running"], json!([0]), "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["parked"], json!([1]), "{info}");
 
         s.stall_console(false);
         s.poll_exec("echo console-back", |o| o.ends_with("console-back"), Duration::from_secs(60));
@@ -89,9 +89,9 @@ kvm_guest_test! {
         let (status, body) = s.api("PUT", "vm.pause", None);
         assert_eq!(status, 204, "{body}");
         let (_, info) = s.api("GET", "vm.info", None);
-        assert_eq!(info["state"], "paused", "{info}");
-        assert_eq!(info["cpus"]["paused"], json!([0, 1]), "{info}");
-        assert_eq!(info["cpus"]["threads_running"], json!([]), "{info}");
+        assert_eq!(info["state"], "Paused", "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["paused"], json!([0, 1]), "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["threads_running"], json!([]), "{info}");
         let (status, body) = s.api("PUT", "vm.pause", None);
         assert_eq!(status, 409, "pause twice: {body}");
 
@@ -102,8 +102,8 @@ kvm_guest_test! {
         let (status, body) = s.api("PUT", "vm.resume", None);
         assert_eq!(status, 204, "{body}");
         let (_, info) = s.api("GET", "vm.info", None);
-        assert_eq!(info["state"], "running", "{info}");
-        assert_eq!(info["cpus"]["threads_running"], json!([0, 1]), "{info}");
+        assert_eq!(info["state"], "Running", "{info}");
+        assert_eq!(info["plugvm"]["cpus"]["threads_running"], json!([0, 1]), "{info}");
         assert_eq!(s.exec("echo alive", CMD_TIMEOUT), "alive");
 
         let (status, body) = hotplug(&s, "vm.add-vcpu", json!({}));
@@ -115,8 +115,8 @@ kvm_guest_test! {
 
 kvm_guest_test! {
     /// A guest whose GED driver never binds leaves an add waiting for its `_OST`. Pausing
-    /// then is refused (the guest could not answer); `vm.shutdown` ends plugvm at once, and
-    /// the waiting client gets 503 with the transaction's record.
+    /// then is refused (429: the guest could not answer); `vm.shutdown` ends the VM at once, the
+    /// waiting client gets 503 with the transaction's record, and `vmm.shutdown` ends plugvm.
     fn shutdown_with_a_transaction_waiting_for_the_guest() {
         let s = GuestSession::start("boot=1,max=2", "size=512M", "initcall_blacklist=ged_driver_init");
         s.wait_ready(READY_TIMEOUT);
@@ -133,19 +133,20 @@ kvm_guest_test! {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let (_, info) = s.api("GET", "vm.info", None);
-            if info["cpus"]["vcpus"][1]["state"] == "adding" {
+            if info["plugvm"]["cpus"]["vcpus"][1]["state"] == "adding" {
                 break;
             }
             assert!(Instant::now() < deadline, "the add never started: {info}");
             std::thread::sleep(Duration::from_millis(20));
         }
         let (status, body) = s.api("PUT", "vm.pause", None);
-        assert_eq!(status, 409, "pause with a transaction in flight: {body}");
+        assert_eq!(status, 429, "pause with a transaction in flight: {body}");
 
+        // vm.shutdown ends the VM at once; the VMM stays, with the VM created again.
         let asked = Instant::now();
         let (status, body) = s.api("PUT", "vm.shutdown", None);
         assert!((200..300).contains(&status), "{status} {body}");
-        assert_eq!(s.wait_exit(EXIT_BOUND), Some(0));
+        assert!(asked.elapsed() < EXIT_BOUND, "vm.shutdown took {:?}", asked.elapsed());
         let answer = waiting
             .join()
             .expect("client thread")
@@ -153,6 +154,16 @@ kvm_guest_test! {
         assert_eq!(answer.status, 503, "{}", String::from_utf8_lossy(&answer.body));
         let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         assert!(body["transaction"]["id"].is_u64(), "{body}");
+        let (status, info) = s.api("GET", "vm.info", None);
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["state"], "Created", "{info}");
+        assert!(s.try_exit_status().is_none(), "plugvm ended on vm.shutdown");
+
+        // vmm.shutdown ends the process and removes the socket.
+        let asked = Instant::now();
+        let (status, body) = s.api("PUT", "vmm.shutdown", None);
+        assert!((200..300).contains(&status), "{status} {body}");
+        assert_eq!(s.wait_exit(EXIT_BOUND), Some(0));
         assert!(asked.elapsed() < EXIT_BOUND, "shutdown took {:?}", asked.elapsed());
         assert!(!s.socket().exists(), "the API socket was left behind");
     }

@@ -71,7 +71,7 @@ fn vm_info(s: &GuestSession) -> Value {
 
 /// `vm.info`'s memory section.
 fn memory_info(s: &GuestSession) -> Value {
-    vm_info(s)["memory"].clone()
+    vm_info(s)["plugvm"]["memory"].clone()
 }
 
 fn slots_of(memory: &Value) -> Vec<Value> {
@@ -119,7 +119,7 @@ fn plugged(s: &GuestSession) -> u64 {
 
 fn vcpu_states(s: &GuestSession) -> Vec<String> {
     let info = vm_info(s);
-    info["cpus"]["vcpus"]
+    info["plugvm"]["cpus"]["vcpus"]
         .as_array()
         .unwrap_or_else(|| panic!("vm.info has no cpus.vcpus: {info}"))
         .iter()
@@ -890,8 +890,9 @@ kvm_guest_test! {
             eprintln!("resize {body}: 422 {error}");
         }
         let info_after = vm_info(&s);
-        assert_eq!(info_after["cpus"], info_before["cpus"], "vCPUs changed");
-        assert_eq!(info_after["memory"], info_before["memory"], "memory changed");
+        assert_eq!(info_after["plugvm"]["cpus"], info_before["plugvm"]["cpus"], "vCPUs changed");
+        assert_eq!(info_after["plugvm"]["memory"], info_before["plugvm"]["memory"], "memory changed");
+        assert_eq!(info_after["config"], info_before["config"], "vm.info config changed");
         assert_eq!(journal(&s).len(), 1, "an invalid resize was journaled");
         assert_eq!(s.exec(cpu_online, CMD_TIMEOUT), "0-1");
         assert_mem_total(&s, total1, "after the invalid batches");
