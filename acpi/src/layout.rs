@@ -66,7 +66,8 @@ pub mod pvpanic {
 }
 
 /// Generic Event Device (ACPI0013): one 32-bit event register, cleared on read, and one
-/// edge-triggered interrupt.
+/// edge-triggered interrupt. A hardware-reduced platform has no fixed power button, so the
+/// power button is signalled here too.
 pub mod ged {
     /// MMIO base.
     pub const MMIO_BASE: u64 = 0xfe00_0000;
@@ -78,6 +79,8 @@ pub mod ged {
     pub const EVENT_CPU: u32 = 1 << 0;
     /// Event bit: a memory hotplug event is pending, run the memory scan.
     pub const EVENT_MEMORY: u32 = 1 << 1;
+    /// Event bit: the power button was pressed, notify the power button device.
+    pub const EVENT_POWER_BUTTON: u32 = 1 << 2;
     /// GSI of the GED interrupt (edge-triggered, active high).
     pub const IRQ: u32 = 5;
 }

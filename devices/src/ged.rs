@@ -1,5 +1,6 @@
 //! Generic Event Device (ACPI0013): one event register and one edge-triggered interrupt that
-//! tells the guest to run its hotplug scans (see [`acpi::layout::ged`]).
+//! tells the guest to run its hotplug scans or that the power button was pressed (see
+//! [`acpi::layout::ged`]).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -17,6 +18,10 @@ pub enum GedEvent {
     Cpu,
     /// Run the memory hotplug scan.
     Memory,
+    /// The power button was pressed: the guest's `_EVT` notifies the PNP0C0C device, which
+    /// Linux reports as a `KEY_POWER` input event (an orderly shutdown, if the guest's
+    /// userspace acts on it).
+    PowerButton,
 }
 
 impl GedEvent {
@@ -24,6 +29,7 @@ impl GedEvent {
         match self {
             GedEvent::Cpu => regs::EVENT_CPU,
             GedEvent::Memory => regs::EVENT_MEMORY,
+            GedEvent::PowerButton => regs::EVENT_POWER_BUTTON,
         }
     }
 }
@@ -106,6 +112,34 @@ mod tests {
             regs::EVENT_CPU | regs::EVENT_MEMORY
         );
         assert_eq!(read(&ged, regs::EVENT, 4), vec![0; 4]);
+    }
+
+    #[test]
+    fn power_button_latches_its_own_bit() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let ged = Ged::new(irq.try_clone().unwrap());
+        ged.notify(GedEvent::PowerButton).unwrap();
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(ged.pending(), regs::EVENT_POWER_BUTTON);
+        // A press that races a hotplug event is delivered by the same `_EVT`.
+        ged.notify(GedEvent::Cpu).unwrap();
+        let v = read(&ged, regs::EVENT, 4);
+        assert_eq!(
+            u32::from_le_bytes(v.try_into().unwrap()),
+            regs::EVENT_POWER_BUTTON | regs::EVENT_CPU
+        );
+        assert_eq!(ged.pending(), 0);
+    }
+
+    #[test]
+    fn every_event_has_a_bit_of_its_own() {
+        let bits = [GedEvent::Cpu, GedEvent::Memory, GedEvent::PowerButton].map(GedEvent::bit);
+        let mut seen = 0;
+        for bit in bits {
+            assert_eq!(bit.count_ones(), 1, "{bit:#x}");
+            assert_eq!(seen & bit, 0, "{bit:#x} shared");
+            seen |= bit;
+        }
     }
 
     #[test]
