@@ -4,17 +4,20 @@
 #
 # Usage: resources/guest-image.sh [--refresh] [--no-vmlinux] [--modules]
 #   stdout: kernel=PATH        bzImage (vmlinuz) of Debian's linux-image-amd64 dependency
-#           initramfs=PATH     gzip'ed newc cpio: busybox-static, /init, pvpanic modules
+#           initramfs=PATH     gzip'ed newc cpio: busybox-static, /init, pvpanic, ACPI button
+#                              and evdev modules
 #           vmlinux=PATH       uncompressed ELF kernel extracted from the bzImage (XZ payload)
 #           modules=PATH       (only with --modules) folder holding lib/modules/VERSION/...
-#                              with the modules plugvm's scripts use (pvpanic, kvm, 9p, virtio)
+#                              with the modules plugvm's scripts use (pvpanic, button, evdev,
+#                              kvm, 9p, virtio)
 #   stderr: progress.
 #   --refresh     ask apt again which kernel linux-image-amd64 points at (otherwise the cached
 #                 choice is reused without calling apt; the cached path answers in well under 1 s)
 #   --no-vmlinux  do not extract/print vmlinux
 #
 # Cache: <repo>/target/guest-image/ (override: PLUGVM_GUEST_IMAGE_DIR). The initramfs is rebuilt
-# when a file in resources/guest/ or this script is newer than it.
+# when a file in resources/guest/ or this script is newer than it; the kernel's modules are
+# extracted again (from the cached .deb) when KEEP_MODULES changed.
 # Environment: PLUGVM_GUEST_KERNEL_PKG=linux-image-6.1.0-NN-amd64 pins a kernel package
 # (default: whatever linux-image-amd64 depends on); PLUGVM_GUEST_KERNEL_META (default
 # linux-image-amd64), e.g. linux-image-cloud-amd64.
@@ -43,7 +46,7 @@ for a in "$@"; do
         --no-vmlinux) want_vmlinux=0 ;;
         --modules) want_modules=1 ;;
         -h | --help)
-            sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) die "unknown argument: $a (see --help)" ;;
@@ -51,14 +54,16 @@ for a in "$@"; do
 done
 
 # Modules kept from the kernel package (the rest of its 400 MB is not extracted).
-# pvpanic*: the guest's panic notifier; the others: resources/kvm-host.sh's outer VM.
+# pvpanic*: the guest's panic notifier; evdev, button: the guest's power button (acpid reads
+# the ACPI button driver's KEY_POWER from /dev/input); the others: resources/kvm-host.sh's
+# outer VM.
 KEEP_MODULES=(
-    pvpanic pvpanic-mmio pvpanic-pci
+    pvpanic pvpanic-mmio pvpanic-pci evdev button
     irqbypass ccp kvm kvm-amd kvm-intel
     virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console
     netfs fscache 9pnet 9pnet_virtio 9p overlay
 )
-GUEST_MODULES=(pvpanic pvpanic-mmio)
+GUEST_MODULES=(pvpanic pvpanic-mmio evdev button)
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
@@ -109,15 +114,24 @@ KERNEL="$KDIR/vmlinuz"
 VMLINUX="$KDIR/vmlinux"
 MODROOT="$KDIR/modules"
 INITRAMFS="$KDIR/initramfs.cpio.gz"
+# The KEEP_MODULES an extraction kept: a cache made with another list is extracted again.
+KEPT="$KDIR/modules.kept"
 BUSYBOX="$CACHE/busybox/bin/busybox"
 
 # ---- kernel + modules ------------------------------------------------------------------------------
-if [ ! -s "$KERNEL" ] || [ ! -d "$MODROOT/lib/modules/$KVER" ]; then
-    log "downloading $KPKG"
-    mkdir -p "$CACHE/debs"
-    (cd "$CACHE/debs" && apt_download "$KPKG")
-    deb="$(find "$CACHE/debs" -maxdepth 1 -name "${KPKG}_*.deb" | sort -V | tail -n 1)"
-    [ -n "$deb" ] || die "download of $KPKG produced no .deb"
+newest_deb() { # PKG: the newest cached .deb of PKG, or nothing
+    find "$CACHE/debs" -maxdepth 1 -name "${1}_*.deb" 2>/dev/null | sort -V | tail -n 1
+}
+if [ ! -s "$KERNEL" ] || [ ! -d "$MODROOT/lib/modules/$KVER" ] ||
+    [ "$(cat "$KEPT" 2>/dev/null)" != "${KEEP_MODULES[*]}" ]; then
+    deb="$(newest_deb "$KPKG")"
+    if [ -z "$deb" ]; then
+        log "downloading $KPKG"
+        mkdir -p "$CACHE/debs"
+        (cd "$CACHE/debs" && apt_download "$KPKG")
+        deb="$(newest_deb "$KPKG")"
+        [ -n "$deb" ] || die "download of $KPKG produced no .deb"
+    fi
     tmp="$(mktemp -d "$CACHE/.extract.XXXXXX")"
     pats=('*/boot/*' '*/modules.builtin' '*/modules.order')
     for m in "${KEEP_MODULES[@]}"; do
@@ -144,6 +158,7 @@ if [ ! -s "$KERNEL" ] || [ ! -d "$MODROOT/lib/modules/$KVER" ]; then
     fi
     rm -rf "$tmp"
     mv "$KDIR/vmlinuz.tmp" "$KERNEL"
+    echo "${KEEP_MODULES[*]}" >"$KEPT"
     printf 'kernel_pkg=%s\n' "$KPKG" >"$STATE.tmp" && mv "$STATE.tmp" "$STATE"
 fi
 if ! grep -qsx "kernel_pkg=$KPKG" "$STATE"; then
@@ -204,6 +219,8 @@ if [ "$need_initramfs" = 1 ]; then
     done
     install -m 0755 "$GUEST_SRC/init" "$root/init"
     install -m 0755 "$GUEST_SRC/plugvm-uevent" "$root/sbin/plugvm-uevent"
+    install -m 0755 "$GUEST_SRC/plugvm-poweroff" "$root/sbin/plugvm-poweroff"
+    install -m 0755 -D "$GUEST_SRC/plugvm-power-button" "$root/etc/acpi/PWRF/00000080"
     for m in "${GUEST_MODULES[@]}"; do
         f="$(find "$MODROOT" -name "$m.ko" | head -n 1)"
         if [ -n "$f" ]; then

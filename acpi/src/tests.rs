@@ -128,6 +128,9 @@ fn check_set(t: &AcpiTables, d: &MachineDescription) {
         assert!(opened, "no Device ({name})");
     }
     assert_eq!(count(dsdt, b"MHPCMSCN") > 0, d.hotplug_slots > 0);
+
+    // One power button, EISAID("PNP0C0C") = DWordConst 0x0c0cd041.
+    assert_eq!(count(dsdt, &[0x0c, 0x41, 0xd0, 0x0c, 0x0c]), 1);
 }
 
 #[test]

@@ -172,7 +172,24 @@ fn check_layout(dsl: &str, slots: u32) {
     assert!(dsl.contains(&format!("Local0 != 0x{:08X}", cpu_hotplug::NO_EVENT)));
     assert!(dsl.contains(&format!("If ((Local0 & {}))", aml_int(ged::EVENT_CPU))));
     assert!(dsl.contains(&format!("0x{:08X},", ged::IRQ)));
+    check_power_button(dsl);
     check_memory_layout(dsl, slots);
+}
+
+/// One PNP0C0C power button, notified (0x80: pressed) by the GED's `_EVT` on the
+/// `acpi::layout::ged::EVENT_POWER_BUTTON` bit.
+fn check_power_button(dsl: &str) {
+    assert_eq!(
+        dsl.matches("Name (_HID, EisaId (\"PNP0C0C\")").count(),
+        1,
+        "PNP0C0C devices"
+    );
+    assert!(dsl.contains("Device (PWRB)"));
+    let notify = format!(
+        "If ((Local0 & {}))\n                {{\n                    Notify (\\_SB.PWRB, 0x80)",
+        aml_int(ged::EVENT_POWER_BUTTON)
+    );
+    assert!(dsl.contains(&notify), "GED _EVT does not notify PWRB");
 }
 
 /// The memory hotplug controller's region and fields, as iasl decodes them, are the ones in
@@ -330,6 +347,8 @@ fn acpiexec_runs_the_hotplug_methods() {
         let last = max - 1;
         let last_name = format!("C{last:03X}");
         let bound = 2 * max as usize;
+        let button = ged::EVENT_POWER_BUTTON;
+        let button_and_cpu = button | ged::EVENT_CPU;
         let cmds = [
             format!("\\_SB.CPUS.{last_name}._STA"), // 0: memory reads 0: absent
             "TSEL".to_string(),                     // 1: _STA selected the CPU
@@ -346,8 +365,9 @@ fn acpiexec_runs_the_hotplug_methods() {
             "TINS 0xFFFFFFFF".to_string(),          // 12: NO_EVENT: nothing
             "TNON 2".to_string(),                   // 13: no flag pending: break
             "TGED 1 4".to_string(),                 // 14: GED CPU bit -> scan
-            "TGED 2 4".to_string(),                 // 15: other bit: no CPU scan (the
-                                                    // memory scan finds nothing pending)
+            "TGED 2 4".to_string(),                 // 15: memory bit: no notify at all
+            format!("TGED {button} 4"),             // 16: the power button alone
+            format!("TGED {button_and_cpu} 4"),     // 17: both, in one _EVT
         ];
         let cmd_refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
         let out = acpiexec(&dir, &["DSDT.dat", "helper.aml"], &cmd_refs);
@@ -375,6 +395,11 @@ fn acpiexec_runs_the_hotplug_methods() {
         assert_eq!(notifies(&out[13]), vec![]);
         assert_eq!(notifies(&out[14]), vec![("C004".to_string(), 1); bound]);
         assert_eq!(notifies(&out[15]), vec![]);
+        let pressed = ("PWRB".to_string(), 0x80);
+        assert_eq!(notifies(&out[16]), vec![pressed.clone()]);
+        let mut both = vec![("C004".to_string(), 1); bound];
+        both.push(pressed);
+        assert_eq!(notifies(&out[17]), both);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

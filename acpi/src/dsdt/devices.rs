@@ -1,5 +1,5 @@
-//! The fixed devices: `\_S5_`, the COM1 serial port, pvpanic and the motherboard
-//! resources device that reserves the platform's register blocks.
+//! The fixed devices: `\_S5_`, the COM1 serial port, pvpanic, the power button and the
+//! motherboard resources device that reserves the platform's register blocks.
 
 use acpi_tables::aml::{
     Device, EISAName, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate, IO, ONE, ZERO,
@@ -50,6 +50,25 @@ pub(crate) fn pvpanic() -> Result<Vec<u8>, Error> {
     )))
 }
 
+/// Path of the power button device, for the GED's `Notify`.
+pub(crate) const POWER_BUTTON: &str = "\\_SB_.PWRB";
+/// Notify code 0x80 on a power button device: the button was pressed.
+pub(crate) const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
+
+/// `Device (PWRB)` (PNP0C0C): a control-method power button. A hardware-reduced platform
+/// has no fixed power button, so the GED's `_EVT` notifies this device instead, which
+/// Linux's ACPI button driver turns into a `KEY_POWER` input event. No `_STA`: an absent
+/// `_STA` means present and enabled.
+pub(crate) fn power_button() -> Result<Vec<u8>, Error> {
+    Ok(bytes(&Device::new(
+        path("PWRB")?,
+        vec![
+            &Name::new(path("_HID")?, &EISAName::new("PNP0C0C")),
+            &Name::new(path("_UID")?, &ZERO),
+        ],
+    )))
+}
+
 /// `Device (MBRD)` (PNP0C02): claims the GED and CPU hotplug MMIO blocks, the memory
 /// hotplug block when the machine has hotplug slots, and the power ports, so that Linux
 /// marks them busy instead of handing them to a driver.
@@ -94,4 +113,19 @@ fn mmio(base: u64, size: u64) -> Result<Memory32Fixed, Error> {
 
 fn port_len(len: u16) -> Result<u8, Error> {
     u8::try_from(len).map_err(|_| Error::InvalidLayout(format!("{len} I/O ports in one range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_button_matches_iasl() {
+        // Device (PWRB) { Name (_HID, EisaId ("PNP0C0C")) Name (_UID, Zero) }
+        let iasl = [
+            0x5b, 0x82, 0x15, 0x50, 0x57, 0x52, 0x42, 0x08, 0x5f, 0x48, 0x49, 0x44, 0x0c, 0x41,
+            0xd0, 0x0c, 0x0c, 0x08, 0x5f, 0x55, 0x49, 0x44, 0x00,
+        ];
+        assert_eq!(power_button().unwrap(), iasl);
+    }
 }

@@ -1,26 +1,48 @@
 //! `\_SB_.GED_`: the Generic Event Device (ACPI0013). Its interrupt makes Linux evaluate
-//! `_EVT`, which reads the event register (reading clears it) and runs the scan of every
-//! subsystem whose bit is set.
+//! `_EVT`, which reads the event register (reading clears it), runs the scan of every
+//! hotplug subsystem whose bit is set and reports a power button press.
 
 use acpi_tables::aml::{
     And, Device, FieldAccessType, FieldUpdateRule, If, Interrupt, Local, Method, MethodCall, Name,
-    OpRegion, OpRegionSpace, ResourceTemplate, Store, ZERO,
+    Notify, OpRegion, OpRegionSpace, ResourceTemplate, Store, ZERO,
 };
 use acpi_tables::Aml;
 
+use super::devices::{NOTIFY_BUTTON_PRESSED, POWER_BUTTON};
 use super::fields::{field, FieldUnit};
-use crate::aml_ext::{bytes, path};
+use crate::aml_ext::{bytes, path, Raw};
 use crate::layout::ged;
 use crate::machine::MachineDescription;
 use crate::Error;
 
-/// What `_EVT` does per event bit: (bit of the event register, method to call). The
-/// memory scan only exists (and is only called) when the machine has hotplug slots.
-fn handlers(desc: &MachineDescription) -> Vec<(u32, &'static str)> {
-    let mut h = vec![(ged::EVENT_CPU, super::cpu::SCAN_METHOD)];
-    if desc.hotplug_slots > 0 {
-        h.push((ged::EVENT_MEMORY, super::memory::SCAN_METHOD));
+/// What `_EVT` does when an event bit is set.
+enum Action {
+    /// Call a method without arguments (a hotplug scan).
+    Call(&'static str),
+    /// `Notify (device, code)`.
+    Notify(&'static str, u8),
+}
+
+impl Action {
+    fn aml(&self) -> Result<Raw, Error> {
+        Ok(Raw(match *self {
+            Action::Call(method) => bytes(&MethodCall::new(path(method)?, vec![])),
+            Action::Notify(device, code) => bytes(&Notify::new(&path(device)?, &code)),
+        }))
     }
+}
+
+/// What `_EVT` does per event bit. The memory scan only exists (and is only called) when
+/// the machine has hotplug slots.
+fn handlers(desc: &MachineDescription) -> Vec<(u32, Action)> {
+    let mut h = vec![(ged::EVENT_CPU, Action::Call(super::cpu::SCAN_METHOD))];
+    if desc.hotplug_slots > 0 {
+        h.push((ged::EVENT_MEMORY, Action::Call(super::memory::SCAN_METHOD)));
+    }
+    h.push((
+        ged::EVENT_POWER_BUTTON,
+        Action::Notify(POWER_BUTTON, NOTIFY_BUTTON_PRESSED),
+    ));
     h
 }
 
@@ -50,22 +72,18 @@ pub(crate) fn build(desc: &MachineDescription) -> Result<Vec<u8>, Error> {
     let gdat = Name::new_field_name("GDAT");
     let read = Store::new(&Local(0), &gdat);
     let handlers = handlers(desc);
-    let paths = handlers
+    let actions = handlers
         .iter()
-        .map(|(_, p)| path(p))
+        .map(|(_, a)| a.aml())
         .collect::<Result<Vec<_>, _>>()?;
-    let calls: Vec<MethodCall> = paths
-        .into_iter()
-        .map(|p| MethodCall::new(p, vec![]))
-        .collect();
     let tests: Vec<And> = handlers
         .iter()
         .map(|(bit, _)| And::new(&ZERO, &Local(0), bit))
         .collect();
     let ifs: Vec<If> = tests
         .iter()
-        .zip(&calls)
-        .map(|(t, c)| If::new(t, vec![c]))
+        .zip(&actions)
+        .map(|(t, a)| If::new(t, vec![a]))
         .collect();
     let mut body: Vec<&dyn Aml> = vec![&read];
     body.extend(ifs.iter().map(|i| i as &dyn Aml));

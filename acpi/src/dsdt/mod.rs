@@ -5,8 +5,10 @@
 //! \_SB_
 //!     COM1              PNP0501, 16550 at 0x3f8, IRQ 4
 //!     PEVT              QEMU0001 pvpanic at 0x505
+//!     PWRB              PNP0C0C power button
 //!     MBRD              PNP0C02, reserves the GED/hotplug MMIO and power ports
-//!     GED_              ACPI0013, _EVT -> \_SB_.CPUS.CSCN, \_SB_.MHPC.MSCN
+//!     GED_              ACPI0013, _EVT -> \_SB_.CPUS.CSCN, \_SB_.MHPC.MSCN,
+//!                       Notify (\_SB_.PWRB, 0x80)
 //!     CPUS              ACPI0010 processor container, hotplug registers and methods
 //!         C000..Cnnn    ACPI0007, one per possible CPU
 //!     MHPC              PNP0A06 container, memory hotplug registers and methods
@@ -39,6 +41,7 @@ const DSDT_REVISION: u8 = 2;
 pub(crate) fn aml(desc: &MachineDescription) -> Result<Vec<u8>, Error> {
     let mut sb = devices::com1()?;
     sb.extend(devices::pvpanic()?);
+    sb.extend(devices::power_button()?);
     sb.extend(devices::motherboard(desc)?);
     sb.extend(ged::build(desc)?);
     sb.extend(cpu::build(desc)?);
