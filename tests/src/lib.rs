@@ -14,6 +14,7 @@
 //! assert_cli_error(&out, 1, &["/nonexistent"]);
 //! ```
 
+pub mod ch_clients;
 pub mod guest;
 pub mod session;
 
@@ -291,13 +292,24 @@ pub const TINY_KERNEL_ADDR: u64 = 0x10_0000;
 /// loading without a real Linux kernel; a test must not rely on what it does when run.
 pub fn tiny_elf_kernel() -> Vec<u8> {
     // mov al, 0xfe; out 0x64, al; hlt; jmp .-3 (back to hlt)
-    const CODE: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+    elf_kernel(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd])
+}
+
+/// Like [`tiny_elf_kernel`], but its code only halts, forever: a VM that runs until it is
+/// told to stop, for tests of the VM's life through the API on any KVM host.
+pub fn idle_elf_kernel() -> Vec<u8> {
+    // hlt; jmp .-3 (back to hlt)
+    elf_kernel(&[0xf4, 0xeb, 0xfd])
+}
+
+fn elf_kernel(code: &[u8]) -> Vec<u8> {
+    let code_bytes = code;
     const EHDR_SIZE: u16 = 64;
     const PHDR_SIZE: u16 = 56;
     let code_offset = u64::from(EHDR_SIZE + PHDR_SIZE);
-    let code_len = CODE.len() as u64;
+    let code_len = code_bytes.len() as u64;
 
-    let mut elf = Vec::with_capacity(usize::from(EHDR_SIZE + PHDR_SIZE) + CODE.len());
+    let mut elf = Vec::with_capacity(usize::from(EHDR_SIZE + PHDR_SIZE) + code_bytes.len());
     // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding.
     elf.extend_from_slice(b"\x7fELF");
     elf.extend_from_slice(&[2, 1, 1, 0]);
@@ -324,7 +336,7 @@ pub fn tiny_elf_kernel() -> Vec<u8> {
     elf.extend_from_slice(&code_len.to_le_bytes()); // p_filesz
     elf.extend_from_slice(&code_len.to_le_bytes()); // p_memsz
     elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    elf.extend_from_slice(&CODE);
+    elf.extend_from_slice(code_bytes);
     elf
 }
 

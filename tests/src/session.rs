@@ -408,9 +408,15 @@ impl GuestSession {
     /// start to the guest's ready line. Panics on timeout or plugvm's exit.
     /// A boot whose console stays silent for [`BOOT_SILENCE`] has stalled: it fails then.
     pub fn wait_ready(&self, timeout: Duration) -> Duration {
+        self.wait_ready_since(0, timeout)
+    }
+
+    /// [`Self::wait_ready`] for a boot whose console lines start at `mark` (a VM booted
+    /// again after `vm.shutdown`): earlier ready lines do not count.
+    pub fn wait_ready_since(&self, mark: usize, timeout: Duration) -> Duration {
         let deadline = Instant::now() + timeout;
         let ready = self.try_wait_for_line_or_silence(
-            0,
+            mark,
             |l| l.contains(READY_LINE),
             timeout,
             Some(BOOT_SILENCE),
@@ -419,7 +425,7 @@ impl GuestSession {
             ready.unwrap_or_else(|why| panic!("no ready line: {why} (session report below)"));
         let left = deadline.saturating_duration_since(Instant::now());
         self.wait_for_line(
-            0,
+            mark,
             |l| l.contains(SESSION_READY_LINE),
             left.max(Duration::from_secs(10)),
             "session script start",

@@ -20,7 +20,7 @@ use crate::boot::{self, ZeroPageInputs};
 use crate::config::{SerialConfig, VmConfig};
 use crate::console::TerminalGuard;
 use crate::console::{self, QueuedOutput, SocketConsole, StdoutWriter};
-use crate::control::ApiEndpoint;
+use crate::control::{ApiEndpoint, VmmLinks};
 use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet, SPARE_VCPUS};
 use crate::hotplug_service::{self, HotplugService, ObservationReceiver, ObservationSender};
 use crate::memory::{self, MemoryLayout};
@@ -320,13 +320,13 @@ fn check_hotplug_region(
 }
 
 /// Builds the VM of `config` and starts its boot vCPUs. The VM takes `api` and answers the
-/// requests arriving there while it runs; it ends when `terminate` fires (a signal to the
-/// VMM). On error `api` is left in place.
+/// requests arriving there while it runs; it ends when `links.terminate` fires (a signal to
+/// the VMM). On error `api` is left in place.
 pub fn build(
     kvm: &Kvm,
     config: &VmConfig,
     api: &mut Option<ApiEndpoint>,
-    terminate: Arc<ExitSignal>,
+    links: &VmmLinks,
 ) -> Result<Vm, VmError> {
     let payload = config.payload.as_ref().ok_or(VmError::NoKernel)?;
     let fd = kvm
@@ -388,7 +388,9 @@ pub fn build(
     let terminal = match (&config.serial, socket) {
         (SerialConfig::Stdio, _) => {
             let guard = TerminalGuard::raw_if_tty();
-            console::spawn_stdin_reader(devices.serial.clone())
+            links
+                .stdin
+                .connect(devices.serial.clone())
                 .map_err(|e| VmError::EventLoop(format!("stdin thread: {e}")))?;
             guard
         }
@@ -493,7 +495,8 @@ pub fn build(
         requests,
         console,
         exit,
-        terminate,
+        terminate: links.terminate.clone(),
+        stdin: matches!(config.serial, SerialConfig::Stdio).then(|| links.stdin.clone()),
         finished: false,
         terminal,
     })

@@ -289,16 +289,58 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Starts the thread that feeds standard input to the guest. It reads a duplicate of the
-/// descriptor rather than `std::io::stdin()`, whose lock a blocked read would hold, so that
-/// restoring the terminal at exit never waits for a key.
-pub fn spawn_stdin_reader(serial: Arc<SerialDevice>) -> io::Result<()> {
-    use std::os::fd::AsFd;
-    let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
-    std::thread::Builder::new()
-        .name("serial-stdin".into())
-        .spawn(move || feed_input(input, &serial))
-        .map(|_| ())
+/// Where standard input goes: the serial port of the VM that runs now, if its serial port is
+/// `stdio`. One thread reads standard input for the VMM's whole life, because a VM booted
+/// again after `vm.shutdown` must get the input a reader of the first VM would otherwise
+/// keep taking; input that arrives while no VM takes it is dropped.
+#[derive(Clone, Default)]
+pub struct StdinRoute {
+    target: Arc<Mutex<Option<Arc<SerialDevice>>>>,
+    reader: Arc<std::sync::OnceLock<()>>,
+}
+
+impl StdinRoute {
+    /// Sends standard input to `serial` from now on, starting the reader thread the first
+    /// time.
+    pub fn connect(&self, serial: Arc<SerialDevice>) -> io::Result<()> {
+        if let Ok(mut target) = self.target.lock() {
+            *target = Some(serial);
+        }
+        if self.reader.get().is_none() {
+            use std::os::fd::AsFd;
+            // A duplicate of the descriptor rather than `std::io::stdin()`, whose lock a
+            // blocked read would hold, so that restoring the terminal never waits for a key.
+            let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+            let route = self.clone();
+            std::thread::Builder::new()
+                .name("serial-stdin".into())
+                .spawn(move || route.feed(input))?;
+            let _ = self.reader.set(());
+        }
+        Ok(())
+    }
+
+    /// Stops sending standard input anywhere (the VM has ended).
+    pub fn disconnect(&self) {
+        if let Ok(mut target) = self.target.lock() {
+            *target = None;
+        }
+    }
+
+    fn feed(&self, mut input: File) {
+        let mut buf = [0u8; 64];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let serial = self.target.lock().ok().and_then(|t| t.clone());
+                    if let Some(serial) = serial {
+                        feed_chunk(&buf[..n], &serial);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Copies `input` into the guest's receive FIFO until EOF.
@@ -307,20 +349,23 @@ pub fn feed_input(mut input: impl Read, serial: &SerialDevice) {
     loop {
         match input.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let mut sent = 0;
-                while sent < n {
-                    let k = serial.enqueue_input(&buf[sent..n]);
-                    sent += k;
-                    if k == 0 {
-                        // The FIFO holds 64 bytes: give the guest time to drain it.
-                        wait_for_guest_to_read(serial);
-                    }
-                }
-                wait_for_guest_to_read(serial);
-            }
+            Ok(n) => feed_chunk(&buf[..n], serial),
         }
     }
+}
+
+/// Puts `chunk` into the guest's receive FIFO, waiting (bounded) for the guest to read.
+fn feed_chunk(chunk: &[u8], serial: &SerialDevice) {
+    let mut sent = 0;
+    while sent < chunk.len() {
+        let k = serial.enqueue_input(&chunk[sent..]);
+        sent += k;
+        if k == 0 {
+            // The FIFO holds 64 bytes: give the guest time to drain it.
+            wait_for_guest_to_read(serial);
+        }
+    }
+    wait_for_guest_to_read(serial);
 }
 
 /// Waits (bounded) until the guest has read its pending input, raising the receive

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::{self, ApiMessage, ApiRequest, ApiResponse, ApiServerHandle, Responder};
 use crate::config::{HostLimits, VmConfig};
+use crate::console::StdinRoute;
 use crate::info;
 use crate::signals;
 use crate::vm::{Vm, VmError};
@@ -59,6 +60,15 @@ fn start_api(path: &Path) -> Result<(ApiEndpoint, ApiServerHandle), VmError> {
     Ok((ApiEndpoint { requests, wake }, server))
 }
 
+/// What the VMM lends every VM it builds.
+#[derive(Clone)]
+pub struct VmmLinks {
+    /// Fired by a termination signal; ends the VM too.
+    pub terminate: Arc<ExitSignal>,
+    /// Standard input, for a VM whose serial port is `stdio`.
+    pub stdin: StdinRoute,
+}
+
 /// How the VMM ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmmExit {
@@ -88,8 +98,7 @@ pub struct Vmm<'k> {
     config: Option<VmConfig>,
     api: Option<ApiEndpoint>,
     server: Option<ApiServerHandle>,
-    /// Fired by a termination signal.
-    terminate: Arc<ExitSignal>,
+    links: VmmLinks,
 }
 
 const TOKEN_API: u64 = 0;
@@ -114,7 +123,10 @@ impl<'k> Vmm<'k> {
             config,
             api,
             server,
-            terminate,
+            links: VmmLinks {
+                terminate,
+                stdin: StdinRoute::default(),
+            },
         })
     }
 
@@ -122,12 +134,7 @@ impl<'k> Vmm<'k> {
     /// otherwise serves the API until a VM is created and booted.
     pub fn run(mut self) -> Result<VmmExit, VmError> {
         let mut vm = match &self.config {
-            Some(config) => Some(Vm::start(
-                self.kvm,
-                config,
-                &mut self.api,
-                self.terminate.clone(),
-            )?),
+            Some(config) => Some(Vm::start(self.kvm, config, &mut self.api, &self.links)?),
             None => None,
         };
         loop {
@@ -191,10 +198,10 @@ impl<'k> Vmm<'k> {
                 .map_err(|e| VmError::EventLoop(format!("epoll_ctl: {e}")))
         };
         watch(&api.wake, TOKEN_API)?;
-        watch(self.terminate.event(), TOKEN_TERMINATE)?;
+        watch(self.links.terminate.event(), TOKEN_TERMINATE)?;
         let mut events = [EpollEvent::default(); 2];
         loop {
-            if self.terminate.reason().is_some() {
+            if self.links.terminate.reason().is_some() {
                 return Ok(Step::End(VmmExit::Requested));
             }
             // Requests may be queued already: those that arrived while a VM was ending.
@@ -295,7 +302,7 @@ impl<'k> Vmm<'k> {
             let _ = respond.send(ApiResponse::error(400, format!("vm.boot: {e}.")));
             return None;
         }
-        match Vm::start(self.kvm, config, &mut self.api, self.terminate.clone()) {
+        match Vm::start(self.kvm, config, &mut self.api, &self.links) {
             Ok(vm) => {
                 let _ = respond.send(ApiResponse::no_content());
                 Some(Step::Boot(Box::new(vm)))

@@ -13,8 +13,8 @@ use crate::api::{self, Responder};
 use crate::arch;
 use crate::boot::BootError;
 use crate::config::VmConfig;
-use crate::console::{ConsoleError, QueuedOutput, TerminalGuard};
-use crate::control::ApiEndpoint;
+use crate::console::{ConsoleError, QueuedOutput, StdinRoute, TerminalGuard};
+use crate::control::{ApiEndpoint, VmmLinks};
 use crate::cpu_manager::VcpuSet;
 use crate::hotplug_service::HotplugService;
 use crate::memory::MemoryError;
@@ -131,6 +131,8 @@ pub struct Vm {
     pub exit: Arc<ExitSignal>,
     /// The VMM's end (a termination signal), which ends the VM too.
     pub(crate) terminate: Arc<ExitSignal>,
+    /// Standard input's route, when the serial port is `stdio`: cut at the VM's end.
+    pub(crate) stdin: Option<StdinRoute>,
     pub(crate) finished: bool,
     pub(crate) terminal: TerminalGuard,
 }
@@ -146,9 +148,9 @@ impl Vm {
         kvm: &Kvm,
         config: &VmConfig,
         api: &mut Option<ApiEndpoint>,
-        terminate: Arc<ExitSignal>,
+        links: &VmmLinks,
     ) -> Result<Vm, VmError> {
-        crate::builder::build(kvm, config, api, terminate)
+        crate::builder::build(kvm, config, api, links)
     }
 
     /// Takes back the API endpoint after the VM has ended, with the answers the VM deferred
@@ -215,6 +217,9 @@ impl Vm {
         }
         if !self.console.drain(CONSOLE_DRAIN_TIMEOUT) {
             tracing::warn!("the console's reader did not take the last output");
+        }
+        if let Some(stdin) = &self.stdin {
+            stdin.disconnect();
         }
         self.terminal.restore();
     }

@@ -1,0 +1,246 @@
+//! The VM's life through the API, with Cloud Hypervisor's clients (ch-remote's and Kata's
+//! exact requests, parsed their strict way), on any KVM host: `plugvm --api-socket` alone,
+//! then create, boot, pause, resume, shutdown (the VMM stays), boot again, delete and
+//! vmm.shutdown. The guest is [`idle_elf_kernel`], which halts until stopped; the real-guest
+//! version of these sequences is `cloud_hypervisor.rs`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plugvm_tests::ch_clients::{ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient};
+use plugvm_tests::{idle_elf_kernel, kill_bounded, plugvm_binary, ScratchDir};
+use serde_json::{json, Value};
+
+struct Vmm {
+    child: Child,
+    socket: std::path::PathBuf,
+    dir: ScratchDir,
+}
+
+impl Vmm {
+    fn start() -> Vmm {
+        let dir = ScratchDir::new("api-first");
+        let socket = dir.join("api.sock");
+        let child = Command::new(plugvm_binary())
+            .arg("--api-socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start plugvm: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "no API socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Vmm { child, socket, dir }
+    }
+
+    fn ch(&self, method: &str, command: &str, body: Option<&str>) -> ChAnswer {
+        ch_remote(&self.socket, method, command, body)
+            .unwrap_or_else(|e| panic!("ch-remote {command}: {e}"))
+    }
+
+    fn info(&self) -> Value {
+        let answer = self.ch("GET", "vm.info", None);
+        assert!(answer.success, "{answer:?}");
+        let info: Value =
+            serde_json::from_str(answer.body.as_deref().unwrap_or_default()).unwrap_or(Value::Null);
+        if let Err(e) = check_vm_info(&info) {
+            panic!("{e}: {info}");
+        }
+        info
+    }
+
+    fn wait_exit(&mut self, bound: Duration) -> Option<i32> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            kill_bounded(&mut self.child, Duration::from_secs(5));
+        }
+    }
+}
+
+fn assert_refused(answer: &ChAnswer, status: usize, words: &str) {
+    assert!(!answer.success, "{answer:?}");
+    assert_eq!(answer.status, status, "{answer:?}");
+    let body = answer.body.as_deref().unwrap_or_default();
+    assert!(
+        body.contains(words),
+        "the error should say {words:?}: {answer:?}"
+    );
+}
+
+fn config(kernel: &std::path::Path) -> Value {
+    json!({
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 2},
+        "memory": {"size": 256u64 << 20, "hotplug_size": 256u64 << 20, "hotplug_method": "Acpi"},
+        "payload": {"kernel": kernel, "cmdline": "console=ttyS0"},
+        "serial": {"mode": "Null"},
+        "console": {"mode": "Off"}
+    })
+}
+
+#[test]
+fn ch_remote_drives_the_vm_lifecycle_of_an_api_first_launch() {
+    let mut vmm = Vmm::start();
+    let kernel = vmm.dir.write("idle", idle_elf_kernel());
+    let not_kernel = vmm.dir.write("text", b"not a kernel".to_vec());
+
+    assert!(vmm.ch("GET", "vmm.ping", None).success);
+    assert_refused(&vmm.ch("GET", "vm.info", None), 404, "no VM is created");
+    assert_refused(&vmm.ch("PUT", "vm.boot", None), 404, "no VM is created");
+    assert_refused(&vmm.ch("PUT", "vm.shutdown", None), 409, "not running");
+    let deleted = vmm.ch("PUT", "vm.delete", None);
+    assert!(
+        deleted.success,
+        "vm.delete without a VM is a no-op: {deleted:?}"
+    );
+
+    // A kernel that does not load: the boot fails with the reason, the VM stays created.
+    let bad = config(&not_kernel).to_string();
+    assert_eq!(vmm.ch("PUT", "vm.create", Some(&bad)).status, 204);
+    assert_refused(&vmm.ch("PUT", "vm.boot", None), 400, "not a Linux kernel");
+    assert_eq!(vmm.info()["state"], "Created");
+    assert!(vmm.ch("PUT", "vm.delete", None).success);
+
+    let good = config(&kernel).to_string();
+    let created = vmm.ch("PUT", "vm.create", Some(&good));
+    assert_eq!(
+        (created.status, created.body.clone()),
+        (204, None),
+        "{created:?}"
+    );
+    let info = vmm.info();
+    assert_eq!(info["state"], "Created", "{info}");
+    assert_eq!(info["config"]["serial"]["mode"], "Null", "{info}");
+    assert_refused(
+        &vmm.ch("PUT", "vm.create", Some(&good)),
+        409,
+        "already created",
+    );
+    assert_refused(
+        &vmm.ch("PUT", "vm.resize", Some(&ch_resize_body(Some(2), None))),
+        409,
+        "not booted",
+    );
+
+    let booted = vmm.ch("PUT", "vm.boot", None);
+    assert_eq!((booted.status, booted.success), (204, true), "{booted:?}");
+    assert_eq!(vmm.info()["state"], "Running");
+    assert_refused(&vmm.ch("PUT", "vm.boot", None), 409, "already booted");
+    assert_refused(
+        &vmm.ch("PUT", "vm.create", Some(&good)),
+        409,
+        "already exists",
+    );
+
+    assert!(vmm.ch("PUT", "vm.pause", None).success);
+    assert_eq!(vmm.info()["state"], "Paused");
+    assert_refused(&vmm.ch("PUT", "vm.pause", None), 409, "already paused");
+    assert!(vmm.ch("PUT", "vm.resume", None).success);
+    assert_eq!(vmm.info()["state"], "Running");
+
+    let counters = vmm.ch("GET", "vm.counters", None);
+    assert!(counters.success, "{counters:?}");
+    let counters: Value =
+        serde_json::from_str(counters.body.as_deref().unwrap_or_default()).unwrap_or_default();
+    assert!(
+        counters["cpu_hotplug_controller"]["register_accesses"].is_u64(),
+        "{counters}"
+    );
+    // The idle guest does not react to the button; the press itself is accepted.
+    assert!(vmm.ch("PUT", "vm.power-button", None).success);
+
+    // shutdown: the VM ends, the VMM and the configuration stay; boot boots it again.
+    let shut = vmm.ch("PUT", "vm.shutdown", None);
+    assert_eq!((shut.status, shut.success), (204, true), "{shut:?}");
+    assert_eq!(vmm.info()["state"], "Created");
+    assert!(
+        vmm.child.try_wait().ok().flatten().is_none(),
+        "plugvm ended"
+    );
+    assert!(vmm.ch("PUT", "vm.boot", None).success);
+    assert_eq!(vmm.info()["state"], "Running");
+
+    // delete while running: the VM ends and is forgotten.
+    assert!(vmm.ch("PUT", "vm.delete", None).success);
+    assert_refused(&vmm.ch("GET", "vm.info", None), 404, "no VM is created");
+
+    let stop = vmm.ch("PUT", "vmm.shutdown", None);
+    assert!(stop.success, "{stop:?}");
+    assert_eq!(vmm.wait_exit(Duration::from_secs(3)), Some(0));
+    assert!(!vmm.socket.exists(), "the API socket was left behind");
+}
+
+#[test]
+fn kata_creates_boots_and_stops_with_its_own_requests() {
+    let mut vmm = Vmm::start();
+    let kernel = vmm.dir.write("idle", idle_elf_kernel());
+    let mut k = KataClient::connect(&vmm.socket).unwrap_or_else(|e| panic!("{e}"));
+    let second = Duration::from_secs(1);
+    let ping = k
+        .call("GET", "vmm.ping", None, second)
+        .and_then(|a| a.decode());
+    assert!(ping.is_ok_and(|p| p["version"].is_string()));
+
+    let mut sandbox = config(&kernel);
+    sandbox["vsock"] = json!({"cid": 3, "iommu": false, "socket": "/run/clh.sock"});
+    let refused = k
+        .call("PUT", "vm.create", Some(&sandbox), second)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("vsock"),
+        "{refused:?}"
+    );
+
+    let mut kata = config(&kernel);
+    kata["cpus"]["topology"] =
+        json!({"cores_per_die": 2, "dies_per_package": 1, "packages": 1, "threads_per_core": 1});
+    kata["rng"] = json!({"iommu": false, "src": "/dev/urandom"});
+    kata["memory"]["thp"] = json!(true);
+    kata["watchdog"] = json!(false);
+    let created = k
+        .call("PUT", "vm.create", Some(&kata), second)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(created.status, 204, "{created:?}");
+    let info = k
+        .call("GET", "vm.info", None, second)
+        .and_then(|a| a.decode())
+        .unwrap_or_default();
+    assert_eq!(info["state"], "Created", "{info}");
+    assert_eq!(check_vm_info(&info), Ok(()));
+    let booted = k
+        .call("PUT", "vm.boot", None, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(booted.status, 204, "{booted:?}");
+    let info = k
+        .call("GET", "vm.info", None, second)
+        .and_then(|a| a.decode())
+        .unwrap_or_default();
+    assert_eq!(info["state"], "Running", "{info}");
+
+    let asked = Instant::now();
+    let stop = k
+        .call("PUT", "vmm.shutdown", None, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(stop.status < 300, "{stop:?}");
+    assert_eq!(vmm.wait_exit(Duration::from_secs(3)), Some(0));
+    assert!(asked.elapsed() < Duration::from_secs(3));
+    assert!(!vmm.socket.exists());
+}
