@@ -278,7 +278,8 @@ struct Cli {
     #[arg(long, value_name = "stdio|file=PATH|socket=PATH|null")]
     serial: Option<OsString>,
 
-    /// Serve the HTTP API on this Unix socket
+    /// Serve the HTTP API on this Unix socket (`path=PATH`, Cloud Hypervisor's form, also works).
+    /// Alone, without --kernel, plugvm waits for vm.create and vm.boot
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
 
@@ -345,7 +346,15 @@ where
         cli.memory.unwrap_or_else(|| "size=512M".into()),
     )?)?;
     let serial = SerialConfig::parse(&cli.serial.unwrap_or_else(|| "stdio".into()))?;
-    if let Some(path) = &cli.api_socket {
+    // Cloud Hypervisor's own syntax, `--api-socket path=PATH`, means the same.
+    let api_socket = cli.api_socket.map(|p| {
+        use std::os::unix::ffi::OsStrExt;
+        match p.as_os_str().as_bytes().strip_prefix(b"path=") {
+            Some(rest) => PathBuf::from(std::ffi::OsStr::from_bytes(rest)),
+            None => p,
+        }
+    });
+    if let Some(path) = &api_socket {
         serial::check_socket_path(path).map_err(UsageError::ApiSocket)?;
     }
     let cmdline = cli.cmdline.map(|c| utf8("--cmdline", c)).transpose()?;
@@ -361,7 +370,7 @@ where
         }),
         None if cli.initramfs.is_some() => return Err(UsageError::RequiresKernel("--initramfs")),
         None if cmdline.is_some() => return Err(UsageError::RequiresKernel("--cmdline")),
-        None if cli.dump_acpi_tables.is_none() && cli.api_socket.is_none() => {
+        None if cli.dump_acpi_tables.is_none() && api_socket.is_none() => {
             return Err(UsageError::MissingKernel)
         }
         None => None,
@@ -372,7 +381,7 @@ where
         memory,
         payload,
         serial,
-        api_socket: cli.api_socket,
+        api_socket,
         guest_eject: cli.guest_eject.into(),
     };
     Ok(match cli.dump_acpi_tables {

@@ -187,6 +187,11 @@ fn api_first_launch_needs_only_the_api_socket() {
     };
     assert_eq!(config.payload, None);
     assert_eq!(config.api_socket, Some("/tmp/p.sock".into()));
+    let Command::Run(config) = parse_args(["plugvm", "--api-socket", "path=/tmp/q.sock"]).unwrap()
+    else {
+        panic!("not a run");
+    };
+    assert_eq!(config.api_socket, Some("/tmp/q.sock".into()));
 }
 
 #[test]
