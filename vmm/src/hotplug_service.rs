@@ -457,31 +457,32 @@ impl MutEventSubscriber for HotplugService {
     }
 }
 
+/// A service over an engine of 2 boot vCPUs of 4 and 512 MiB without memory hotplug, with no
+/// participants, on a fake clock; for tests.
+#[cfg(test)]
+pub(crate) fn test_service() -> (HotplugService, ObservationSender, Arc<hotplug::FakeClock>) {
+    let machine = hotplug::MachineConfig {
+        max_cpus: 4,
+        boot_cpus: 2,
+        boot_memory: 512 << 20,
+        block_size: 128 << 20,
+        hotplug_region_size: 0,
+        memory_slots: 0,
+    };
+    let clock = Arc::new(hotplug::FakeClock::new());
+    let engine = Engine::new(machine, hotplug::EngineConfig::default(), clock.clone())
+        .expect("the test engine");
+    let (tx, rx) = observation_queue().expect("the observation queue");
+    let service = HotplugService::new(engine, clock.clone(), rx).expect("the test service");
+    (service, tx, clock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hotplug::{CpuId, EngineConfig, FakeClock, MachineConfig};
+    use hotplug::CpuId;
     use std::sync::mpsc::channel;
     use std::sync::Mutex;
-
-    fn service() -> (HotplugService, ObservationSender, Arc<FakeClock>) {
-        let machine = MachineConfig {
-            max_cpus: 4,
-            boot_cpus: 2,
-            boot_memory: 512 << 20,
-            block_size: 128 << 20,
-            hotplug_region_size: 0,
-            memory_slots: 0,
-        };
-        let clock = Arc::new(FakeClock::new());
-        let engine = Engine::new(machine, EngineConfig::default(), clock.clone()).unwrap();
-        let (tx, rx) = observation_queue().unwrap();
-        (
-            HotplugService::new(engine, clock.clone(), rx).unwrap(),
-            tx,
-            clock,
-        )
-    }
 
     fn cpu1() -> DeviceId {
         DeviceId::Cpu(CpuId(1))
@@ -496,7 +497,7 @@ mod tests {
 
     #[test]
     fn an_ej0_received_before_the_deadline_is_judged_wins() {
-        let (mut s, tx, clock) = service();
+        let (mut s, tx, clock) = test_service();
         let (respond, answer) = channel();
         s.request(Request::RemoveCpu { id: 1 }, true, respond);
         let deadline = s.time_to_deadline().unwrap();
@@ -512,7 +513,7 @@ mod tests {
 
     #[test]
     fn a_deadline_judged_before_the_ej0_arrived_wins() {
-        let (mut s, tx, clock) = service();
+        let (mut s, tx, clock) = test_service();
         let (respond, answer) = channel();
         s.request(Request::RemoveCpu { id: 1 }, true, respond);
         clock.advance(s.time_to_deadline().unwrap() + Duration::from_millis(1));
@@ -527,7 +528,7 @@ mod tests {
 
     #[test]
     fn the_eject_hook_hears_of_an_ej0_before_the_engine_commits() {
-        let (mut s, tx, _) = service();
+        let (mut s, tx, _) = test_service();
         let heard = Arc::new(Mutex::new(Vec::new()));
         let h = heard.clone();
         s.on_guest_eject(Box::new(move |d| h.lock().unwrap().push(d)));
@@ -541,7 +542,7 @@ mod tests {
 
     #[test]
     fn the_observation_queue_is_bounded_and_counts_what_it_drops() {
-        let (s, tx, _) = service();
+        let (s, tx, _) = test_service();
         for _ in 0..OBSERVATION_QUEUE + 10 {
             tx.send(GuestObservation::new(cpu1(), GuestEvent::StatusRead));
         }
@@ -550,7 +551,7 @@ mod tests {
 
     #[test]
     fn paused_refuses_and_shutdown_answers_every_waiter() {
-        let (mut s, _tx, _) = service();
+        let (mut s, _tx, _) = test_service();
         s.set_paused(true);
         let (respond, answer) = channel();
         s.request(Request::AddCpu { id: None }, true, respond);

@@ -113,7 +113,7 @@ fn api_cli_talks_to_a_live_server() {
     );
     assert_eq!(
         run(&["shutdown"]),
-        (0, "The VM is shutting down.\n".into(), String::new())
+        (0, "The VM is shut down.\n".into(), String::new())
     );
     let (code, out, err) = run(&["resize", "--cpus", "2"]);
     assert_eq!((code, out.as_str()), (1, ""));
