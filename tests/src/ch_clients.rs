@@ -97,6 +97,11 @@ pub fn ch_remote(
         .trim()
         .parse()
         .map_err(|e| format!("Error parsing HTTP status code from {code:?}: {e}"))?;
+    crate::openapi::assert_documented(
+        method,
+        &format!("/api/v1/{command}"),
+        u16::try_from(status).unwrap_or(0),
+    );
     Ok(ChAnswer {
         status,
         success: matches!(status, 100 | 200 | 204),
@@ -232,8 +237,11 @@ impl KataClient {
             .get_ref()
             .set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
-        self.read_response()
-            .map_err(|e| format!("{method} {endpoint}: {e} (Kata's {timeout:?} deadline)"))
+        let answer = self
+            .read_response()
+            .map_err(|e| format!("{method} {endpoint}: {e} (Kata's {timeout:?} deadline)"))?;
+        crate::openapi::assert_documented(method, &format!("/api/v1/{endpoint}"), answer.status);
+        Ok(answer)
     }
 
     fn read_line(&mut self) -> Result<String, String> {

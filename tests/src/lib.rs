@@ -16,6 +16,7 @@
 
 pub mod ch_clients;
 pub mod guest;
+pub mod openapi;
 pub mod session;
 
 use std::ffi::OsStr;

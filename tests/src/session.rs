@@ -678,6 +678,7 @@ impl GuestSession {
             Err(e) => panic!("API {method} {target}: {e} (session report below)"),
         };
         let text = String::from_utf8_lossy(&response.body).to_string();
+        crate::openapi::assert_documented(method, &target, response.status);
         self.note(format!(
             "API {method} {target} -> {} in {:?}: {}",
             response.status,

@@ -73,9 +73,9 @@ pub(crate) struct Route {
 
 /// Statuses any request can get before or around its route: a malformed request (400), too
 /// slow (408), too large (413, 431), the VMM unavailable or gone (503), an HTTP version other
-/// than 1.x (505), Transfer-Encoding (501).
+/// than 1.x (505), Transfer-Encoding (501), an `Expect` other than `100-continue` (417).
 #[cfg_attr(not(test), allow(dead_code))]
-pub(crate) const TRANSPORT_STATUSES: &[u16] = &[400, 408, 413, 431, 501, 503, 505];
+pub(crate) const TRANSPORT_STATUSES: &[u16] = &[400, 408, 413, 417, 431, 501, 503, 505];
 
 /// What a hotplug request can answer: done (200), started (202, `?wait=false`), refused
 /// (409 no VM running, paused or batch aborted; 422 invalid; 429 a device busy), failed on the
@@ -120,11 +120,11 @@ const fn schema(
 #[rustfmt::skip]
 pub(crate) static ROUTES: &[Route] = &[
     Route { method: Method::Get, path: "/vmm.ping", body: None, wait: false, statuses: &[200], parse: |_| Ok(Action::Reply(ApiResponse::ok(ping_body()))) },
-    Route { method: Method::Put, path: "/vmm.shutdown", body: None, wait: false, statuses: &[204], parse: |_| Ok(Action::Forward(ApiRequest::VmmShutdown)) },
+    Route { method: Method::Put, path: "/vmm.shutdown", body: None, wait: false, statuses: &[204, 500], parse: |_| Ok(Action::Forward(ApiRequest::VmmShutdown)) },
     Route { method: Method::Put, path: "/vm.create", body: Some(BodySchema { name: "VmConfig", fields: vm_create::field_names, required: true }), wait: false, statuses: &[204, 400, 409], parse: create },
     Route { method: Method::Put, path: "/vm.boot", body: None, wait: false, statuses: &[204, 400, 404, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Boot)) },
-    Route { method: Method::Put, path: "/vm.delete", body: None, wait: false, statuses: &[204], parse: |_| Ok(Action::Forward(ApiRequest::Delete)) },
-    Route { method: Method::Put, path: "/vm.shutdown", body: None, wait: false, statuses: &[204, 409], parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
+    Route { method: Method::Put, path: "/vm.delete", body: None, wait: false, statuses: &[204, 500], parse: |_| Ok(Action::Forward(ApiRequest::Delete)) },
+    Route { method: Method::Put, path: "/vm.shutdown", body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
     Route { method: Method::Put, path: "/vm.power-button", body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::PowerButton)) },
     Route { method: Method::Get, path: "/vm.counters", body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Counters)) },
     Route { method: Method::Put, path: "/vm.pause", body: None, wait: false, statuses: &[204, 409, 429, 500], parse: |_| Ok(Action::Forward(ApiRequest::Pause)) },

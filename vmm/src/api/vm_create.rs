@@ -17,14 +17,38 @@ use serde_json::{json, Map, Value};
 use crate::config::{self, CpusConfig, MemoryConfig, PayloadConfig, SerialConfig, VmConfig};
 
 /// A field plugvm does not implement, with Cloud Hypervisor's default for it (`Null` when
-/// its default is absence).
+/// its default is absence), and the one other value that describes what plugvm does anyway
+/// (so that `vm.info`'s `config` can be sent back to `vm.create`).
 struct Unsupported {
     name: &'static str,
     default: fn() -> Value,
+    also: Option<fn() -> Value>,
 }
 
 const fn field(name: &'static str, default: fn() -> Value) -> Unsupported {
-    Unsupported { name, default }
+    Unsupported {
+        name,
+        default,
+        also: None,
+    }
+}
+
+/// A field whose default Cloud Hypervisor and plugvm's own behaviour differ on: both values
+/// are accepted, and `vm.info` reports `what_plugvm_does`.
+const fn either(
+    name: &'static str,
+    default: fn() -> Value,
+    what_plugvm_does: fn() -> Value,
+) -> Unsupported {
+    Unsupported {
+        name,
+        default,
+        also: Some(what_plugvm_does),
+    }
+}
+
+fn truthy() -> Value {
+    json!(true)
 }
 
 fn null() -> Value {
@@ -53,7 +77,8 @@ static TOP_LEVEL: &[Unsupported] = &[
     field("user_devices", null),
     field("vdpa", null),
     field("vsock", null),
-    field("pvpanic", falsy),
+    // plugvm always has a pvpanic device.
+    either("pvpanic", falsy, truthy),
     field("iommu", falsy),
     field("numa", null),
     field("watchdog", falsy),
@@ -86,7 +111,8 @@ static MEMORY: &[Unsupported] = &[
     field("hugepage_size", null),
     field("prefault", falsy),
     field("reserve", falsy),
-    field("thp", || json!(true)),
+    // plugvm does not advise transparent huge pages.
+    either("thp", truthy, falsy),
     field("zones", null),
 ];
 
@@ -124,6 +150,7 @@ fn check_members(
         let at = format!("{path}{name}");
         match unsupported.iter().find(|u| u.name == name) {
             Some(u) if is_default(value, &(u.default)()) => {}
+            Some(u) if u.also.is_some_and(|also| is_default(value, &also())) => {}
             Some(_) => {
                 return Err(format!(
                     "vm.create: {at} is not supported by plugvm (only absent, null or Cloud Hypervisor's default is accepted)."
@@ -487,6 +514,14 @@ mod tests {
         assert!(create(body).unwrap_err().contains("console"));
         assert!(parse(b"{not json").unwrap_err().contains("vm.create"));
         assert!(parse(b"").is_err());
+    }
+
+    #[test]
+    fn vm_infos_config_goes_back_to_vm_create() {
+        let config = create(minimal()).unwrap();
+        let info = crate::info::created(&config);
+        let again = create(info["config"].clone()).unwrap();
+        assert_eq!(again, config);
     }
 
     #[test]
