@@ -99,7 +99,7 @@ fn config(kernel: &std::path::Path) -> Value {
 fn ch_remote_drives_the_vm_lifecycle_of_an_api_first_launch() {
     let mut vmm = Vmm::start();
     let kernel = vmm.dir.write("idle", idle_elf_kernel());
-    let not_kernel = vmm.dir.write("text", b"not a kernel".to_vec());
+    let not_kernel = vmm.dir.write("text", b"not a kernel");
 
     assert!(vmm.ch("GET", "vmm.ping", None).success);
     assert_refused(&vmm.ch("GET", "vm.info", None), 404, "no VM is created");
