@@ -186,8 +186,9 @@ fn create_hotplug_service(
     vcpus: &Arc<Mutex<VcpuSet>>,
     memory: Option<&Arc<Mutex<HotplugMemory>>>,
     observations: ObservationReceiver,
+    links: &VmmLinks,
 ) -> Result<HotplugService, VmError> {
-    use hotplug::{Engine, EngineConfig, MachineConfig, MonotonicClock, Orders, Role};
+    use hotplug::{Engine, EngineConfig, MachineConfig, Orders, Role};
     let machine = MachineConfig {
         max_cpus: config.cpus.max,
         boot_cpus: config.cpus.boot,
@@ -196,7 +197,8 @@ fn create_hotplug_service(
         hotplug_region_size: config.memory.hotplug_size,
         memory_slots: config.memory.hotplug_slots,
     };
-    let clock: Arc<dyn hotplug::Clock> = Arc::new(MonotonicClock::new());
+    // The VMM's clock: journal times run on from one VM to the next, as event times do.
+    let clock = links.clock.clone();
     let engine_config = EngineConfig {
         guest_eject: config.guest_eject,
         ..EngineConfig::default()
@@ -455,7 +457,11 @@ pub fn build(
         &vcpus,
         hotplug_memory.as_ref(),
         obs_rx,
+        links,
     )?));
+    if let Ok(mut service) = hotplug.lock() {
+        service.stream_to(links.events.clone());
+    }
     // Taken only now that nothing can fail: a VM that fails to build leaves the endpoint
     // to the VMM, which answers the API without a VM.
     let requests = match api.take() {
@@ -475,6 +481,7 @@ pub fn build(
                 exit.clone(),
                 view,
                 devices.ged.clone(),
+                links.events.clone(),
             );
             Some(Arc::new(Mutex::new(handler)))
         }

@@ -33,12 +33,14 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::Parser;
 
 mod cpus;
+mod event_monitor;
 mod host;
 mod memory;
 mod options;
 mod serial;
 
 pub use cpus::{CpusConfig, CpusError, PLUGVM_MAX_VCPUS};
+pub use event_monitor::{EventMonitorConfig, EventMonitorError};
 pub use host::{ConfigError, FileRole, HostLimits};
 pub use memory::{
     MemoryConfig, MemoryError, DEFAULT_HOTPLUG_SLOTS, DEFAULT_MEMORY_SIZE, HOTPLUG_BLOCK_SIZE,
@@ -85,6 +87,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// `--guest-eject`: whether the guest may give a device back by itself.
     pub guest_eject: hotplug::GuestEjectPolicy,
+    /// `--event-monitor`: where events go in Cloud Hypervisor's format, if anywhere.
+    pub event_monitor: Option<EventMonitorConfig>,
 }
 
 /// What the command line asks for.
@@ -138,6 +142,9 @@ pub enum UsageError {
     /// A bad `--serial`.
     #[error("plugvm: --serial: {}", one_line(.0))]
     Serial(#[from] SerialError),
+    /// A bad `--event-monitor`.
+    #[error("plugvm: --event-monitor: {}", one_line(.0))]
+    EventMonitor(#[from] EventMonitorError),
     /// An `--api-socket` path too long for a Unix socket.
     #[error("plugvm: --api-socket: {}", one_line(.0))]
     ApiSocket(#[source] SocketPathError),
@@ -288,6 +295,11 @@ struct Cli {
     #[arg(long, value_enum, value_name = "deny|allow", default_value = "deny")]
     guest_eject: GuestEject,
 
+    /// Write every event (hotplug phases, the guest's answers, the VM's lifecycle) in Cloud
+    /// Hypervisor's event-monitor format to a file or an inherited descriptor
+    #[arg(long, value_name = "path=FILE|fd=N")]
+    event_monitor: Option<OsString>,
+
     /// Write the VM's ACPI tables (DSDT.dat, APIC.dat, FACP.dat, ...) into DIR and exit
     /// without booting
     #[arg(long, value_name = "DIR")]
@@ -383,6 +395,10 @@ where
         serial,
         api_socket,
         guest_eject: cli.guest_eject.into(),
+        event_monitor: cli
+            .event_monitor
+            .map(|v| EventMonitorConfig::parse(&v))
+            .transpose()?,
     };
     Ok(match cli.dump_acpi_tables {
         Some(dir) => Command::DumpAcpiTables { config, dir },

@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::api::{self, ApiMessage, ApiRequest, ApiResponse, ApiServerHandle, Responder};
 use crate::config::{HostLimits, VmConfig};
 use crate::console::StdinRoute;
+use crate::events::{self, EventLog};
 use crate::info;
 use crate::signals;
 use crate::vm::{Vm, VmError};
@@ -67,6 +68,10 @@ pub struct VmmLinks {
     pub terminate: Arc<ExitSignal>,
     /// Standard input, for a VM whose serial port is `stdio`.
     pub stdin: StdinRoute,
+    /// The VMM's clock (its epoch is the VMM's start): the journal's and the events' time.
+    pub clock: Arc<dyn hotplug::Clock>,
+    /// The event stream.
+    pub events: Arc<EventLog>,
 }
 
 /// How the VMM ended.
@@ -115,6 +120,19 @@ impl<'k> Vmm<'k> {
         let terminate = Arc::new(ExitSignal::new(eventfd()?));
         signals::watch_termination(terminate.clone())
             .map_err(|e| VmError::EventLoop(format!("signal thread: {e}")))?;
+        let clock: Arc<dyn hotplug::Clock> = Arc::new(hotplug::MonotonicClock::new());
+        let events = Arc::new(EventLog::new(clock.clone()));
+        if let Some(server) = &server {
+            server.attach_events(events.clone());
+        }
+        if let Some(monitor) = &launch.event_monitor {
+            let out = monitor
+                .open()
+                .map_err(|e| VmError::EventLoop(format!("--event-monitor: {e}")))?;
+            events::spawn_monitor(events.clone(), out)
+                .map_err(|e| VmError::EventLoop(format!("event monitor thread: {e}")))?;
+        }
+        events.publish("vmm", "starting", None, serde_json::json!({}));
         let config = launch.payload.is_some().then(|| launch.clone());
         Ok(Vmm {
             kvm,
@@ -126,6 +144,8 @@ impl<'k> Vmm<'k> {
             links: VmmLinks {
                 terminate,
                 stdin: StdinRoute::default(),
+                clock,
+                events,
             },
         })
     }
@@ -133,8 +153,8 @@ impl<'k> Vmm<'k> {
     /// Runs until the VMM ends: boots the command line's VM at once, if it has one, and
     /// otherwise serves the API until a VM is created and booted.
     pub fn run(mut self) -> Result<VmmExit, VmError> {
-        let mut vm = match &self.config {
-            Some(config) => Some(Vm::start(self.kvm, config, &mut self.api, &self.links)?),
+        let mut vm = match self.config.clone() {
+            Some(config) => Some(self.start_vm(&config)?),
             None => None,
         };
         loop {
@@ -146,11 +166,34 @@ impl<'k> Vmm<'k> {
                 Step::Boot(next) => vm = Some(*next),
                 Step::Continue => {}
                 Step::End(exit) => {
+                    self.publish(
+                        "vmm",
+                        "shutdown",
+                        serde_json::json!({ "exit_code": exit.exit_code() }),
+                    );
+                    // Readers get the last events before the server closes their connections.
+                    self.links.events.close();
                     self.stop_api("the VMM is ending");
                     return Ok(exit);
                 }
             }
         }
+    }
+
+    fn publish(&self, source: &'static str, event: &'static str, data: serde_json::Value) {
+        self.links.events.publish(source, event, None, data);
+    }
+
+    /// Builds and boots the VM of `config`, with events around it.
+    fn start_vm(&mut self, config: &VmConfig) -> Result<Vm, VmError> {
+        self.publish("vm", "booting", serde_json::json!({}));
+        let vm = Vm::start(self.kvm, config, &mut self.api, &self.links)?;
+        self.publish(
+            "vm",
+            "booted",
+            serde_json::json!({ "vcpus": config.cpus.boot, "max_vcpus": config.cpus.max, "memory": config.memory.size }),
+        );
+        Ok(vm)
     }
 
     /// Runs `vm` until it ends and takes the API back.
@@ -170,6 +213,17 @@ impl<'k> Vmm<'k> {
             }
         };
         tracing::info!(?reason, "the VM ended");
+        let (name, why) = match reason {
+            ExitReason::PowerOff => ("shutdown", "the guest powered off"),
+            ExitReason::Reset => ("shutdown", "the guest reset the machine"),
+            ExitReason::GuestPanic => ("shutdown", "the guest kernel panicked"),
+            ExitReason::VcpuError => ("shutdown", "a vCPU failed"),
+            ExitReason::Shutdown => ("shutdown", "vm.shutdown"),
+            ExitReason::Delete => ("deleted", "vm.delete"),
+            ExitReason::VmmShutdown => ("shutdown", "vmm.shutdown"),
+            ExitReason::Signal(_) => ("shutdown", "a termination signal"),
+        };
+        self.publish("vm", name, serde_json::json!({ "reason": why }));
         answer_all(deferred, ApiResponse::no_content());
         Ok(match reason {
             ExitReason::Shutdown if self.api.is_some() => Step::Continue,
@@ -241,7 +295,13 @@ impl<'k> Vmm<'k> {
             }
             ApiRequest::Create(config) => self.create(*config),
             ApiRequest::Delete => {
-                self.config = None;
+                if self.config.take().is_some() {
+                    self.publish(
+                        "vm",
+                        "deleted",
+                        serde_json::json!({ "reason": "vm.delete" }),
+                    );
+                }
                 ApiResponse::no_content()
             }
             ApiRequest::VmInfo => match &self.config {
@@ -283,6 +343,7 @@ impl<'k> Vmm<'k> {
         }
         config.api_socket = None;
         config.guest_eject = self.launch.guest_eject;
+        config.event_monitor = None;
         if let Err(e) = config.validate(&self.host) {
             return ApiResponse::error(400, format!("vm.create: {e}."));
         }
@@ -293,6 +354,7 @@ impl<'k> Vmm<'k> {
             "VM created through the API"
         );
         self.config = Some(config);
+        self.publish("vm", "created", serde_json::json!({}));
         ApiResponse::no_content()
     }
 
@@ -302,13 +364,18 @@ impl<'k> Vmm<'k> {
             let _ = respond.send(ApiResponse::error(400, format!("vm.boot: {e}.")));
             return None;
         }
-        match Vm::start(self.kvm, config, &mut self.api, &self.links) {
+        match self.start_vm(config) {
             Ok(vm) => {
                 let _ = respond.send(ApiResponse::no_content());
                 Some(Step::Boot(Box::new(vm)))
             }
             Err(e) => {
                 tracing::warn!("vm.boot failed: {e}");
+                self.publish(
+                    "vm",
+                    "boot_failed",
+                    serde_json::json!({ "error": e.to_string() }),
+                );
                 let status = if e.is_config_error() { 400 } else { 500 };
                 let _ = respond.send(ApiResponse::error(status, format!("vm.boot: {e}.")));
                 None

@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::api::ApiResponse;
 use crate::counters::HotplugCounters;
+use crate::events::EventLog;
 
 /// A guest access the engine must hear about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +162,87 @@ pub struct HotplugService {
     refused_ejects: u64,
     paused: bool,
     counters: HotplugCounters,
+    stream: Option<JournalStream>,
+}
+
+/// Turns what the journal gains into events: per open transaction, how many phases, guest
+/// events and errors were already published.
+struct JournalStream {
+    log: Arc<EventLog>,
+    /// Open transactions: phases, guest events and errors published so far.
+    open: BTreeMap<TxId, (usize, usize, usize)>,
+    /// The lowest transaction id not seen yet.
+    next: u64,
+}
+
+impl JournalStream {
+    /// Publishes what `engine`'s records gained since the last call, in time order per
+    /// transaction.
+    fn publish(&mut self, engine: &Engine) {
+        let new: Vec<TxId> = engine
+            .records()
+            .map(|r| r.id)
+            .filter(|id| id.0 >= self.next)
+            .collect();
+        for id in new {
+            self.next = self.next.max(id.0 + 1);
+            self.open.insert(id, (0, 0, 0));
+            if let Some(r) = engine.transaction(id) {
+                self.log.publish(
+                    "hotplug",
+                    "started",
+                    Some(id.0),
+                    json!({ "origin": r.origin, "request": r.request, "mode": r.mode, "targets": r.targets, "started_us": r.started_us }),
+                );
+            }
+        }
+        let open: Vec<TxId> = self.open.keys().copied().collect();
+        for id in open {
+            let Some(record) = engine.transaction(id) else {
+                // Evicted from the journal before it could be read: nothing more to say.
+                self.open.remove(&id);
+                continue;
+            };
+            let (phases, guest, errors) = self.open.get(&id).copied().unwrap_or_default();
+            let mut items: Vec<(u64, &'static str, &'static str, serde_json::Value)> = Vec::new();
+            for p in record.phases.iter().skip(phases) {
+                items.push((p.started_us, "hotplug", "phase", json!(p)));
+            }
+            for g in record.guest_events.iter().skip(guest) {
+                let name = match g.event {
+                    hotplug::GuestEventKind::Ost { .. } => "ost",
+                    hotplug::GuestEventKind::Eject => "eject",
+                    hotplug::GuestEventKind::StatusRead => "status_read",
+                };
+                items.push((g.at_us, "guest", name, json!(g)));
+            }
+            for e in record.errors.iter().skip(errors) {
+                items.push((e.at_us, "hotplug", "error", json!(e)));
+            }
+            items.sort_by_key(|(at, ..)| *at);
+            for (_, source, event, data) in items {
+                self.log.publish(source, event, Some(id.0), data);
+            }
+            if record.status == hotplug::RecordStatus::InProgress {
+                self.open.insert(
+                    id,
+                    (
+                        record.phases.len(),
+                        record.guest_events.len(),
+                        record.errors.len(),
+                    ),
+                );
+            } else {
+                self.open.remove(&id);
+                self.log.publish(
+                    "hotplug",
+                    "ended",
+                    Some(id.0),
+                    json!({ "status": record.status, "duration_us": record.duration_us, "outcome": record.outcome }),
+                );
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for HotplugService {
@@ -190,6 +272,7 @@ impl HotplugService {
             refused_ejects: 0,
             paused: false,
             counters: HotplugCounters::default(),
+            stream: None,
         })
     }
 
@@ -206,6 +289,23 @@ impl HotplugService {
     /// Adds a hook told of every guest eject the engine refused.
     pub fn on_refused_eject(&mut self, hook: EjectHook) {
         self.refused_eject_hooks.push(hook);
+    }
+
+    /// Publishes every change of the journal (transactions starting and ending, phases, the
+    /// guest's answers, errors) to `log`, from now on.
+    pub fn stream_to(&mut self, log: Arc<EventLog>) {
+        let next = self.engine.records().map(|r| r.id.0 + 1).max().unwrap_or(1);
+        self.stream = Some(JournalStream {
+            log,
+            open: BTreeMap::new(),
+            next,
+        });
+    }
+
+    fn publish_journal(&mut self) {
+        if let Some(stream) = &mut self.stream {
+            stream.publish(&self.engine);
+        }
     }
 
     /// Cumulative hotplug counters per device.
@@ -239,9 +339,17 @@ impl HotplugService {
             ));
             return;
         }
-        let begun = match self.engine.begin(request) {
+        let begun = match self.engine.begin(request.clone()) {
             Ok(b) => b,
             Err(e) => {
+                if let Some(stream) = &self.stream {
+                    stream.log.publish(
+                        "hotplug",
+                        "refused",
+                        None,
+                        json!({ "request": request, "error": e.to_string() }),
+                    );
+                }
                 let status = match e {
                     // Cloud Hypervisor's answer to a resize while a change is pending, and the
                     // one Kata Containers retries on.
@@ -266,6 +374,7 @@ impl HotplugService {
                 let _ = respond.send(response);
             }
         }
+        self.publish_journal();
         self.arm_timer();
     }
 
@@ -299,6 +408,7 @@ impl HotplugService {
         }
         let report = self.engine.tick();
         self.finish(report);
+        self.publish_journal();
         self.arm_timer();
     }
 

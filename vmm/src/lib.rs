@@ -13,6 +13,7 @@ pub mod console;
 pub mod control;
 pub mod counters;
 pub mod cpu_manager;
+pub mod events;
 pub mod hotplug_service;
 pub mod info;
 pub mod memory;

@@ -16,6 +16,7 @@ use crate::console::QueuedOutput;
 use crate::control::ApiEndpoint;
 use crate::counters::{DeviceCounters, HotplugCounters};
 use crate::cpu_manager::{VcpuSet, VCPU_ACK_TIMEOUT};
+use crate::events::EventLog;
 use crate::hotplug_service::HotplugService;
 use crate::info::{self, Present, VmState};
 use crate::memory::{self, MemoryLayout};
@@ -50,6 +51,7 @@ pub struct RequestHandler {
     paused: bool,
     /// Answers given once the VM has ended (`vm.shutdown`, `vm.delete`, `vmm.shutdown`).
     deferred: Vec<Responder>,
+    events: Arc<EventLog>,
 }
 
 impl RequestHandler {
@@ -61,6 +63,7 @@ impl RequestHandler {
         exit: Arc<ExitSignal>,
         view: VmView,
         ged: Arc<Ged>,
+        events: Arc<EventLog>,
     ) -> Self {
         RequestHandler {
             api: Some(api),
@@ -71,6 +74,7 @@ impl RequestHandler {
             ged,
             paused: false,
             deferred: Vec::new(),
+            events,
         }
     }
 
@@ -195,6 +199,8 @@ impl RequestHandler {
             return ApiResponse::error(500, format!("Cannot pause the VM: {e}."));
         }
         tracing::info!("VM paused");
+        self.events
+            .publish("vm", "paused", None, serde_json::json!({}));
         ApiResponse::no_content()
     }
 
@@ -212,6 +218,8 @@ impl RequestHandler {
         }
         self.paused = false;
         tracing::info!("VM resumed");
+        self.events
+            .publish("vm", "resumed", None, serde_json::json!({}));
         ApiResponse::no_content()
     }
 
@@ -226,6 +234,8 @@ impl RequestHandler {
         match self.ged.notify(GedEvent::PowerButton) {
             Ok(()) => {
                 tracing::info!("power button pressed through the API");
+                self.events
+                    .publish("vm", "power_button", None, serde_json::json!({}));
                 ApiResponse::no_content()
             }
             Err(e) => ApiResponse::error(500, format!("vm.power-button: {e}.")),

@@ -25,6 +25,8 @@ pub(crate) struct RequestHead {
     pub expect_continue: bool,
     /// The connection may serve another request after this one.
     pub keep_alive: bool,
+    /// `Last-Event-ID`: where an event-stream client resumes.
+    pub last_event_id: Option<u64>,
 }
 
 /// Why a request head could not be read. Each one ends the connection.
@@ -185,6 +187,7 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
         content_length: 0,
         expect_continue: false,
         keep_alive: http11,
+        last_event_id: None,
     };
     let mut content_length: Option<u64> = None;
     let mut count = 0;
@@ -231,6 +234,7 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
                     "Transfer-Encoding is not supported; send Content-Length.",
                 ))
             }
+            "last-event-id" => head.last_event_id = value.trim().parse().ok(),
             "connection" => {
                 for option in value.split(',').map(|o| o.trim().to_ascii_lowercase()) {
                     match option.as_str() {

@@ -54,6 +54,8 @@ pub(crate) enum Action {
     Reply(ApiResponse),
     /// Forward to the VMM and relay its answer.
     Forward(ApiRequest),
+    /// Stream events from this id on (`None`: from the next one).
+    Stream(Option<u64>),
 }
 
 /// One endpoint.
@@ -135,6 +137,7 @@ pub(crate) static ROUTES: &[Route] = &[
     Route { method: Method::Put, path: "/vm.resize", body: schema("VmResize", field_names::<ResizeBody>, true), wait: true, statuses: HOTPLUG, parse: resize },
     Route { method: Method::Put, path: "/vm.add-memory", body: schema("VmAddMemory", field_names::<AddMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: add_memory },
     Route { method: Method::Put, path: "/vm.remove-memory", body: schema("VmRemoveMemory", field_names::<RemoveMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: remove_memory },
+    Route { method: Method::Get, path: "/events", body: None, wait: false, statuses: &[200, 503], parse: |_| Ok(Action::Stream(None)) },
     Route { method: Method::Get, path: "/hotplug/transactions", body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Transactions)) },
     Route { method: Method::Get, path: "/hotplug/transactions/{id}", body: None, wait: false, statuses: &[200, 400, 404, 409], parse: transaction },
 ];
@@ -230,6 +233,33 @@ fn printable(text: &str) -> String {
     out
 }
 
+/// Parses the event stream's query: `since=ID` (resume after event ID), at most once.
+fn parse_since(query: Option<&str>) -> Result<Option<u64>, String> {
+    let mut since = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "since" {
+            return Err(format!(
+                "Unknown query parameter `{}`; events accepts only `since`.",
+                printable(key)
+            ));
+        }
+        let id = value
+            .parse::<u64>()
+            .ok()
+            .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| format!("since must be an event id, got `{}`.", printable(value)))?;
+        if since.replace(id).is_some() {
+            return Err("Query parameter since is given more than once.".to_string());
+        }
+    }
+    Ok(since)
+}
+
 /// Parses the query string of a route: only `wait=true|false`, at most once.
 fn parse_query(route: &Route, query: Option<&str>) -> Result<bool, String> {
     let mut wait = None;
@@ -300,6 +330,10 @@ pub(crate) fn route(method: &str, target: &str, body: &[u8]) -> Result<Action, R
             allow,
         });
     };
+    if route.path == "/events" {
+        let since = parse_since(query).map_err(RouteError::BadRequest)?;
+        return Ok(Action::Stream(since.map(|id| id.saturating_add(1))));
+    }
     let wait = parse_query(route, query).map_err(RouteError::BadRequest)?;
     if route.body.is_none() && !body.iter().all(u8::is_ascii_whitespace) {
         return Err(RouteError::BadRequest(format!(

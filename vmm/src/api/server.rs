@@ -18,8 +18,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::http::{self, DeadlineReader, HeadError};
-use super::routing::{self, Action};
+use super::routing::{self, Action, RouteError};
 use super::{ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, MAX_BODY_BYTES};
+use crate::events::EventLog;
 
 /// How long a stop waits for answers already given by the VMM to reach their clients (the
 /// answer to `vmm.shutdown` itself is one of them).
@@ -45,6 +46,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Requests read and not yet fully answered, so that a stop lets their answers out.
     answering: AtomicUsize,
+    /// The VMM's event log, for `GET /api/v1/events`.
+    events: std::sync::OnceLock<Arc<EventLog>>,
 }
 
 impl Shared {
@@ -75,6 +78,11 @@ impl ApiServerHandle {
     /// The socket path the server listens on.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Serves the event stream (`GET /api/v1/events`) from `log`.
+    pub fn attach_events(&self, log: Arc<EventLog>) {
+        let _ = self.shared.events.set(log);
     }
 
     /// Stops accepting, closes open connections and removes the socket file.
@@ -137,6 +145,7 @@ pub(crate) fn start(
         next_connection: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
         answering: AtomicUsize::new(0),
+        events: std::sync::OnceLock::new(),
     });
     let thread_shared = Arc::clone(&shared);
     let spawned = thread::Builder::new()
@@ -385,8 +394,13 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
         };
         // The request is in: the VMM's time for it runs from here to the answer's last byte.
         let received = std::time::Instant::now();
+        let action = routing::route(&head.method, &head.target, &body);
+        if let Ok(Action::Stream(from)) = action {
+            let from = from.or(head.last_event_id.map(|id| id.saturating_add(1)));
+            return stream_events(shared, &mut writer, from);
+        }
         shared.answering.fetch_add(1, Ordering::SeqCst);
-        let (response, allow) = handle(shared, &head.method, &head.target, &body);
+        let (response, allow) = handle(shared, action);
         let body = encode_body(&response);
         let written = http::write_response(
             &mut writer,
@@ -415,16 +429,75 @@ fn fail(writer: &mut UnixStream, status: u16, message: &str) {
     let _ = http::write_response(writer, status, Some(&error_body(message)), None, false);
 }
 
-/// Routes a request and, if needed, gets the VMM's answer.
-fn handle(
-    shared: &Shared,
-    method: &str,
-    target: &str,
-    body: &[u8],
-) -> (ApiResponse, Option<String>) {
-    match routing::route(method, target, body) {
+/// How long an event-stream connection may stay silent before a keep-alive comment, which
+/// also finds clients that went away.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long a write to an event-stream client may block: a client that reads nothing for
+/// this long is dropped (it can come back with `since`).
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `GET /api/v1/events` as Server-Sent Events until the client goes, the server stops
+/// or the VMM ends. The VMM never waits for this connection: a client too slow for the event
+/// log's capacity gets a `dropped` event saying how many it missed.
+fn stream_events(shared: &Shared, writer: &mut UnixStream, from: Option<u64>) {
+    let Some(log) = shared.events.get().cloned() else {
+        return fail(writer, 503, "The event stream is not available.");
+    };
+    let _ = writer.set_write_timeout(Some(STREAM_WRITE_TIMEOUT));
+    // Counted as an answer in progress, so that a stop lets the last events out.
+    shared.answering.fetch_add(1, Ordering::SeqCst);
+    write_events(shared, writer, &log, from);
+    shared.answering.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn write_events(shared: &Shared, writer: &mut UnixStream, log: &EventLog, from: Option<u64>) {
+    use std::io::Write;
+    let head = "HTTP/1.1 200 \r\nServer: plugvm\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+    if writer.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut next = from.unwrap_or_else(|| log.next_id());
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let Some(batch) = log.read_from(next, STREAM_KEEPALIVE) else {
+            return;
+        };
+        let mut text = String::new();
+        if batch.missed > 0 {
+            text.push_str(&format!(
+                "event: dropped\ndata: {}\n\n",
+                serde_json::json!({ "missed": batch.missed, "resumed_at": batch.events.first().map_or(batch.next, |e| e.id) })
+            ));
+        }
+        for event in &batch.events {
+            let data = serde_json::to_vec(event.as_ref())
+                .map(ascii_json)
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "id: {}\nevent: {}\ndata: {}\n\n",
+                event.id,
+                event.event,
+                String::from_utf8_lossy(&data)
+            ));
+        }
+        if text.is_empty() {
+            text.push_str(": keep-alive\n\n");
+        }
+        next = batch.next;
+        if writer.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Gets the answer to a routed request: the server's own, or the VMM's.
+fn handle(shared: &Shared, action: Result<Action, RouteError>) -> (ApiResponse, Option<String>) {
+    match action {
         Ok(Action::Reply(response)) => (response, None),
         Ok(Action::Forward(request)) => (ask_vmm(shared, request), None),
+        Ok(Action::Stream(_)) => (
+            ApiResponse::error(500, "The event stream cannot be answered here."),
+            None,
+        ),
         Err(e) => {
             let (status, message, allow) = e.into_parts();
             (ApiResponse::error(status, message), allow)

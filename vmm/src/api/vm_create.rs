@@ -401,6 +401,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<VmConfig, String> {
         serial: serial(top.get("serial"))?,
         api_socket: None,
         guest_eject: hotplug::GuestEjectPolicy::default(),
+        event_monitor: None,
     };
     console(top.get("console"))?;
     Ok(config)

@@ -52,6 +52,7 @@ fn defaults() {
             serial: SerialConfig::Stdio,
             api_socket: None,
             guest_eject: hotplug::GuestEjectPolicy::Deny,
+            event_monitor: None,
         }
     );
     // The defaults of the command line and of the types agree.
@@ -95,6 +96,7 @@ fn every_flag() {
             serial: SerialConfig::File("/tmp/console.log".into()),
             api_socket: Some("/run/plugvm.sock".into()),
             guest_eject: hotplug::GuestEjectPolicy::Deny,
+            event_monitor: None,
         }
     );
     // `--flag=value` works as well as `--flag value`; order does not matter.

@@ -23,6 +23,7 @@ fn config() -> VmConfig {
         serial: SerialConfig::Stdio,
         api_socket: None,
         guest_eject: hotplug::GuestEjectPolicy::Deny,
+        event_monitor: None,
     }
 }
 
