@@ -85,6 +85,11 @@ pub fn guest_test_binary() -> PathBuf {
     }
 }
 
+/// How long one attempt of a guest test may take in the test bed, in seconds. A test takes
+/// 15 s to 2 min there; an attempt that hangs (the bed's own kernel stalled: its tests'
+/// timeouts cannot fire) is cut here, so that a retry still fits the run's 30 minutes.
+const ATTEMPT_TIMEOUT_S: &str = "300";
+
 /// Returns `true` when the caller should run its test body here. Otherwise runs test
 /// `name` of this binary inside the nested-KVM test bed, panics if it failed there, and
 /// returns `false`.
@@ -115,7 +120,7 @@ pub fn run_here_or_in_kvm_host(name: &str) -> bool {
     for attempt in 1..=attempts {
         eprintln!("running {name} inside the nested KVM host (attempt {attempt} of {attempts})");
         let status = Command::new(&kvm_host)
-            .args(["--timeout", "600", "--"])
+            .args(["--timeout", ATTEMPT_TIMEOUT_S, "--"])
             .arg(&exe)
             .args(["--exact", name, "--nocapture", "--test-threads=1"])
             .env(BIN_VAR, &binary)
