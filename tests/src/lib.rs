@@ -15,6 +15,7 @@
 //! ```
 
 pub mod ch_clients;
+pub mod event_stream;
 pub mod guest;
 pub mod openapi;
 pub mod session;

@@ -693,6 +693,24 @@ impl GuestSession {
         (response.status, value)
     }
 
+    /// Like [`Self::api`], without noting the exchange in the session's log (for floods of
+    /// requests); the status is still checked against the OpenAPI document.
+    pub fn api_quiet(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let target = format!("{}/{path}", plugvm_remote::wire::API_PREFIX);
+        let raw = body.map(Value::to_string);
+        let response = plugvm_remote::client::request(
+            &self.socket,
+            method,
+            &target,
+            raw.as_deref().map(str::as_bytes),
+            API_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("API {method} {target}: {e} (session report below)"));
+        crate::openapi::assert_documented(method, &target, response.status);
+        let value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        (response.status, value)
+    }
+
     /// The names of plugvm's threads that are vCPU threads (`vcpuN`), sorted.
     pub fn vcpu_threads(&self) -> Vec<String> {
         let dir = format!("/proc/{}/task", self.pid);

@@ -244,3 +244,60 @@ fn kata_creates_boots_and_stops_with_its_own_requests() {
     assert!(asked.elapsed() < Duration::from_secs(3));
     assert!(!vmm.socket.exists());
 }
+
+#[test]
+fn the_event_stream_follows_the_vm_lifecycle_and_ends_with_the_vmm() {
+    use plugvm_tests::event_stream::EventStream;
+    let mut vmm = Vmm::start();
+    let kernel = vmm.dir.write("idle", idle_elf_kernel());
+    let mut stream = EventStream::open(&vmm.socket, Some(0)).unwrap_or_else(|e| panic!("{e}"));
+    let good = config(&kernel).to_string();
+    for (method, command, body) in [
+        ("PUT", "vm.create", Some(good.as_str())),
+        ("PUT", "vm.boot", None),
+        ("PUT", "vm.pause", None),
+        ("PUT", "vm.resume", None),
+        ("PUT", "vm.resize", Some(r#"{"desired_vcpus":5}"#)),
+        ("PUT", "vm.shutdown", None),
+        ("PUT", "vmm.shutdown", None),
+    ] {
+        let answer = vmm.ch(method, command, body);
+        assert!(
+            answer.success || command == "vm.resize",
+            "{command}: {answer:?}"
+        );
+    }
+    let mut seen = Vec::new();
+    let mut ids = Vec::new();
+    while let Some(event) = stream
+        .next(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: after {seen:?}"))
+    {
+        seen.push(format!(
+            "{}:{}",
+            event.data["source"].as_str().unwrap_or("?"),
+            event.event
+        ));
+        ids.extend(event.id);
+        assert!(event.data["at_us"].is_u64(), "{event:?}");
+    }
+    assert_eq!(
+        seen,
+        [
+            "vmm:starting",
+            "vm:created",
+            "vm:booting",
+            "vm:booted",
+            "vm:paused",
+            "vm:resumed",
+            "hotplug:refused",
+            "vm:shutdown",
+            "vmm:shutdown"
+        ]
+    );
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids have gaps: {ids:?}"
+    );
+    assert_eq!(vmm.wait_exit(Duration::from_secs(3)), Some(0));
+}

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 /// Events kept for readers that are behind.
-pub const EVENT_LOG_CAPACITY: usize = 4096;
+pub const EVENT_LOG_CAPACITY: usize = 1024;
 
 /// One event. `id`s start at 1 and have no gaps; `at_us` is on the journal's clock
 /// (microseconds since the VMM started).
