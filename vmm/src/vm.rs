@@ -199,7 +199,7 @@ impl Vm {
 
     /// Ends the VM within a bounded time whatever state it is in: callers waiting for a
     /// transaction get 503, the vCPU threads leave (those that do not within
-    /// [`VCPU_EXIT_TIMEOUT`] are left behind), the console gets its last output and the
+    /// `VCPU_EXIT_TIMEOUT` are left behind), the console gets its last output and the
     /// terminal is restored. Requests still queued stay queued: the VMM answers them once
     /// the VM has gone ([`crate::control`]). Idempotent.
     pub fn finish(&mut self) {

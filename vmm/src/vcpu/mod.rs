@@ -2,7 +2,7 @@
 //! dispatching port and MMIO exits to the devices.
 //!
 //! A vCPU thread lives as long as the VM: KVM cannot destroy a vCPU, so a removed CPU's thread
-//! is parked and runs again when the same id comes back ([`lifecycle`] has the states).
+//! is parked and runs again when the same id comes back (the `lifecycle` module has the states).
 
 mod lifecycle;
 
