@@ -119,8 +119,9 @@ KEPT="$KDIR/modules.kept"
 BUSYBOX="$CACHE/busybox/bin/busybox"
 
 # ---- kernel + modules ------------------------------------------------------------------------------
-newest_deb() { # PKG: the newest cached .deb of PKG, or nothing
-    find "$CACHE/debs" -maxdepth 1 -name "${1}_*.deb" 2>/dev/null | sort -V | tail -n 1
+newest_deb() { # PKG: the newest cached .deb of PKG, or nothing (also when there is no cache)
+    [ -d "$CACHE/debs" ] || return 0
+    find "$CACHE/debs" -maxdepth 1 -name "${1}_*.deb" | sort -V | tail -n 1
 }
 if [ ! -s "$KERNEL" ] || [ ! -d "$MODROOT/lib/modules/$KVER" ] ||
     [ "$(cat "$KEPT" 2>/dev/null)" != "${KEEP_MODULES[*]}" ]; then
