@@ -16,6 +16,7 @@
 
 pub mod ch_clients;
 pub mod guest;
+pub mod metrics;
 pub mod openapi;
 pub mod session;
 
