@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::client;
 use crate::wire::{
     reason, AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX,
+    METRICS_PATH,
 };
 
 /// Control a running plugvm through its API socket.
@@ -100,6 +101,8 @@ pub enum Command {
         /// The transaction id.
         id: Option<u64>,
     },
+    /// Print the VMM's metrics in Prometheus' text format (`GET /metrics`), as they come.
+    Metrics,
 }
 
 /// `--no-wait`, for the hotplug subcommands.
@@ -208,6 +211,7 @@ pub fn to_request(command: &Command) -> (&'static str, String, Option<Vec<u8>>) 
             format!("{API_PREFIX}/hotplug/transactions/{id}"),
             None,
         ),
+        Command::Metrics => ("GET", METRICS_PATH.to_string(), None),
     }
 }
 
@@ -362,6 +366,13 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             return 1;
         }
     };
+    if matches!(cli.command, Command::Metrics) && (200..300).contains(&response.status) {
+        // Prometheus' text format, not JSON: printed as it is, with or without --json.
+        return match out.write_all(&response.body) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+    }
     let parsed: Value = if response.body.is_empty() {
         Value::Null
     } else {

@@ -51,6 +51,7 @@ fn api_cli_maps_commands_to_requests() {
         request_of(&["info", "--json"]),
         ("GET", "/api/v1/vm.info".into(), None)
     );
+    assert_eq!(request_of(&["metrics"]), ("GET", "/metrics".into(), None));
     assert_eq!(
         request_of(&["add-vcpu"]),
         ("PUT", "/api/v1/vm.add-vcpu".into(), Some("{}".into()))

@@ -6,8 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The path prefix shared by every endpoint.
+/// The path prefix shared by every endpoint but [`METRICS_PATH`].
 pub const API_PREFIX: &str = "/api/v1";
+
+/// Where the VMM serves its Prometheus metrics: at the socket's root, outside [`API_PREFIX`],
+/// on Prometheus' default metrics path.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Body of `PUT /api/v1/vm.resize`: at least one of the two targets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

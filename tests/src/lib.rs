@@ -17,6 +17,7 @@
 pub mod ch_clients;
 pub mod event_stream;
 pub mod guest;
+pub mod metrics;
 pub mod openapi;
 pub mod session;
 

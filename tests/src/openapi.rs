@@ -9,7 +9,13 @@ use std::sync::OnceLock;
 /// Statuses any request can get (the document's `TransportError`).
 pub const TRANSPORT_STATUSES: &[u16] = &[400, 408, 413, 417, 431, 501, 503, 505];
 
-type Routes = BTreeMap<(String, String), BTreeSet<u16>>;
+/// (method, path) -> documented statuses, and the paths at the socket's root (outside
+/// `/api/v1`: those with `servers` of their own).
+#[derive(Default)]
+struct Routes {
+    statuses: BTreeMap<(String, String), BTreeSet<u16>>,
+    root: BTreeSet<String>,
+}
 
 fn routes() -> &'static Routes {
     static ROUTES: OnceLock<Routes> = OnceLock::new();
@@ -21,9 +27,10 @@ fn routes() -> &'static Routes {
     })
 }
 
-/// Paths at indent 2 under `paths:`, methods at 4, status keys (`'200':`) at 8.
+/// Paths at indent 2 under `paths:`, methods (or the path's own `servers:`) at 4, status keys
+/// (`'200':`) at 8.
 fn scan(text: &str) -> Routes {
-    let mut routes = Routes::new();
+    let mut routes = Routes::default();
     let (mut in_paths, mut path, mut key) = (false, String::new(), None);
     for line in text.lines() {
         let trimmed = line.trim();
@@ -40,18 +47,22 @@ fn scan(text: &str) -> Routes {
         }
         match indent {
             2 => path = trimmed.trim_end_matches(':').to_string(),
+            4 if trimmed == "servers:" => {
+                routes.root.insert(path.clone());
+                key = None;
+            }
             4 => {
                 let k = (
                     trimmed.trim_end_matches(':').to_ascii_uppercase(),
                     path.clone(),
                 );
-                routes.insert(k.clone(), BTreeSet::new());
+                routes.statuses.insert(k.clone(), BTreeSet::new());
                 key = Some(k);
             }
             8 => {
                 let code = trimmed.trim_end_matches(':').trim_matches('\'');
                 if let (Ok(code), Some(k)) = (code.parse::<u16>(), &key) {
-                    if let Some(set) = routes.get_mut(k) {
+                    if let Some(set) = routes.statuses.get_mut(k) {
                         set.insert(code);
                     }
                 }
@@ -74,14 +85,20 @@ fn matches(pattern: &str, path: &str) -> bool {
     }
 }
 
-/// Panics unless `status` is documented for `method target` (`/api/v1/vm.info?x`), or is a
-/// transport status; a path the document does not have may only get 404 or 405.
+/// Panics unless `status` is documented for `method target` (`/api/v1/vm.info?x`, or
+/// `/metrics` at the socket's root), or is a transport status; a path the document does not
+/// have may only get 404 or 405.
 pub fn assert_documented(method: &str, target: &str, status: u16) {
     let path = target.split('?').next().unwrap_or_default();
-    let relative = path.strip_prefix("/api/v1").unwrap_or(path);
-    let found = routes()
+    let (relative, root) = match path.strip_prefix("/api/v1") {
+        Some(relative) => (relative, false),
+        None => (path, true),
+    };
+    let routes = routes();
+    let found = routes
+        .statuses
         .iter()
-        .find(|((m, p), _)| m == method && matches(p, relative));
+        .find(|((m, p), _)| m == method && routes.root.contains(p) == root && matches(p, relative));
     match found {
         Some((_, documented)) => assert!(
             documented.contains(&status) || TRANSPORT_STATUSES.contains(&status),
@@ -100,7 +117,11 @@ mod tests {
 
     #[test]
     fn reads_the_document() {
-        assert!(routes()[&("GET".to_string(), "/vm.info".to_string())].contains(&200));
+        assert!(routes().statuses[&("GET".to_string(), "/vm.info".to_string())].contains(&200));
+        assert_documented("GET", "/metrics", 200);
+        assert_documented("GET", "/api/v1/metrics", 404);
+        assert_documented("GET", "/vm.info", 404);
+        assert!(routes().statuses.keys().all(|(m, _)| m != "SERVERS"));
         assert_documented("GET", "/api/v1/hotplug/transactions/7", 200);
         assert_documented("PUT", "/api/v1/vm.resize?wait=false", 202);
         assert_documented("GET", "/api/v1/nothing", 404);

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plugvm_tests::ch_clients::{ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient};
+use plugvm_tests::metrics::{metric, Scrape};
 use plugvm_tests::{idle_elf_kernel, kill_bounded, plugvm_binary, ScratchDir};
 use serde_json::{json, Value};
 
@@ -51,6 +52,44 @@ impl Vmm {
             panic!("{e}: {info}");
         }
         info
+    }
+
+    /// `GET /metrics`: 200, Prometheus' text format (checked with its content type on the
+    /// wire), parsed.
+    fn metrics(&self) -> Scrape {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("send: {e}"));
+        let mut raw = String::new();
+        stream
+            .read_to_string(&mut raw)
+            .unwrap_or_else(|e| panic!("the metrics are not UTF-8 text: {e}"));
+        let (head, text) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        plugvm_tests::openapi::assert_documented("GET", "/metrics", status);
+        assert_eq!(status, 200, "{raw}");
+        assert!(
+            head.contains("\r\nContent-Type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(text.is_ascii() && text.ends_with('\n'), "{text}");
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# HELP plugvm_")
+                    || line.starts_with("# TYPE plugvm_")
+                    || line.starts_with("plugvm_"),
+                "{line}"
+            );
+        }
+        plugvm_tests::metrics::parse(text)
     }
 
     fn wait_exit(&mut self, bound: Duration) -> Option<i32> {
@@ -300,4 +339,144 @@ fn the_event_stream_follows_the_vm_lifecycle_and_ends_with_the_vmm() {
         "ids have gaps: {ids:?}"
     );
     assert_eq!(vmm.wait_exit(Duration::from_secs(3)), Some(0));
+}
+
+fn vm_state(scrape: &Scrape) -> Vec<String> {
+    ["not_created", "created", "running", "paused"]
+        .into_iter()
+        .filter(|s| metric(scrape, "plugvm_vm_state", &[("state", s)]) == 1.0)
+        .map(str::to_string)
+        .collect()
+}
+
+/// A hotplug request through plugvm's own client; returns the status.
+fn hotplug(vmm: &Vmm, endpoint: &str, body: &str) -> u16 {
+    let target = format!("/api/v1/{endpoint}");
+    let response = plugvm_remote::client::request(
+        &vmm.socket,
+        "PUT",
+        &target,
+        Some(body.as_bytes()),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+    plugvm_tests::openapi::assert_documented("PUT", &target, response.status);
+    response.status
+}
+
+#[test]
+fn metrics_answer_with_and_without_a_vm_and_keep_counting() {
+    let vmm = Vmm::start();
+    let kernel = vmm.dir.write("idle", idle_elf_kernel());
+    let gauges = |s: &Scrape| {
+        [
+            "plugvm_vcpus_present",
+            "plugvm_vcpus_max",
+            "plugvm_memory_present_bytes",
+        ]
+        .map(|g| metric(s, g, &[]))
+    };
+    let refused = |s: &Scrape| {
+        metric(
+            s,
+            "plugvm_hotplug_requests_refused_total",
+            &[("kind", "remove_cpu"), ("reason", "invalid")],
+        )
+    };
+
+    let before = vmm.metrics();
+    assert_eq!(vm_state(&before), ["not_created"]);
+    assert_eq!(gauges(&before), [0.0; 3]);
+    assert_eq!(
+        metric(&before, "plugvm_guest_ost_total", &[("status", "success")]),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &before,
+            "plugvm_register_accesses_total",
+            &[("controller", "cpu_hotplug")]
+        ),
+        0.0
+    );
+
+    assert_eq!(
+        vmm.ch("PUT", "vm.create", Some(&config(&kernel).to_string()))
+            .status,
+        204
+    );
+    assert_eq!(vm_state(&vmm.metrics()), ["created"]);
+    assert!(vmm.ch("PUT", "vm.boot", None).success);
+    let running = vmm.metrics();
+    assert_eq!(vm_state(&running), ["running"]);
+    assert_eq!(gauges(&running), [1.0, 2.0, (256u64 << 20) as f64]);
+
+    // Refused before any transaction: counted by kind and reason.
+    assert_eq!(hotplug(&vmm, "vm.remove-vcpu", r#"{"id":0}"#), 422);
+    // The idle guest never answers: the add is rolled back at its deadline (5 s).
+    assert_eq!(hotplug(&vmm, "vm.add-vcpu", "{}"), 504);
+    let after = vmm.metrics();
+    assert_eq!(refused(&after), 1.0);
+    let tx = [("kind", "add_cpu"), ("outcome", "rolled_back")];
+    let count = |s: &Scrape| metric(s, "plugvm_hotplug_transaction_duration_seconds_count", &tx);
+    assert_eq!(count(&after), 1.0);
+    let took = metric(
+        &after,
+        "plugvm_hotplug_transaction_duration_seconds_sum",
+        &tx,
+    );
+    assert!((5.0..15.0).contains(&took), "{took}");
+    assert_eq!(
+        metric(
+            &after,
+            "plugvm_hotplug_rollbacks_total",
+            &[("cause", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "plugvm_hotplug_phase_duration_seconds_count",
+            &[("phase", "await_guest")]
+        ),
+        1.0
+    );
+    assert!(vmm.ch("PUT", "vm.pause", None).success);
+    assert_eq!(vm_state(&vmm.metrics()), ["paused"]);
+    assert!(vmm.ch("PUT", "vm.resume", None).success);
+
+    // After vm.shutdown the counters stay and the gauges go to 0; a new boot counts on.
+    assert!(vmm.ch("PUT", "vm.shutdown", None).success);
+    let down = vmm.metrics();
+    assert_eq!(vm_state(&down), ["created"]);
+    assert_eq!(gauges(&down), [0.0; 3]);
+    assert_eq!((count(&down), refused(&down)), (1.0, 1.0));
+    assert!(vmm.ch("PUT", "vm.boot", None).success);
+    assert_eq!(hotplug(&vmm, "vm.remove-vcpu", r#"{"id":0}"#), 422);
+    let again = vmm.metrics();
+    assert_eq!(vm_state(&again), ["running"]);
+    assert_eq!((count(&again), refused(&again)), (1.0, 2.0));
+
+    // plugvm-remote metrics prints the same text.
+    let cli = plugvm_remote::cli::Cli {
+        api_socket: vmm.socket.clone(),
+        json: false,
+        timeout: 10,
+        command: plugvm_remote::cli::Command::Metrics,
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(
+        plugvm_remote::cli::execute(&cli, &mut out, &mut err),
+        0,
+        "{err:?}"
+    );
+    let text = String::from_utf8(out).unwrap_or_default();
+    assert!(
+        text.contains(
+            "plugvm_hotplug_requests_refused_total{kind=\"remove_cpu\",reason=\"invalid\"} 2\n"
+        ),
+        "{text}"
+    );
+    assert!(vmm.ch("PUT", "vmm.shutdown", None).success);
 }

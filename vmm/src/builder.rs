@@ -461,6 +461,7 @@ pub fn build(
     )?));
     if let Ok(mut service) = hotplug.lock() {
         service.stream_to(links.events.clone());
+        service.record_metrics(links.metrics.clone());
     }
     // Taken only now that nothing can fail: a VM that fails to build leaves the endpoint
     // to the VMM, which answers the API without a VM.
@@ -481,7 +482,7 @@ pub fn build(
                 exit.clone(),
                 view,
                 devices.ged.clone(),
-                links.events.clone(),
+                links,
             );
             Some(Arc::new(Mutex::new(handler)))
         }

@@ -22,6 +22,7 @@ use crate::config::{HostLimits, VmConfig};
 use crate::console::StdinRoute;
 use crate::events::{self, EventLog};
 use crate::info;
+use crate::metrics::{self, Metrics, SharedMetrics};
 use crate::signals;
 use crate::vm::{Vm, VmError};
 
@@ -72,6 +73,8 @@ pub struct VmmLinks {
     pub clock: Arc<dyn hotplug::Clock>,
     /// The event stream.
     pub events: Arc<EventLog>,
+    /// The VMM's metrics (`GET /metrics`), cumulative over every VM it runs.
+    pub metrics: SharedMetrics,
 }
 
 /// How the VMM ended.
@@ -146,6 +149,7 @@ impl<'k> Vmm<'k> {
                 stdin: StdinRoute::default(),
                 clock,
                 events,
+                metrics: Metrics::shared(),
             },
         })
     }
@@ -310,6 +314,7 @@ impl<'k> Vmm<'k> {
                     ApiResponse::error(404, "vm.info: no VM is created (vm.create creates one).")
                 }
             },
+            ApiRequest::Metrics => self.metrics(),
             ApiRequest::Boot => match self.config.clone() {
                 None => ApiResponse::error(
                     404,
@@ -332,6 +337,14 @@ impl<'k> Vmm<'k> {
         };
         let _ = respond.send(response);
         None
+    }
+
+    /// `GET /metrics` without a VM: the cumulative counters, zero gauges.
+    fn metrics(&self) -> ApiResponse {
+        let state = self.config.as_ref().map(|_| info::VmState::Created);
+        let events_dropped = self.links.events.dropped();
+        let text = metrics::lock(&self.links.metrics).render(state, None, events_dropped);
+        ApiResponse::text(200, metrics::CONTENT_TYPE, text)
     }
 
     fn create(&mut self, mut config: VmConfig) -> ApiResponse {

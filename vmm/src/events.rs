@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct EventLog {
     arrived: Condvar,
     clock: Arc<dyn Clock>,
     capacity: usize,
+    /// Events readers missed, summed over every read.
+    dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -87,6 +90,7 @@ impl EventLog {
             arrived: Condvar::new(),
             clock,
             capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -147,11 +151,21 @@ impl EventLog {
         let oldest = ring.events.front().map_or(ring.next_id, |e| e.id);
         let start = from.max(oldest);
         let skip = usize::try_from(start - oldest).unwrap_or(usize::MAX);
+        let missed = start.saturating_sub(from.max(1));
+        if missed > 0 {
+            self.dropped.fetch_add(missed, Ordering::Relaxed);
+        }
         Some(ReadBatch {
             events: ring.events.iter().skip(skip).cloned().collect(),
-            missed: start.saturating_sub(from.max(1)),
+            missed,
             next: ring.next_id,
         })
+    }
+
+    /// Events that readers missed (each reader's [`ReadBatch::missed`], summed): the VMM's
+    /// whole life long.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -257,10 +271,16 @@ mod tests {
         for _ in 0..10 {
             log.publish("vm", "paused", None, json!({}));
         }
+        assert_eq!(log.dropped(), 0);
         let batch = log.read_from(1, Duration::ZERO).unwrap();
         assert_eq!(batch.missed, 6);
         assert_eq!(batch.events.first().map(|e| e.id), Some(7));
         assert_eq!(batch.next, 11);
+        assert_eq!(log.dropped(), 6);
+        // Another reader as far behind adds its own; one that keeps up adds nothing.
+        assert_eq!(log.read_from(3, Duration::ZERO).unwrap().missed, 4);
+        assert_eq!(log.read_from(11, Duration::ZERO).unwrap().missed, 0);
+        assert_eq!(log.dropped(), 10);
     }
 
     #[test]

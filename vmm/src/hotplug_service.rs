@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::api::ApiResponse;
 use crate::counters::HotplugCounters;
 use crate::events::EventLog;
+use crate::metrics::{self, Refusal, SharedMetrics};
 
 /// A guest access the engine must hear about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +164,7 @@ pub struct HotplugService {
     paused: bool,
     counters: HotplugCounters,
     stream: Option<JournalStream>,
+    metrics: Option<SharedMetrics>,
 }
 
 /// Turns what the journal gains into events: per open transaction, how many phases, guest
@@ -273,6 +275,7 @@ impl HotplugService {
             paused: false,
             counters: HotplugCounters::default(),
             stream: None,
+            metrics: None,
         })
     }
 
@@ -300,6 +303,18 @@ impl HotplugService {
             open: BTreeMap::new(),
             next,
         });
+    }
+
+    /// Tallies every transaction that ends, and every request refused before one started,
+    /// into `metrics` (see [`crate::metrics`]), from now on.
+    pub fn record_metrics(&mut self, metrics: SharedMetrics) {
+        self.metrics = Some(metrics);
+    }
+
+    fn count_refused(&self, request: &Request, why: Refusal) {
+        if let Some(m) = &self.metrics {
+            metrics::lock(m).count_refused(request, why);
+        }
     }
 
     fn publish_journal(&mut self) {
@@ -333,6 +348,7 @@ impl HotplugService {
     pub fn request(&mut self, request: Request, wait: bool, respond: Sender<ApiResponse>) {
         tracing::info!(?request, "hotplug request");
         if self.paused {
+            self.count_refused(&request, Refusal::Paused);
             let _ = respond.send(ApiResponse::error(
                 409,
                 "The VM is paused: resume it (vm.resume) before hotplugging.",
@@ -342,6 +358,7 @@ impl HotplugService {
         let begun = match self.engine.begin(request.clone()) {
             Ok(b) => b,
             Err(e) => {
+                self.count_refused(&request, Refusal::of(&e));
                 if let Some(stream) = &self.stream {
                     stream.log.publish(
                         "hotplug",
@@ -363,6 +380,7 @@ impl HotplugService {
         };
         match begun.completed {
             Some(done) => {
+                self.tally(&done);
                 let _ = respond.send(self.answer(&done));
             }
             None if wait => self.waiters.entry(begun.id).or_default().push(respond),
@@ -463,14 +481,22 @@ impl HotplugService {
         }
         for done in &report.completed {
             tracing::info!(tx = %done.id, status = ?done.outcome.status, "hotplug transaction ended");
-            self.counters
-                .count_completion(done, self.engine.transaction(done.id));
+            self.tally(done);
             if let Some(waiters) = self.waiters.remove(&done.id) {
                 let answer = self.answer(done);
                 for w in waiters {
                     let _ = w.send(answer.clone());
                 }
             }
+        }
+    }
+
+    /// Counts a finished transaction in the counters and the metrics, from its journal record.
+    fn tally(&mut self, done: &Completion) {
+        let record = self.engine.transaction(done.id);
+        self.counters.count_completion(done, record);
+        if let Some(m) = &self.metrics {
+            metrics::lock(m).count_completion(done, record);
         }
     }
 
@@ -567,18 +593,24 @@ impl MutEventSubscriber for HotplugService {
     }
 }
 
-/// A service over an engine of 2 boot vCPUs of 4 and 512 MiB without memory hotplug, with no
-/// participants, on a fake clock; for tests.
+/// 2 boot vCPUs of 4 and 512 MiB without memory hotplug; for tests.
 #[cfg(test)]
-pub(crate) fn test_service() -> (HotplugService, ObservationSender, Arc<hotplug::FakeClock>) {
-    let machine = hotplug::MachineConfig {
+pub(crate) fn test_machine() -> hotplug::MachineConfig {
+    hotplug::MachineConfig {
         max_cpus: 4,
         boot_cpus: 2,
         boot_memory: 512 << 20,
         block_size: 128 << 20,
         hotplug_region_size: 0,
         memory_slots: 0,
-    };
+    }
+}
+
+/// A service over an engine of [`test_machine`], with no participants, on a fake clock; for
+/// tests.
+#[cfg(test)]
+pub(crate) fn test_service() -> (HotplugService, ObservationSender, Arc<hotplug::FakeClock>) {
+    let machine = test_machine();
     let clock = Arc::new(hotplug::FakeClock::new());
     let engine = Engine::new(machine, hotplug::EngineConfig::default(), clock.clone())
         .expect("the test engine");

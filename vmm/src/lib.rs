@@ -18,6 +18,7 @@ pub mod hotplug_service;
 pub mod info;
 pub mod memory;
 pub mod memory_manager;
+pub mod metrics;
 pub mod request_handler;
 pub mod signals;
 pub mod slot_publisher;

@@ -13,7 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::api::{ApiMessage, ApiRequest, ApiResponse, Responder};
 use crate::config::VmConfig;
 use crate::console::QueuedOutput;
-use crate::control::ApiEndpoint;
+use crate::control::{ApiEndpoint, VmmLinks};
 use crate::counters::{DeviceCounters, HotplugCounters};
 use crate::cpu_manager::{VcpuSet, VCPU_ACK_TIMEOUT};
 use crate::events::EventLog;
@@ -21,6 +21,7 @@ use crate::hotplug_service::HotplugService;
 use crate::info::{self, Present, VmState};
 use crate::memory::{self, MemoryLayout};
 use crate::memory_manager::HotplugMemory;
+use crate::metrics::{self, SharedMetrics, VmCounters, VmSample};
 use crate::vcpu::VcpuState;
 
 /// What `vm.info` describes, shared with the rest of the VM.
@@ -52,10 +53,14 @@ pub struct RequestHandler {
     /// Answers given once the VM has ended (`vm.shutdown`, `vm.delete`, `vmm.shutdown`).
     deferred: Vec<Responder>,
     events: Arc<EventLog>,
+    metrics: SharedMetrics,
+    /// Whether this VM's own counters went into `metrics` already (the VM has ended).
+    retired: bool,
 }
 
 impl RequestHandler {
-    /// Answers the requests arriving at `api`.
+    /// Answers the requests arriving at `api`; publishes to the event log of `links` and
+    /// answers `GET /metrics` from its metrics.
     pub fn new(
         api: ApiEndpoint,
         hotplug: Arc<Mutex<HotplugService>>,
@@ -63,7 +68,7 @@ impl RequestHandler {
         exit: Arc<ExitSignal>,
         view: VmView,
         ged: Arc<Ged>,
-        events: Arc<EventLog>,
+        links: &VmmLinks,
     ) -> Self {
         RequestHandler {
             api: Some(api),
@@ -74,14 +79,27 @@ impl RequestHandler {
             ged,
             paused: false,
             deferred: Vec::new(),
-            events,
+            events: links.events.clone(),
+            metrics: links.metrics.clone(),
+            retired: false,
         }
     }
 
-    /// Gives the endpoint back to the VMM, with the answers deferred to the VM's end.
+    /// Gives the endpoint back to the VMM, with the answers deferred to the VM's end. The VM
+    /// has ended: its own counters go into the VMM's metrics, which keep counting from there.
     pub(crate) fn take_endpoint(&mut self) -> Option<(ApiEndpoint, Vec<Responder>)> {
+        self.retire_metrics();
         let api = self.api.take()?;
         Some((api, std::mem::take(&mut self.deferred)))
+    }
+
+    /// Folds this VM's own counters into the VMM's metrics, once.
+    fn retire_metrics(&mut self) {
+        if !self.retired {
+            self.retired = true;
+            let counters = self.vm_counters();
+            metrics::lock(&self.metrics).retire(&counters);
+        }
     }
 
     /// Ends the VM for `reason`; the client's answer waits for the VM's end.
@@ -136,6 +154,14 @@ impl RequestHandler {
             }
             ApiRequest::Transaction(id) => {
                 let _ = respond.send(self.with_hotplug(|h| h.transaction(id)));
+                return;
+            }
+            ApiRequest::Metrics => {
+                let _ = respond.send(ApiResponse::text(
+                    200,
+                    metrics::CONTENT_TYPE,
+                    self.metrics_text(),
+                ));
                 return;
             }
             ApiRequest::AddVcpu { id, wait } => (hotplug::Request::AddCpu { id }, wait),
@@ -260,6 +286,64 @@ impl RequestHandler {
             .unwrap_or_else(|_| HotplugCounters::default().to_json(&extra))
     }
 
+    /// The VM's own counters so far: register accesses, drops.
+    fn vm_counters(&self) -> VmCounters {
+        let view = &self.view;
+        VmCounters {
+            cpu_register_accesses: view.cpu_hotplug.access_count(),
+            memory_register_accesses: view.memory_hotplug.as_ref().map_or(0, |c| c.access_count()),
+            console_dropped_bytes: view.console.dropped(),
+            guest_observations_dropped: self.hotplug.lock().map_or(0, |h| h.dropped_observations()),
+        }
+    }
+
+    /// What is present in the guest now: vCPUs not absent (adding and removing ones count,
+    /// as the engine has them) and boot RAM plus plugged slots.
+    fn present(&self) -> Present {
+        let view = &self.view;
+        let presence = self.presence();
+        let vcpus = (0..view.config.cpus.max)
+            .filter(|id| presence(hotplug::DeviceId::cpu(*id)) != "absent")
+            .count();
+        let plugged = view
+            .hotplug_memory
+            .as_ref()
+            .and_then(|m| m.lock().ok())
+            .map_or(0, |m| m.plugged_bytes());
+        Present {
+            vcpus: u32::try_from(vcpus).unwrap_or(u32::MAX),
+            ram: view.config.memory.size.saturating_add(plugged),
+        }
+    }
+
+    fn state(&self) -> VmState {
+        if self.paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        }
+    }
+
+    /// The `GET /metrics` text: the VMM's cumulative metrics with this VM's gauges and
+    /// counters.
+    pub fn metrics_text(&self) -> String {
+        let present = self.present();
+        let sample = VmSample {
+            state: self.state(),
+            vcpus_present: present.vcpus,
+            vcpus_max: self.view.config.cpus.max,
+            memory_present_bytes: present.ram,
+            counters: if self.retired {
+                VmCounters::default()
+            } else {
+                self.vm_counters()
+            },
+        };
+        // Sampled before the registry is locked: the hotplug service locks it while locked.
+        let events_dropped = self.events.dropped();
+        metrics::lock(&self.metrics).render(Some(sample.state), Some(&sample), events_dropped)
+    }
+
     /// The `vm.info` document (see [`crate::info`]): Cloud Hypervisor's fields, and under
     /// `plugvm` every possible vCPU with its state, memory slots and counters.
     pub fn info(&self) -> serde_json::Value {
@@ -272,9 +356,6 @@ impl RequestHandler {
                 serde_json::json!({ "id": id, "state": state, "thread": threads.get(&id) })
             })
             .collect();
-        let present_vcpus = (0..view.config.cpus.max)
-            .filter(|id| presence(hotplug::DeviceId::cpu(*id)) != "absent")
-            .count();
         let ids = |want: VcpuState| -> Vec<u32> {
             threads
                 .iter()
@@ -283,24 +364,11 @@ impl RequestHandler {
                 .collect()
         };
         let layout = &view.layout;
-        let (dropped_observations, in_flight) = self
-            .hotplug
-            .lock()
-            .map_or((0, false), |h| (h.dropped_observations(), h.in_flight()));
-        let plugged = view
-            .hotplug_memory
-            .as_ref()
-            .and_then(|m| m.lock().ok())
-            .map_or(0, |m| m.plugged_bytes());
-        let state = if self.paused {
-            VmState::Paused
-        } else {
-            VmState::Running
-        };
-        let present = Present {
-            vcpus: u32::try_from(present_vcpus).unwrap_or(u32::MAX),
-            ram: view.config.memory.size.saturating_add(plugged),
-        };
+        let in_flight = self.hotplug.lock().is_ok_and(|h| h.in_flight());
+        let counters = self.vm_counters();
+        let present = self.present();
+        let plugged = present.ram.saturating_sub(view.config.memory.size);
+        let state = self.state();
         let plugvm = serde_json::json!({
             "guest_eject": view.config.guest_eject,
             "transaction_in_flight": in_flight,
@@ -321,12 +389,12 @@ impl RequestHandler {
                 "plugged": plugged,
             },
             "register_accesses": {
-                "cpu_hotplug": view.cpu_hotplug.access_count(),
-                "memory_hotplug": view.memory_hotplug.as_ref().map_or(0, |c| c.access_count()),
+                "cpu_hotplug": counters.cpu_register_accesses,
+                "memory_hotplug": counters.memory_register_accesses,
             },
             "dropped": {
-                "console_bytes": view.console.dropped(),
-                "guest_observations": dropped_observations,
+                "console_bytes": counters.console_dropped_bytes,
+                "guest_observations": counters.guest_observations_dropped,
             },
         });
         info::document(&view.config, state, present, plugvm)

@@ -263,10 +263,14 @@ pub(crate) fn read_body<R: Read>(reader: &mut R, len: usize) -> Result<Vec<u8>, 
 }
 
 /// Writes a whole response. `body` is JSON; `None` writes no body (204).
+/// The JSON content type, of every body but `GET /metrics`'.
+pub(crate) const JSON: &str = "application/json";
+
+/// Writes one response; `body` is the content type and the bytes.
 pub(crate) fn write_response<W: Write>(
     out: &mut W,
     status: u16,
-    body: Option<&[u8]>,
+    body: Option<(&str, &[u8])>,
     allow: Option<&str>,
     keep_alive: bool,
 ) -> io::Result<()> {
@@ -276,9 +280,9 @@ pub(crate) fn write_response<W: Write>(
     if let Some(allow) = allow {
         head.push_str(&format!("Allow: {allow}\r\n"));
     }
-    if let Some(body) = body {
+    if let Some((content_type, body)) = body {
         head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
             body.len()
         ));
     } else if status != 204 {
@@ -289,7 +293,7 @@ pub(crate) fn write_response<W: Write>(
     }
     head.push_str("\r\n");
     let mut message = head.into_bytes();
-    message.extend_from_slice(body.unwrap_or_default());
+    message.extend_from_slice(body.map(|(_, bytes)| bytes).unwrap_or_default());
     out.write_all(&message)?;
     out.flush()
 }
@@ -376,7 +380,7 @@ mod tests {
     #[test]
     fn api_http_writes_responses() {
         let mut out = Vec::new();
-        write_response(&mut out, 405, Some(b"{}"), Some("GET"), false).unwrap();
+        write_response(&mut out, 405, Some((JSON, b"{}")), Some("GET"), false).unwrap();
         let text = String::from_utf8(out).unwrap();
         // Cloud Hypervisor's client parses the whole rest of the status line as the code.
         assert!(text.starts_with("HTTP/1.1 405 \r\n"));

@@ -59,6 +59,7 @@ use vmm_sys_util::eventfd::EventFd;
 // The wire types live with the client, so that both ends share one definition.
 pub use plugvm_remote::wire::{
     AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX,
+    METRICS_PATH,
 };
 pub use server::ApiServerHandle;
 
@@ -137,6 +138,9 @@ pub enum ApiRequest {
     Transactions,
     /// `GET /api/v1/hotplug/transactions/{id}`: one hotplug transaction.
     Transaction(u64),
+    /// `GET /metrics` (at the socket's root, Prometheus' default path): the VMM's metrics in
+    /// Prometheus' text format ([`crate::metrics`]).
+    Metrics,
 }
 
 impl ApiRequest {
@@ -160,11 +164,13 @@ impl ApiRequest {
             ApiRequest::RemoveMemory { .. } => "vm.remove-memory",
             ApiRequest::Transactions => "hotplug/transactions",
             ApiRequest::Transaction(_) => "hotplug/transactions/{id}",
+            ApiRequest::Metrics => "metrics",
         }
     }
 }
 
-/// The VMM's answer: an HTTP status code and a JSON body.
+/// The VMM's answer: an HTTP status code and a JSON body, or a text body of its own content
+/// type (`GET /metrics`).
 ///
 /// A `Value::Null` body is sent as an empty body (use it with 204).
 /// Error bodies should be `{"error": "<one sentence>"}`: see [`ApiResponse::error`].
@@ -172,14 +178,29 @@ impl ApiRequest {
 pub struct ApiResponse {
     /// HTTP status code, 200..=599.
     pub status: u16,
-    /// JSON body; `Value::Null` for none.
+    /// JSON body; `Value::Null` for none. Ignored when `text` is set.
     pub body: Value,
+    /// A body that is not JSON; see [`ApiResponse::text`].
+    pub text: Option<TextBody>,
+}
+
+/// A non-JSON body and its `Content-Type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextBody {
+    /// The `Content-Type` header's value, e.g. `text/plain; version=0.0.4`.
+    pub content_type: &'static str,
+    /// The body, sent as it is (UTF-8).
+    pub text: String,
 }
 
 impl ApiResponse {
     /// 200 with `body`.
     pub fn ok(body: Value) -> Self {
-        ApiResponse { status: 200, body }
+        ApiResponse {
+            status: 200,
+            body,
+            text: None,
+        }
     }
 
     /// 204 with no body.
@@ -187,6 +208,7 @@ impl ApiResponse {
         ApiResponse {
             status: 204,
             body: Value::Null,
+            text: None,
         }
     }
 
@@ -195,6 +217,19 @@ impl ApiResponse {
         ApiResponse {
             status,
             body: json!({ "error": message.into() }),
+            text: None,
+        }
+    }
+
+    /// `status` with `text` as the body, of `content_type`.
+    pub fn text(status: u16, content_type: &'static str, text: impl Into<String>) -> Self {
+        ApiResponse {
+            status,
+            body: Value::Null,
+            text: Some(TextBody {
+                content_type,
+                text: text.into(),
+            }),
         }
     }
 

@@ -2,8 +2,9 @@
 //! and statuses, and the shapes of the documents the VMM answers with.
 //!
 //! No YAML crate is needed: the document follows a fixed indentation, which a line scanner
-//! reads. Under `paths`: paths at 2, methods at 4, an operation's keys (`requestBody`,
-//! `responses`) at 6, its response statuses (`'200':`, `default:`) at 8. Under
+//! reads. Under `paths`: paths at 2, methods (or a path's own `servers:`, for a path outside
+//! the API prefix) at 4, an operation's keys (`requestBody`, `responses`) at 6, its response
+//! statuses (`'200':`, `default:`) at 8. Under
 //! `components`: names (schemas, responses, parameters) at 4, a schema's `properties:` and
 //! `required:` at 6 and its property names at 8. Nested objects are schemas of their own,
 //! reached by `$ref`.
@@ -37,6 +38,8 @@ struct Operation {
 #[derive(Debug, Default)]
 struct Document {
     server_url: Option<String>,
+    /// Path -> the `url` of its own `servers:` (a path outside the API prefix).
+    path_servers: BTreeMap<String, String>,
     operations: BTreeMap<(String, String), Operation>,
     /// Schema name -> its property names.
     properties: BTreeMap<String, BTreeSet<String>>,
@@ -67,6 +70,7 @@ fn scan(text: &str) -> Document {
     let mut path = String::new();
     let mut key: Option<(String, String)> = None;
     let (mut in_body, mut in_responses, mut in_props) = (false, false, false);
+    let mut in_path_servers = false;
     let mut name = String::new();
     for line in text.lines() {
         let trimmed = line.trim();
@@ -92,8 +96,22 @@ fn scan(text: &str) -> Document {
                 }
             }
             "paths:" => match indent {
-                2 => path = trimmed.trim_end_matches(':').to_string(),
+                2 => {
+                    path = trimmed.trim_end_matches(':').to_string();
+                    in_path_servers = false;
+                }
+                4 if trimmed == "servers:" => {
+                    in_path_servers = true;
+                    key = None;
+                }
+                _ if in_path_servers && indent > 4 => {
+                    if let Some(url) = trimmed.strip_prefix("- url:") {
+                        doc.path_servers
+                            .insert(path.clone(), url.trim().to_string());
+                    }
+                }
                 4 => {
+                    in_path_servers = false;
                     let method = trimmed.trim_end_matches(':').to_ascii_uppercase();
                     let k = (method, path.clone());
                     doc.operations.insert(k.clone(), Operation::default());
@@ -239,6 +257,20 @@ fn api_openapi_lists_the_same_routes() {
     let doc = document();
     let server = doc.server_url.as_deref().unwrap_or_default();
     assert!(server.ends_with(API_PREFIX), "server url {server:?}");
+    // A route at the socket's root documents the server without the prefix as its own.
+    let root = server.strip_suffix(API_PREFIX).unwrap_or_default();
+    for route in ROUTES {
+        let own = doc.path_servers.get(route.path).map(String::as_str);
+        let want = route.root.then_some(root);
+        assert_eq!(own, want, "{}: the path's own servers url", route.path);
+    }
+    assert!(
+        doc.path_servers
+            .keys()
+            .all(|p| ROUTES.iter().any(|r| r.path == p)),
+        "{:?}",
+        doc.path_servers
+    );
     let documented: BTreeSet<_> = doc.operations.keys().cloned().collect();
     let served: BTreeSet<_> = ROUTES
         .iter()
@@ -500,8 +532,13 @@ fn api_openapi_plain_scalars_read_as_written() {
 #[test]
 fn api_openapi_scanner_reads_the_layout() {
     let doc = scan(
-        "paths:\n  /a:\n    put:\n      parameters:\n        - $ref: '#/components/parameters/Wait'\n      requestBody:\n        required: true\n        content:\n          application/json:\n            schema:\n              $ref: '#/components/schemas/A'\n      responses:\n        '200':\n          $ref: '#/components/schemas/B'\n        '409':\n          description: x\n        default:\n          $ref: '#/components/responses/E'\ncomponents:\n  responses:\n    E:\n      description: >-\n        400 or\n        503\n  schemas:\n    A:\n      required: [x]\n      properties:\n        x:\n          type: integer\n",
+        "paths:\n  /r:\n    servers:\n      - url: http://localhost\n        description: x\n    get:\n      responses:\n        '200':\n          description: x\n  /a:\n    put:\n      parameters:\n        - $ref: '#/components/parameters/Wait'\n      requestBody:\n        required: true\n        content:\n          application/json:\n            schema:\n              $ref: '#/components/schemas/A'\n      responses:\n        '200':\n          $ref: '#/components/schemas/B'\n        '409':\n          description: x\n        default:\n          $ref: '#/components/responses/E'\ncomponents:\n  responses:\n    E:\n      description: >-\n        400 or\n        503\n  schemas:\n    A:\n      required: [x]\n      properties:\n        x:\n          type: integer\n",
     );
+    assert_eq!(doc.operations.len(), 2, "{:?}", doc.operations.keys());
+    assert_eq!(doc.path_servers["/r"], "http://localhost");
+    assert!(!doc.path_servers.contains_key("/a"));
+    let root = &doc.operations[&("GET".to_string(), "/r".to_string())];
+    assert_eq!(root.statuses, BTreeSet::from([200]));
     let op = &doc.operations[&("PUT".to_string(), "/a".to_string())];
     assert_eq!(
         (op.schema.as_deref(), op.body_required, op.wait),

@@ -5,7 +5,7 @@
 
 use super::bodies::{self, field_names};
 use super::vm_create;
-use super::{ping_body, ApiRequest, ApiResponse, API_PREFIX};
+use super::{ping_body, ApiRequest, ApiResponse, API_PREFIX, METRICS_PATH};
 use super::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
 
 /// The HTTP methods the API uses.
@@ -61,8 +61,12 @@ pub(crate) enum Action {
 /// One endpoint.
 pub(crate) struct Route {
     pub method: Method,
-    /// Path after [`API_PREFIX`]; a `{name}` segment matches any one segment.
+    /// Path after [`API_PREFIX`] (after the socket's root if `root`); a `{name}` segment
+    /// matches any one segment.
     pub path: &'static str,
+    /// Whether the path is at the socket's root rather than under [`API_PREFIX`]: `/metrics`,
+    /// where Prometheus looks by default.
+    pub root: bool,
     pub body: Option<BodySchema>,
     /// Whether `?wait=true|false` is accepted.
     pub wait: bool,
@@ -121,25 +125,26 @@ const fn schema(
 /// Every endpoint of the API.
 #[rustfmt::skip]
 pub(crate) static ROUTES: &[Route] = &[
-    Route { method: Method::Get, path: "/vmm.ping", body: None, wait: false, statuses: &[200], parse: |_| Ok(Action::Reply(ApiResponse::ok(ping_body()))) },
-    Route { method: Method::Put, path: "/vmm.shutdown", body: None, wait: false, statuses: &[204, 500], parse: |_| Ok(Action::Forward(ApiRequest::VmmShutdown)) },
-    Route { method: Method::Put, path: "/vm.create", body: Some(BodySchema { name: "VmConfig", fields: vm_create::field_names, required: true }), wait: false, statuses: &[204, 400, 409], parse: create },
-    Route { method: Method::Put, path: "/vm.boot", body: None, wait: false, statuses: &[204, 400, 404, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Boot)) },
-    Route { method: Method::Put, path: "/vm.delete", body: None, wait: false, statuses: &[204, 500], parse: |_| Ok(Action::Forward(ApiRequest::Delete)) },
-    Route { method: Method::Put, path: "/vm.shutdown", body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
-    Route { method: Method::Put, path: "/vm.power-button", body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::PowerButton)) },
-    Route { method: Method::Get, path: "/vm.counters", body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Counters)) },
-    Route { method: Method::Put, path: "/vm.pause", body: None, wait: false, statuses: &[204, 409, 429, 500], parse: |_| Ok(Action::Forward(ApiRequest::Pause)) },
-    Route { method: Method::Put, path: "/vm.resume", body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Resume)) },
-    Route { method: Method::Get, path: "/vm.info", body: None, wait: false, statuses: &[200, 404], parse: |_| Ok(Action::Forward(ApiRequest::VmInfo)) },
-    Route { method: Method::Put, path: "/vm.add-vcpu", body: schema("VmAddVcpu", field_names::<AddVcpuBody>, false), wait: true, statuses: HOTPLUG, parse: add_vcpu },
-    Route { method: Method::Put, path: "/vm.remove-vcpu", body: schema("VmRemoveVcpu", field_names::<RemoveVcpuBody>, true), wait: true, statuses: HOTPLUG, parse: remove_vcpu },
-    Route { method: Method::Put, path: "/vm.resize", body: schema("VmResize", field_names::<ResizeBody>, true), wait: true, statuses: HOTPLUG, parse: resize },
-    Route { method: Method::Put, path: "/vm.add-memory", body: schema("VmAddMemory", field_names::<AddMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: add_memory },
-    Route { method: Method::Put, path: "/vm.remove-memory", body: schema("VmRemoveMemory", field_names::<RemoveMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: remove_memory },
-    Route { method: Method::Get, path: "/events", body: None, wait: false, statuses: &[200, 503], parse: |_| Ok(Action::Stream(None)) },
-    Route { method: Method::Get, path: "/hotplug/transactions", body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Transactions)) },
-    Route { method: Method::Get, path: "/hotplug/transactions/{id}", body: None, wait: false, statuses: &[200, 400, 404, 409], parse: transaction },
+    Route { method: Method::Get, path: "/vmm.ping", root: false, body: None, wait: false, statuses: &[200], parse: |_| Ok(Action::Reply(ApiResponse::ok(ping_body()))) },
+    Route { method: Method::Put, path: "/vmm.shutdown", root: false, body: None, wait: false, statuses: &[204, 500], parse: |_| Ok(Action::Forward(ApiRequest::VmmShutdown)) },
+    Route { method: Method::Put, path: "/vm.create", root: false, body: Some(BodySchema { name: "VmConfig", fields: vm_create::field_names, required: true }), wait: false, statuses: &[204, 400, 409], parse: create },
+    Route { method: Method::Put, path: "/vm.boot", root: false, body: None, wait: false, statuses: &[204, 400, 404, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Boot)) },
+    Route { method: Method::Put, path: "/vm.delete", root: false, body: None, wait: false, statuses: &[204, 500], parse: |_| Ok(Action::Forward(ApiRequest::Delete)) },
+    Route { method: Method::Put, path: "/vm.shutdown", root: false, body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Shutdown)) },
+    Route { method: Method::Put, path: "/vm.power-button", root: false, body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::PowerButton)) },
+    Route { method: Method::Get, path: "/vm.counters", root: false, body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Counters)) },
+    Route { method: Method::Put, path: "/vm.pause", root: false, body: None, wait: false, statuses: &[204, 409, 429, 500], parse: |_| Ok(Action::Forward(ApiRequest::Pause)) },
+    Route { method: Method::Put, path: "/vm.resume", root: false, body: None, wait: false, statuses: &[204, 409, 500], parse: |_| Ok(Action::Forward(ApiRequest::Resume)) },
+    Route { method: Method::Get, path: "/vm.info", root: false, body: None, wait: false, statuses: &[200, 404], parse: |_| Ok(Action::Forward(ApiRequest::VmInfo)) },
+    Route { method: Method::Put, path: "/vm.add-vcpu", root: false, body: schema("VmAddVcpu", field_names::<AddVcpuBody>, false), wait: true, statuses: HOTPLUG, parse: add_vcpu },
+    Route { method: Method::Put, path: "/vm.remove-vcpu", root: false, body: schema("VmRemoveVcpu", field_names::<RemoveVcpuBody>, true), wait: true, statuses: HOTPLUG, parse: remove_vcpu },
+    Route { method: Method::Put, path: "/vm.resize", root: false, body: schema("VmResize", field_names::<ResizeBody>, true), wait: true, statuses: HOTPLUG, parse: resize },
+    Route { method: Method::Put, path: "/vm.add-memory", root: false, body: schema("VmAddMemory", field_names::<AddMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: add_memory },
+    Route { method: Method::Put, path: "/vm.remove-memory", root: false, body: schema("VmRemoveMemory", field_names::<RemoveMemoryBody>, true), wait: true, statuses: HOTPLUG, parse: remove_memory },
+    Route { method: Method::Get, path: "/events", root: false, body: None, wait: false, statuses: &[200, 503], parse: |_| Ok(Action::Stream(None)) },
+    Route { method: Method::Get, path: "/hotplug/transactions", root: false, body: None, wait: false, statuses: &[200, 409], parse: |_| Ok(Action::Forward(ApiRequest::Transactions)) },
+    Route { method: Method::Get, path: "/hotplug/transactions/{id}", root: false, body: None, wait: false, statuses: &[200, 400, 404, 409], parse: transaction },
+    Route { method: Method::Get, path: METRICS_PATH, root: true, body: None, wait: false, statuses: &[200], parse: |_| Ok(Action::Forward(ApiRequest::Metrics)) },
 ];
 
 fn create(input: &RouteInput<'_>) -> Result<Action, String> {
@@ -304,9 +309,13 @@ pub(crate) fn route(method: &str, target: &str, body: &[u8]) -> Result<Action, R
         None => (target, None),
     };
     let not_found = || RouteError::NotFound(format!("No endpoint at {}.", printable(path)));
-    let relative = path.strip_prefix(API_PREFIX).ok_or_else(not_found)?;
+    let (relative, root) = match path.strip_prefix(API_PREFIX) {
+        Some(relative) => (relative, false),
+        None => (path, true),
+    };
     let matching: Vec<(&Route, Option<&str>)> = ROUTES
         .iter()
+        .filter(|r| r.root == root)
         .filter_map(|r| match_path(r.path, relative).map(|param| (r, param)))
         .collect();
     if matching.is_empty() {
@@ -436,6 +445,23 @@ mod tests {
         assert!(
             matches!(route("GET", "/api/v1/vmm.ping", b""), Ok(Action::Reply(r)) if r.status == 200)
         );
+        assert_eq!(fwd("GET", "/metrics", ""), ApiRequest::Metrics);
+    }
+
+    #[test]
+    fn api_metrics_is_at_the_root_only() {
+        assert_eq!(bad("GET", "/api/v1/metrics", "").0, 404);
+        assert_eq!(bad("GET", "/metrics/", "").0, 404);
+        assert_eq!(bad("GET", "/vm.info", "").0, 404);
+        let (status, message, allow) = bad("PUT", "/metrics", "");
+        assert_eq!((status, allow.as_deref()), (405, Some("GET")));
+        assert_eq!(message, "metrics does not accept PUT; use GET.");
+        let (status, message, _) = bad("GET", "/metrics?name=x", "");
+        assert_eq!(status, 400);
+        assert!(
+            message.contains("metrics takes no query parameters"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -548,7 +574,7 @@ mod tests {
         for (i, a) in ROUTES.iter().enumerate() {
             for b in &ROUTES[i + 1..] {
                 assert!(
-                    a.method != b.method || a.path != b.path,
+                    a.method != b.method || a.path != b.path || a.root != b.root,
                     "{} {}",
                     a.method.as_str(),
                     a.path

@@ -319,7 +319,7 @@ fn spawn_connection(shared: &Arc<Shared>, stream: UnixStream) {
         if connections.len() >= inner.config.max_connections {
             drop(connections);
             let body = error_body("Too many open API connections; retry later.");
-            let _ = http::write_response(&mut &stream, 503, Some(&body), None, false);
+            let _ = http::write_response(&mut &stream, 503, Some((http::JSON, &body)), None, false);
             return;
         }
         connections.insert(id, clone);
@@ -405,7 +405,7 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
         let written = http::write_response(
             &mut writer,
             response.status,
-            body.as_deref(),
+            body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
             allow.as_deref(),
             head.keep_alive,
         );
@@ -426,7 +426,8 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
 
 /// Answers `status` with an error body and closes the connection.
 fn fail(writer: &mut UnixStream, status: u16, message: &str) {
-    let _ = http::write_response(writer, status, Some(&error_body(message)), None, false);
+    let body = error_body(message);
+    let _ = http::write_response(writer, status, Some((http::JSON, &body)), None, false);
 }
 
 /// How long an event-stream connection may stay silent before a keep-alive comment, which
@@ -542,14 +543,23 @@ fn ask_vmm(shared: &Shared, request: ApiRequest) -> ApiResponse {
     }
 }
 
-/// The wire body of a response: none for 204 or a null body.
-fn encode_body(response: &ApiResponse) -> Option<Vec<u8>> {
-    if response.status == 204 || response.body.is_null() {
+/// The wire body of a response and its content type: none for 204 or a null body.
+fn encode_body(response: &ApiResponse) -> Option<(&'static str, Vec<u8>)> {
+    if response.status == 204 {
         return None;
     }
-    Some(ascii_json(
-        serde_json::to_vec(&response.body)
-            .unwrap_or_else(|_| error_body("The response could not be encoded.")),
+    if let Some(text) = &response.text {
+        return Some((text.content_type, text.text.clone().into_bytes()));
+    }
+    if response.body.is_null() {
+        return None;
+    }
+    Some((
+        http::JSON,
+        ascii_json(
+            serde_json::to_vec(&response.body)
+                .unwrap_or_else(|_| error_body("The response could not be encoded.")),
+        ),
     ))
 }
 

@@ -14,6 +14,30 @@ use super::test_util::{assert_error, fixture, quick_config, Behavior, TempDir};
 use super::*;
 
 #[test]
+fn api_server_answers_metrics_as_text_with_its_content_type() {
+    let f = fixture(Behavior::Normal, quick_config());
+    let raw = f.raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 \r\n"), "{raw}");
+    assert!(
+        head.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{raw}"
+    );
+    // The text goes as it is: not JSON, and not escaped to ASCII as JSON bodies are.
+    assert_eq!(
+        body,
+        "# HELP up_total Ü.\n# TYPE up_total counter\nup_total 1\n"
+    );
+    assert!(
+        head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+        "{raw}"
+    );
+    assert_eq!(f.seen.lock().unwrap().as_slice(), [ApiRequest::Metrics]);
+    // Under the API prefix there is nothing.
+    assert_error(f.call("GET", "/api/v1/metrics", None), 404, "No endpoint");
+}
+
+#[test]
 fn api_server_serves_each_route() {
     let f = fixture(Behavior::Normal, quick_config());
     let (status, ping) = f.call("GET", "/api/v1/vmm.ping", None);

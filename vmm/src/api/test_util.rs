@@ -37,7 +37,7 @@ impl Drop for TempDir {
 /// What the fake VMM does with a request.
 #[derive(Clone, Copy)]
 pub(crate) enum Behavior {
-    /// Answer 200 for vm.info, 204 for shutdown, 501 for the rest.
+    /// Answer 200 for vm.info and metrics, 204 for shutdown, 501 for the rest.
     Normal,
     /// Keep the message and never answer.
     Hold,
@@ -83,6 +83,11 @@ pub(crate) fn fixture(behavior: Behavior, config: ApiConfig) -> Fixture {
                     ApiResponse::ok(json!({"state": "running"}))
                 }
                 (Behavior::Normal, ApiRequest::Shutdown) => ApiResponse::no_content(),
+                (Behavior::Normal, ApiRequest::Metrics) => ApiResponse::text(
+                    200,
+                    crate::metrics::CONTENT_TYPE,
+                    "# HELP up_total Ü.\n# TYPE up_total counter\nup_total 1\n",
+                ),
                 (Behavior::Normal, other) => ApiResponse::not_implemented(other),
             };
             let _ = message.respond.send(response);
