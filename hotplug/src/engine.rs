@@ -179,7 +179,7 @@ impl Engine {
         for p in &plan {
             self.refusals.remove(&p.device);
         }
-        info!(tx = %id, ?request, devices = plan.len(), "hotplug transaction started");
+        debug!(tx = %id, ?request, devices = plan.len(), "hotplug transaction started");
         let record = TxRecord::new(id, Origin::Host, request.clone(), Self::targets(&plan), now);
         self.machine.reserve(&plan, id);
         let mut tx = Transaction::new(id, Origin::Host, request.mode(), plan, record);
@@ -207,7 +207,9 @@ impl Engine {
         for (op, committed) in &settled {
             self.machine.settle(op, *committed);
         }
-        info!(
+        // The VMM logs the transaction's end, with its phases and guest answers, in the
+        // transaction's span; this is the engine's own trace of it.
+        debug!(
             tx = %completion.id,
             status = ?completion.outcome.status,
             us = record.duration_us.unwrap_or(0),

@@ -52,6 +52,20 @@ pub enum Phase {
     Rollback,
 }
 
+impl Phase {
+    /// The name it is journaled under: `validate`, `await_guest`...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Validate => "validate",
+            Phase::Prepare => "prepare",
+            Phase::Publish => "publish",
+            Phase::AwaitGuest => "await_guest",
+            Phase::Commit => "commit",
+            Phase::Rollback => "rollback",
+        }
+    }
+}
+
 /// A transaction's state in its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -513,6 +527,9 @@ mod tests {
         }
         assert_eq!(r.guest_events.len(), MAX_GUEST_EVENTS);
         assert_eq!(r.dropped_guest_events, 3);
+        for phase in [Phase::Validate, Phase::AwaitGuest, Phase::Rollback] {
+            assert_eq!(serde_json::json!(phase), phase.name());
+        }
         r.phase(Phase::Commit, vec![], Timestamp(0), Timestamp(5), true);
         r.phase(Phase::Prepare, vec![], Timestamp(5), Timestamp(6), true);
         r.phase(Phase::Commit, vec![], Timestamp(10), Timestamp(12), true);

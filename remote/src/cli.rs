@@ -9,6 +9,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::client;
+use crate::watch::{device_name, watch, WatchOptions};
 use crate::wire::{
     reason, AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX,
     METRICS_PATH,
@@ -24,7 +25,8 @@ pub struct Cli {
     /// Print the server's raw JSON instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to wait for the server's answer.
+    /// Seconds to wait for the server's answer (for `watch`: for any sign of life, which a
+    /// running VMM gives every 10 s).
     #[arg(long, value_name = "SECONDS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// What to do.
@@ -103,6 +105,34 @@ pub enum Command {
     },
     /// Print the VMM's metrics in Prometheus' text format (`GET /metrics`), as they come.
     Metrics,
+    /// Follow the VMM's events live: every hotplug transaction step by step (phases, the
+    /// guest's answers, how it ended and how long it took), the VM's lifecycle. Runs until the
+    /// VMM ends (exit 0) or Ctrl-C; with --json, one event object per line.
+    Watch(WatchArgs),
+}
+
+/// Arguments of `watch`.
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct WatchArgs {
+    /// Start after event ID (0: every event the VMM still keeps) instead of from now on.
+    #[arg(long, value_name = "ID")]
+    pub since: Option<u64>,
+    /// Stop after N events.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Stop once SECONDS pass without an event.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub until_idle: Option<Duration>,
+}
+
+/// Parses a positive number of seconds, decimals allowed (`0.5`, `10`).
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "expected a number of seconds above 0 and at most 86400, got {text:?}"
+        )),
+    }
 }
 
 /// `--no-wait`, for the hotplug subcommands.
@@ -212,6 +242,17 @@ pub fn to_request(command: &Command) -> (&'static str, String, Option<Vec<u8>>) 
             None,
         ),
         Command::Metrics => ("GET", METRICS_PATH.to_string(), None),
+        // The stream is read by `watch::watch`, not as one answer.
+        Command::Watch(args) => (
+            "GET",
+            format!(
+                "{API_PREFIX}/events{}",
+                args.since
+                    .map(|id| format!("?since={id}"))
+                    .unwrap_or_default()
+            ),
+            None,
+        ),
     }
 }
 
@@ -243,13 +284,6 @@ pub fn render(value: &Value, prefix: &str, out: &mut String) {
                 out.push_str(&format!("{prefix}: {text}\n"));
             }
         }
-    }
-}
-
-fn device_name(device: &Value) -> String {
-    match device.as_object().and_then(|m| m.iter().next()) {
-        Some((kind, id)) => format!("{} {id}", kind.replace('_', " ")),
-        None => device.to_string(),
     }
 }
 
@@ -345,8 +379,19 @@ fn readable(command: &Command, body: &Value) -> String {
     }
 }
 
-/// Runs the parsed command; returns the exit code (0 on 2xx, 1 otherwise).
+/// Runs the parsed command; returns the exit code (0 on 2xx, 1 otherwise; for `watch`, see
+/// [`watch`]).
 pub fn execute(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    if let Command::Watch(args) = &cli.command {
+        let options = WatchOptions {
+            since: args.since,
+            count: args.count,
+            until_idle: args.until_idle,
+            json: cli.json,
+            timeout: Duration::from_secs(cli.timeout),
+        };
+        return watch(&cli.api_socket, &options, out, err);
+    }
     let (method, target, mut body) = to_request(&cli.command);
     if let Command::Create { config } = &cli.command {
         match std::fs::read(config) {

@@ -112,6 +112,28 @@ fn api_cli_maps_commands_to_requests() {
         request_of(&["--json", "transactions", "7"]),
         ("GET", "/api/v1/hotplug/transactions/7".into(), None)
     );
+    assert_eq!(
+        request_of(&["watch"]),
+        ("GET", "/api/v1/events".into(), None)
+    );
+    assert_eq!(
+        request_of(&["watch", "--since", "0"]),
+        ("GET", "/api/v1/events?since=0".into(), None)
+    );
+}
+
+#[test]
+fn api_cli_parses_watch_options() {
+    let cli = parse(&["watch", "--json", "--count", "3", "--until-idle", "1.5"]).unwrap();
+    assert!(cli.json);
+    assert_eq!(
+        cli.command,
+        Command::Watch(WatchArgs {
+            since: None,
+            count: Some(3),
+            until_idle: Some(Duration::from_millis(1500)),
+        })
+    );
 }
 
 #[test]
@@ -129,6 +151,10 @@ fn api_cli_usage_errors_exit_2() {
         &["add-memory", "0"],
         &["ping", "--no-wait"],
         &["transactions", "1", "2"],
+        &["watch", "--count", "0"],
+        &["watch", "--since", "-1"],
+        &["watch", "--until-idle", "0"],
+        &["watch", "--no-wait"],
     ];
     for args in cases {
         let err = parse(args).expect_err(&format!("{args:?} parsed"));

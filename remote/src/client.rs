@@ -56,6 +56,19 @@ pub fn describe(e: &io::Error) -> String {
     }
 }
 
+/// A fresh connection to `socket`, each read and write bounded by `timeout`.
+fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|e| ClientError::Connect {
+        path: socket.to_path_buf(),
+        message: describe(&e),
+    })?;
+    let timeouts = stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)));
+    timeouts.map_err(|e| ClientError::Send(describe(&e)))?;
+    Ok(stream)
+}
+
 /// Sends one request on a fresh connection and reads the response.
 ///
 /// `timeout` bounds each read and write.
@@ -66,14 +79,7 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let stream = UnixStream::connect(socket).map_err(|e| ClientError::Connect {
-        path: socket.to_path_buf(),
-        message: describe(&e),
-    })?;
-    let timeouts = stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)));
-    timeouts.map_err(|e| ClientError::Send(describe(&e)))?;
+    let stream = connect(socket, timeout)?;
     let mut message = format!(
         "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n"
     );
@@ -109,11 +115,20 @@ fn read_line<R: BufRead>(reader: &mut R, budget: &mut u64) -> Result<String, Cli
     Ok(String::from_utf8_lossy(&line).trim_end().to_string())
 }
 
-/// Reads one response, skipping interim 1xx responses.
-///
-/// Public for callers that drive a connection themselves, such as the
-/// server's tests of keep-alive and `Expect: 100-continue`.
-pub fn read_response<R: BufRead>(reader: &mut R) -> Result<Response, ClientError> {
+/// A response's status line and the headers the client acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// HTTP status code.
+    pub status: u16,
+    /// `Content-Length`, if given.
+    pub length: Option<u64>,
+    /// `Content-Type`, if given (as sent, parameters included).
+    pub content_type: Option<String>,
+}
+
+/// Reads a response head, skipping interim 1xx responses: the status line and the headers,
+/// up to the blank line, at most `MAX_HEAD_BYTES` in all.
+pub fn read_head<R: BufRead>(reader: &mut R) -> Result<Head, ClientError> {
     let mut budget = MAX_HEAD_BYTES;
     loop {
         let status_line = read_line(reader, &mut budget)?;
@@ -125,7 +140,11 @@ pub fn read_response<R: BufRead>(reader: &mut R) -> Result<Response, ClientError
         else {
             return Err(ClientError::Malformed("bad status line"));
         };
-        let mut length: Option<u64> = None;
+        let mut head = Head {
+            status,
+            length: None,
+            content_type: None,
+        };
         loop {
             let line = read_line(reader, &mut budget)?;
             if line.is_empty() {
@@ -134,43 +153,272 @@ pub fn read_response<R: BufRead>(reader: &mut R) -> Result<Response, ClientError
             if let Some((name, value)) = line.split_once(':') {
                 if name.eq_ignore_ascii_case("content-length") {
                     let parsed = value.trim().parse::<u64>();
-                    length =
+                    head.length =
                         Some(parsed.map_err(|_| ClientError::Malformed("bad Content-Length"))?);
+                } else if name.eq_ignore_ascii_case("content-type") {
+                    head.content_type = Some(value.trim().to_string());
                 } else if name.eq_ignore_ascii_case("transfer-encoding") {
                     return Err(ClientError::Malformed("unsupported Transfer-Encoding"));
                 }
             }
         }
-        if status < 200 {
-            continue;
+        if status >= 200 {
+            return Ok(head);
         }
-        let mut body = Vec::new();
-        match length {
-            _ if status == 204 || status == 304 => {}
-            Some(len) if len > MAX_BODY_BYTES => {
-                return Err(ClientError::Malformed("the body is too large"))
-            }
-            Some(len) => {
-                reader
-                    .take(len)
-                    .read_to_end(&mut body)
-                    .map_err(|e| ClientError::Receive(describe(&e)))?;
-                if body.len() as u64 != len {
-                    return Err(ClientError::Receive("the body was cut short".to_string()));
-                }
-            }
-            None => {
-                reader
-                    .take(MAX_BODY_BYTES + 1)
-                    .read_to_end(&mut body)
-                    .map_err(|e| ClientError::Receive(describe(&e)))?;
-                if body.len() as u64 > MAX_BODY_BYTES {
-                    return Err(ClientError::Malformed("the body is too large"));
-                }
-            }
-        }
-        return Ok(Response { status, body });
     }
+}
+
+/// Reads the body that follows `head`: `Content-Length` bytes, or everything up to the
+/// close when there is no length; at most `MAX_BODY_BYTES` either way.
+pub fn read_body<R: BufRead>(reader: &mut R, head: &Head) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    match head.length {
+        _ if head.status == 204 || head.status == 304 => {}
+        Some(len) if len > MAX_BODY_BYTES => {
+            return Err(ClientError::Malformed("the body is too large"))
+        }
+        Some(len) => {
+            reader
+                .take(len)
+                .read_to_end(&mut body)
+                .map_err(|e| ClientError::Receive(describe(&e)))?;
+            if body.len() as u64 != len {
+                return Err(ClientError::Receive("the body was cut short".to_string()));
+            }
+        }
+        None => {
+            reader
+                .take(MAX_BODY_BYTES + 1)
+                .read_to_end(&mut body)
+                .map_err(|e| ClientError::Receive(describe(&e)))?;
+            if body.len() as u64 > MAX_BODY_BYTES {
+                return Err(ClientError::Malformed("the body is too large"));
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// Reads one response, skipping interim 1xx responses.
+///
+/// Public for callers that drive a connection themselves, such as the
+/// server's tests of keep-alive and `Expect: 100-continue`.
+pub fn read_response<R: BufRead>(reader: &mut R) -> Result<Response, ClientError> {
+    let head = read_head(reader)?;
+    let body = read_body(reader, &head)?;
+    Ok(Response {
+        status: head.status,
+        body,
+    })
+}
+
+/// Longest line of an event stream the client accepts, in bytes. The VMM's longest events
+/// (a transaction's `ended`, with every device's outcome) are a few kilobytes; the bound only
+/// keeps a broken or hostile server from growing the client's memory without limit.
+pub const MAX_EVENT_LINE_BYTES: usize = 1024 * 1024;
+
+/// One Server-Sent Event, as dispatched by a blank line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The event's own `id:` line, if it had one.
+    pub id: Option<String>,
+    /// The `event:` line, `message` when there is none (the SSE default).
+    pub event: String,
+    /// The `data:` lines, joined by newlines.
+    pub data: String,
+}
+
+/// The Server-Sent Events line grammar (the WHATWG HTML standard's "event stream
+/// interpretation"): fed one line at a time (without its end of line), it gives an event at
+/// each blank line that ends one with data. Comments (`:` lines) and unknown fields are
+/// ignored, as are `retry:` lines (the client does not reconnect).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    id: Option<String>,
+    event: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    /// A parser between events.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one line; returns the event it completes, if any.
+    pub fn line(&mut self, line: &str) -> Option<SseEvent> {
+        if line.is_empty() {
+            let id = self.id.take();
+            let event = self.event.take();
+            // An event without data is not dispatched (the standard's rule).
+            let data = self.data.take()?;
+            return Some(SseEvent {
+                id,
+                event: event.unwrap_or_else(|| "message".to_string()),
+                data,
+            });
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => self.data = Some(value.to_string()),
+            },
+            "event" => self.event = Some(value.to_string()),
+            // An id with a NUL is ignored (the standard's rule).
+            "id" if !value.contains('\0') => self.id = Some(value.to_string()),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// What [`EventStream::next_event`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// An event.
+    Event(SseEvent),
+    /// A read timed out before an event was complete; what was read so far is kept, and the
+    /// next call goes on from there. [`EventStream::silent_for`] says how long nothing came.
+    TimedOut,
+    /// The server closed the stream.
+    End,
+}
+
+/// The client's end of `GET /api/v1/events`: reads the stream line by line as it arrives,
+/// each line bounded by [`MAX_EVENT_LINE_BYTES`], and gives its events one at a time.
+#[derive(Debug)]
+pub struct EventStream<R> {
+    reader: R,
+    line: Vec<u8>,
+    parser: SseParser,
+    last_byte: std::time::Instant,
+}
+
+impl<R: BufRead> EventStream<R> {
+    /// Reads the stream from `reader`, positioned after the response head.
+    pub fn new(reader: R) -> Self {
+        EventStream {
+            reader,
+            line: Vec::new(),
+            parser: SseParser::new(),
+            last_byte: std::time::Instant::now(),
+        }
+    }
+
+    /// How long since the server last sent anything (an event or a keep-alive comment).
+    pub fn silent_for(&self) -> Duration {
+        self.last_byte.elapsed()
+    }
+
+    /// The next event, [`Next::TimedOut`] when a read timed out first, or [`Next::End`] once
+    /// the server closed the connection (a last event without its blank line is dropped, as
+    /// the standard says).
+    pub fn next_event(&mut self) -> Result<Next, ClientError> {
+        loop {
+            let room = MAX_EVENT_LINE_BYTES.saturating_sub(self.line.len()) as u64 + 1;
+            let before = self.line.len();
+            // `read_until` keeps what it read before an error in `line`: a timeout loses
+            // nothing, and the next call completes the line.
+            let result = self
+                .reader
+                .by_ref()
+                .take(room)
+                .read_until(b'\n', &mut self.line);
+            if self.line.len() > before {
+                self.last_byte = std::time::Instant::now();
+            }
+            match result {
+                Ok(0) => return Ok(Next::End),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(Next::TimedOut)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ClientError::Receive(describe(&e))),
+            }
+            if self.line.last() != Some(&b'\n') {
+                if self.line.len() > MAX_EVENT_LINE_BYTES {
+                    return Err(ClientError::Malformed("an event line is too long"));
+                }
+                // The server closed the connection in the middle of a line.
+                return Ok(Next::End);
+            }
+            self.line.pop();
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+            let text = String::from_utf8_lossy(&self.line).into_owned();
+            self.line.clear();
+            if let Some(event) = self.parser.line(&text) {
+                return Ok(Next::Event(event));
+            }
+        }
+    }
+}
+
+impl EventStream<BufReader<UnixStream>> {
+    /// Changes how long a read waits on the connection before [`Next::TimedOut`].
+    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.reader.get_ref().set_read_timeout(Some(timeout))
+    }
+}
+
+/// How `GET /api/v1/events` was answered: the stream, or an error response (the VMM refused
+/// it: no event stream, a bad `since`).
+#[derive(Debug)]
+pub enum Opened {
+    /// A 200 `text/event-stream` answer: read events from it.
+    Stream(EventStream<BufReader<UnixStream>>),
+    /// Any other answer, read whole.
+    Refused(Response),
+}
+
+/// Connects to `socket` and asks for the event stream from after event `since` (from the next
+/// event when `None`). `timeout` bounds the connection's every read and write, also while
+/// streaming: a read that times out gives [`Next::TimedOut`].
+pub fn open_events(
+    socket: &Path,
+    since: Option<u64>,
+    timeout: Duration,
+) -> Result<Opened, ClientError> {
+    let stream = connect(socket, timeout)?;
+    let query = since.map(|id| format!("?since={id}")).unwrap_or_default();
+    let message = format!(
+        "GET {}/events{query} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+        crate::wire::API_PREFIX
+    );
+    (&stream)
+        .write_all(message.as_bytes())
+        .map_err(|e| ClientError::Send(describe(&e)))?;
+    let mut reader = BufReader::new(stream);
+    let head = read_head(&mut reader)?;
+    let is_stream = head
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    if head.status == 200 && is_stream {
+        return Ok(Opened::Stream(EventStream::new(reader)));
+    }
+    let body = read_body(&mut reader, &head)?;
+    Ok(Opened::Refused(Response {
+        status: head.status,
+        body,
+    }))
 }
 
 #[cfg(test)]
@@ -211,6 +459,152 @@ mod tests {
             parse("HTTP/1.1 200 OK\r\n"),
             Err(ClientError::Receive(_))
         ));
+    }
+
+    fn feed(lines: &[&str]) -> Vec<SseEvent> {
+        let mut parser = SseParser::new();
+        lines.iter().filter_map(|l| parser.line(l)).collect()
+    }
+
+    #[test]
+    fn sse_lines_make_events() {
+        let events = feed(&[
+            ": keep-alive",
+            "",
+            "id: 7",
+            "event: phase",
+            "data: {\"a\":1}",
+            "",
+            "data:first",
+            "data:  second",
+            "retry: 10",
+            "unknown: x",
+            "",
+            "event: dropped",
+            "",
+            "id: 8",
+            "data",
+            "",
+        ]);
+        assert_eq!(
+            events,
+            [
+                SseEvent {
+                    id: Some("7".into()),
+                    event: "phase".into(),
+                    data: "{\"a\":1}".into()
+                },
+                // One space after the colon is the separator; more is the value's.
+                SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: "first\n second".into()
+                },
+                // The event without data was not dispatched, and its name did not leak into
+                // the next one.
+                SseEvent {
+                    id: Some("8".into()),
+                    event: "message".into(),
+                    data: String::new()
+                },
+            ]
+        );
+    }
+
+    /// A reader that hands out `chunks` one read at a time, a timeout between each.
+    struct Trickle {
+        chunks: Vec<&'static [u8]>,
+        timeout_next: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if std::mem::replace(&mut self.timeout_next, false) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.timeout_next = true;
+            if self.chunks.is_empty() {
+                return Ok(0);
+            }
+            let chunk = self.chunks.remove(0);
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.chunks.insert(0, &chunk[n..]);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_event_stream_survives_timeouts_mid_line_and_crlf() {
+        let reader = Trickle {
+            chunks: vec![
+                b"id: 1\r\nevent: ph",
+                b"ase\r\ndata: {}",
+                b"\r\n\r\n",
+                b"data: cut",
+            ],
+            timeout_next: false,
+        };
+        let mut stream = EventStream::new(BufReader::new(reader));
+        let mut got = Vec::new();
+        loop {
+            match stream.next_event().unwrap() {
+                Next::Event(e) => got.push(e),
+                Next::TimedOut => got.push(SseEvent {
+                    id: None,
+                    event: "(timeout)".into(),
+                    data: String::new(),
+                }),
+                Next::End => break,
+            }
+        }
+        let names: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
+        // Each read is followed by a timeout: in "event: ph|ase", in "data: {}|", after the
+        // event, in "data: cut" (dropped at the end: no blank line completed it).
+        assert_eq!(
+            names,
+            ["(timeout)", "(timeout)", "phase", "(timeout)", "(timeout)"]
+        );
+        assert_eq!(got[2].data, "{}");
+        assert_eq!(got[2].id.as_deref(), Some("1"));
+        assert!(stream.silent_for() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_endless_event_line_is_refused() {
+        let mut text = b"data: ".to_vec();
+        text.resize(MAX_EVENT_LINE_BYTES + 10, b'x');
+        let mut stream = EventStream::new(io::Cursor::new(text));
+        assert!(matches!(
+            stream.next_event(),
+            Err(ClientError::Malformed("an event line is too long"))
+        ));
+        // A line of exactly the limit is fine.
+        let mut text = b"data: ".to_vec();
+        text.resize(MAX_EVENT_LINE_BYTES, b'x');
+        text.extend_from_slice(b"\n\n");
+        let mut stream = EventStream::new(io::Cursor::new(text));
+        assert!(matches!(stream.next_event(), Ok(Next::Event(_))));
+        assert!(matches!(stream.next_event(), Ok(Next::End)));
+    }
+
+    #[test]
+    fn heads_name_their_content_type() {
+        let head = read_head(&mut io::Cursor::new(
+            b"HTTP/1.1 200 \r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            head,
+            Head {
+                status: 200,
+                length: None,
+                content_type: Some("text/event-stream".into())
+            }
+        );
     }
 
     #[test]

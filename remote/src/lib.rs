@@ -24,4 +24,5 @@
 pub mod cli;
 pub mod client;
 pub mod size;
+pub mod watch;
 pub mod wire;

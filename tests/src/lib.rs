@@ -1,6 +1,7 @@
 //! Shared helpers for plugvm's integration tests (`tests/tests/*.rs`).
 //!
-//! * [`plugvm_binary`] builds the `plugvm` binary once per test process and returns its path.
+//! * [`plugvm_binary`] builds the `plugvm` binary once per test process and returns its path;
+//!   [`plugvm_remote_binary`] does the same for `plugvm-remote`.
 //! * [`run_plugvm`] runs it with a timeout, so a hang fails the test instead of the CI run.
 //! * [`ScratchDir`] is a temporary directory removed on drop; [`write_tiny_elf_kernel`]
 //!   writes a kernel image that the loader accepts without being Linux.
@@ -58,20 +59,30 @@ pub fn target_dir() -> PathBuf {
 /// every test that asks (not only the first).
 pub fn plugvm_binary() -> PathBuf {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BINARY.get_or_init(build_plugvm) {
+    match BINARY.get_or_init(|| build_binary("vmm", "plugvm")) {
         Ok(path) => path.clone(),
         Err(msg) => panic!("{msg}"),
     }
 }
 
-fn build_plugvm() -> Result<PathBuf, String> {
+/// Like [`plugvm_binary`], for the `plugvm-remote` client (`cargo build -p plugvm-remote`).
+pub fn plugvm_remote_binary() -> PathBuf {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BINARY.get_or_init(|| build_binary("plugvm-remote", "plugvm-remote")) {
+        Ok(path) => path.clone(),
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
+/// Builds the binaries of `package` and returns the path of the one called `name`.
+fn build_binary(package: &str, name: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)
         .args([
             "build",
             "-q",
             "-p",
-            "vmm",
+            package,
             "--bins",
             "--message-format=json-render-diagnostics",
         ])
@@ -81,7 +92,7 @@ fn build_plugvm() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !output.status.success() {
         return Err(format!(
-            "building plugvm failed ({}):\n{}",
+            "building {name} failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));
@@ -89,17 +100,17 @@ fn build_plugvm() -> Result<PathBuf, String> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let from_messages = stdout.lines().find_map(|line| {
         let msg: serde_json::Value = serde_json::from_str(line).ok()?;
-        if msg["reason"] != "compiler-artifact" || msg["target"]["name"] != "plugvm" {
+        if msg["reason"] != "compiler-artifact" || msg["target"]["name"] != name {
             return None;
         }
         msg["executable"].as_str().map(PathBuf::from)
     });
-    let path = from_messages.unwrap_or_else(|| target_dir().join("debug").join("plugvm"));
+    let path = from_messages.unwrap_or_else(|| target_dir().join("debug").join(name));
     if path.is_file() {
         Ok(path)
     } else {
         Err(format!(
-            "cargo built plugvm but {} does not exist",
+            "cargo built {name} but {} does not exist",
             path.display()
         ))
     }

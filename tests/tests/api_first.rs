@@ -2,14 +2,20 @@
 //! exact requests, parsed their strict way), on any KVM host: `plugvm --api-socket` alone,
 //! then create, boot, pause, resume, shutdown (the VMM stays), boot again, delete and
 //! vmm.shutdown. The guest is [`idle_elf_kernel`], which halts until stopped; the real-guest
-//! version of these sequences is `cloud_hypervisor.rs`.
+//! version of these sequences is `cloud_hypervisor.rs`. The same life, watched: the event
+//! stream through `plugvm-remote watch`, and the VMM's log in a file, as JSON.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use plugvm_remote::client;
 use plugvm_tests::ch_clients::{ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient};
 use plugvm_tests::metrics::{metric, Scrape};
-use plugvm_tests::{idle_elf_kernel, kill_bounded, plugvm_binary, ScratchDir};
+use plugvm_tests::{
+    idle_elf_kernel, kill_bounded, plugvm_binary, plugvm_remote_binary, run_with_timeout,
+    ScratchDir,
+};
 use serde_json::{json, Value};
 
 struct Vmm {
@@ -20,14 +26,24 @@ struct Vmm {
 
 impl Vmm {
     fn start() -> Vmm {
+        Self::start_with(|_, _| {})
+    }
+
+    /// Starts `plugvm --api-socket` with what `setup` adds to the command (given the
+    /// scratch directory).
+    fn start_with(setup: impl FnOnce(&mut Command, &ScratchDir)) -> Vmm {
         let dir = ScratchDir::new("api-first");
         let socket = dir.join("api.sock");
-        let child = Command::new(plugvm_binary())
+        let mut command = Command::new(plugvm_binary());
+        command
             .arg("--api-socket")
             .arg(&socket)
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        setup(&mut command, &dir);
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start plugvm: {e}"));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -90,6 +106,33 @@ impl Vmm {
             );
         }
         plugvm_tests::metrics::parse(text)
+    }
+
+    /// A request through plugvm-remote's client: its status and JSON body (`null` if none).
+    fn api(&self, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        let target = format!("{}/{target}", plugvm_remote::wire::API_PREFIX);
+        let response = client::request(
+            &self.socket,
+            method,
+            &target,
+            body.as_deref().map(str::as_bytes),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"));
+        let json = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        (response.status, json)
+    }
+
+    /// `plugvm-remote --api-socket S watch ARGS...`, run on a thread of its own (bounded at
+    /// 30 s); joining gives its output.
+    fn watch(&self, args: &[&str]) -> JoinHandle<Output> {
+        let mut command = Command::new(plugvm_remote_binary());
+        command.arg("--api-socket").arg(&self.socket).args(args);
+        std::thread::spawn(move || {
+            run_with_timeout(&mut command, Duration::from_secs(30))
+                .unwrap_or_else(|t| panic!("watch still running after 30 s: {:?}", t.0))
+        })
     }
 
     fn wait_exit(&mut self, bound: Duration) -> Option<i32> {
@@ -479,4 +522,180 @@ fn metrics_answer_with_and_without_a_vm_and_keep_counting() {
         "{text}"
     );
     assert!(vmm.ch("PUT", "vmm.shutdown", None).success);
+}
+
+/// What `watch --json` printed: one event object per line, as `source event` pairs.
+fn watched(output: &Output) -> Vec<String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(output.stderr.is_empty(), "{output:?}");
+    stdout
+        .lines()
+        .map(|line| {
+            let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let phase = event["data"]["phase"].as_str().map(|p| format!(" {p}"));
+            format!(
+                "{} {}{}",
+                event["source"].as_str().unwrap_or("?"),
+                event["event"].as_str().unwrap_or("?"),
+                phase.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Creates and boots the idle VM (1 vCPU of 2), pauses and resumes it, starts a vCPU
+/// hot-add that the idle guest never answers, and ends the VMM with `vmm.shutdown`.
+fn life_with_a_transaction(vmm: &mut Vmm) {
+    let kernel = vmm.dir.write("idle", idle_elf_kernel());
+    assert_eq!(vmm.api("PUT", "vm.create", Some(config(&kernel))).0, 204);
+    assert_eq!(vmm.api("PUT", "vm.boot", None).0, 204);
+    assert_eq!(vmm.api("PUT", "vm.pause", None).0, 204);
+    assert_eq!(vmm.api("PUT", "vm.resume", None).0, 204);
+    let (status, body) = vmm.api("PUT", "vm.add-vcpu?wait=false", Some(json!({})));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["id"], 1, "{body}");
+    // The transaction's first phases are streamed as it starts; give the watchers a moment
+    // to read them before the VMM ends.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(vmm.api("PUT", "vmm.shutdown", None).0, 204);
+    assert_eq!(vmm.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn plugvm_remote_watch_follows_the_vm_life_and_its_transactions() {
+    let mut vmm = Vmm::start();
+    // From event 1 on (`--since 0`): the watchers see everything, however late they connect.
+    let first_six = vmm.watch(&["--json", "watch", "--since", "0", "--count", "6"]);
+    let everything = vmm.watch(&["--json", "watch", "--since", "0"]);
+    let readable = vmm.watch(&["watch", "--since", "0"]);
+    life_with_a_transaction(&mut vmm);
+
+    let first_six = first_six.join().unwrap();
+    assert_eq!(
+        watched(&first_six),
+        [
+            "vmm starting",
+            "vm created",
+            "vm booting",
+            "vm booted",
+            "vm paused",
+            "vm resumed"
+        ]
+    );
+    // Without --count, the watch ends with the stream when the VMM goes: exit 0.
+    let everything = everything.join().unwrap();
+    assert_eq!(
+        watched(&everything),
+        [
+            "vmm starting",
+            "vm created",
+            "vm booting",
+            "vm booted",
+            "vm paused",
+            "vm resumed",
+            "hotplug started",
+            "hotplug phase validate",
+            "hotplug phase prepare",
+            "hotplug phase publish",
+            "vm shutdown",
+            "vmm shutdown",
+        ]
+    );
+    let text = String::from_utf8_lossy(&everything.stdout);
+    let started: Value = serde_json::from_str(text.lines().nth(6).unwrap()).unwrap();
+    assert_eq!(started["tx"], 1, "{started}");
+    assert_eq!(started["data"]["request"]["kind"], "add_cpu", "{started}");
+    assert_eq!(started["data"]["targets"][0]["device"], json!({"cpu": 1}));
+
+    let readable = readable.join().unwrap();
+    assert_eq!(readable.status.code(), Some(0), "{readable:?}");
+    let text = String::from_utf8_lossy(&readable.stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim_start).collect();
+    assert_eq!(lines.len(), 12, "{text}");
+    for (line, want) in lines.iter().zip([
+        "vmm starting",
+        "vm created",
+        "vm booting",
+        "vm booted: 1 vCPU (max 2), 256 MiB",
+        "vm paused",
+        "vm resumed",
+        "tx 1 add_cpu [cpu 1] started",
+        "tx 1 validate",
+        "tx 1 prepare",
+        "tx 1 publish",
+        "vm shutdown (vmm.shutdown)",
+        "vmm shutdown (exit code 0)",
+    ]) {
+        // Each line: `+S.mmms`, then what happened.
+        let (time, what) = line.split_once(' ').unwrap_or_default();
+        assert!(
+            time.starts_with('+') && time.ends_with('s'),
+            "{line:?}\n{text}"
+        );
+        assert!(what.trim_start().starts_with(want), "{line:?}\n{text}");
+    }
+    assert!(lines[9].ends_with("; waiting for the guest"), "{text}");
+}
+
+#[test]
+fn the_log_goes_to_the_log_file_as_json_with_each_transaction_in_its_span() {
+    let mut vmm = Vmm::start_with(|command, dir| {
+        command
+            .arg("--log-file")
+            .arg(dir.join("vmm.log"))
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped());
+    });
+    life_with_a_transaction(&mut vmm);
+    let mut stderr = String::new();
+    if let Some(mut pipe) = vmm.child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    }
+    assert_eq!(stderr, "", "the log went to stderr too");
+    let log = std::fs::read_to_string(vmm.dir.join("vmm.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let message = |l: &Value| {
+        l["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        lines.iter().any(|l| message(l) == "API server listening"),
+        "{log}"
+    );
+    let in_tx: Vec<&Value> = lines.iter().filter(|l| l["span"]["name"] == "tx").collect();
+    assert!(
+        in_tx
+            .iter()
+            .any(|l| message(l) == "hotplug transaction started"),
+        "{log}"
+    );
+    for line in &in_tx {
+        assert_eq!(line["span"]["id"], 1, "{line}");
+        assert_eq!(line["span"]["kind"], "add_cpu", "{line}");
+    }
+
+    // Again, appending to the same file, as text: the JSON lines stay, text lines follow.
+    let before = log.lines().count();
+    let scratch = ScratchDir::new("log-append");
+    let path = scratch.write("vmm.log", &log);
+    let mut again = Vmm::start_with(|command, _| {
+        command.arg("--log-file").arg(&path).env("RUST_LOG", "info");
+    });
+    assert_eq!(again.api("PUT", "vmm.shutdown", None).0, 204);
+    assert_eq!(again.wait_exit(Duration::from_secs(5)), Some(0));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with(&log), "the log file was not appended to");
+    let added: Vec<&str> = text.lines().skip(before).collect();
+    assert!(
+        added.iter().any(|l| l.contains("API server listening")),
+        "{text}"
+    );
+    assert!(added.iter().all(|l| !l.starts_with('{')), "{text}");
 }

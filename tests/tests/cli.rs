@@ -52,6 +52,8 @@ fn help_prints_usage_and_exits_0() {
         "--serial",
         "--api-socket",
         "--dump-acpi-tables",
+        "--log-file",
+        "--log-format",
     ] {
         assert!(stdout.contains(needle), "help lacks {needle}:\n{stdout}");
     }
@@ -203,7 +205,66 @@ fn repeated_and_valueless_flags() {
     fails(&["--kernel", "k", "--cmdline", "a\nb"], 2, &["--cmdline"]);
 }
 
+#[test]
+fn bad_log_options() {
+    let dir = ScratchDir::new("log-usage");
+    let socket = dir.join("api.sock");
+    let socket = text(&socket);
+    fails(
+        &["--api-socket", socket, "--log-format", "xml"],
+        2,
+        &["--log-format", "xml"],
+    );
+    fails(
+        &["--api-socket", socket, "--log-format"],
+        2,
+        &["--log-format"],
+    );
+    fails(&["--api-socket", socket, "--log-file"], 2, &["--log-file"]);
+    fails(
+        &["--api-socket", socket, "--log-file", ""],
+        2,
+        &["--log-file", "none was supplied"],
+    );
+    fails(
+        &["--kernel", "k", "--log-file", "a", "--log-file", "b"],
+        2,
+        &["--log-file"],
+    );
+    // A usage error creates no log file.
+    let log = dir.join("vmm.log");
+    fails(
+        &["--log-file", text(&log), "--frobnicate"],
+        2,
+        &["--frobnicate"],
+    );
+    assert!(!log.exists());
+}
+
 // --- runtime and host errors: exit code 1 ----------------------------------------------------
+
+#[test]
+fn unopenable_log_file() {
+    let dir = ScratchDir::new("log-open");
+    let socket = dir.join("api.sock");
+    let missing = dir.join("no-such-dir").join("vmm.log");
+    fails(
+        &["--api-socket", text(&socket), "--log-file", text(&missing)],
+        1,
+        &["--log-file", text(&missing), "No such file or directory"],
+    );
+    fails(
+        &[
+            "--api-socket",
+            text(&socket),
+            "--log-file",
+            text(dir.path()),
+        ],
+        1,
+        &["--log-file", text(dir.path()), "Is a directory"],
+    );
+    assert!(!socket.exists(), "the API was started before the log");
+}
 
 #[test]
 fn missing_kernel_file() {

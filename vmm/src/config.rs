@@ -107,6 +107,15 @@ pub enum Command {
     },
 }
 
+/// A command line: what to do, and where the VMM's own log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// What to do.
+    pub command: Command,
+    /// `--log-file`, `--log-format`: the VMM's options, whatever the command.
+    pub log: crate::logging::LogConfig,
+}
+
 /// A command line that cannot be run as given: print it and exit with [`exit_code`].
 ///
 /// `Display` is one line starting with `plugvm: ` for real errors, naming the flag and the
@@ -257,7 +266,7 @@ fn clap_one_line(err: &clap::Error) -> String {
     bin_name = "plugvm",
     version,
     about = "A KVM microVM monitor with CPU and memory hotplug",
-    override_usage = "plugvm --kernel PATH [OPTIONS]\n       plugvm --api-socket PATH [--guest-eject deny|allow]\n       plugvm --dump-acpi-tables DIR [OPTIONS]"
+    override_usage = "plugvm --kernel PATH [OPTIONS]\n       plugvm --api-socket PATH [--guest-eject deny|allow] [--log-file FILE] [--log-format text|json]\n       plugvm --dump-acpi-tables DIR [OPTIONS]"
 )]
 struct Cli {
     /// Linux kernel image (bzImage or ELF vmlinux). Required unless --dump-acpi-tables is given
@@ -304,6 +313,16 @@ struct Cli {
     /// without booting
     #[arg(long, value_name = "DIR")]
     dump_acpi_tables: Option<PathBuf>,
+
+    /// Append the VMM's log to FILE (created if need be) instead of standard error. RUST_LOG
+    /// filters it (default: warn)
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+
+    /// The log's format: text lines, or one JSON object per line (a hotplug transaction's
+    /// lines carry its span, tx{id, kind})
+    #[arg(long, value_enum, value_name = "text|json", default_value = "text")]
+    log_format: crate::logging::LogFormat,
 }
 
 /// `--guest-eject` as clap sees it.
@@ -322,11 +341,21 @@ impl From<GuestEject> for hotplug::GuestEjectPolicy {
     }
 }
 
-/// Parses the command line (`args` includes argv\[0\], which is ignored).
+/// Parses the command line (`args` includes argv\[0\], which is ignored) into what to do;
+/// [`parse_invocation`] also gives the log's options.
 ///
 /// Everything that can be checked without the host is checked here; see the module docs for
 /// what comes later. Never panics, whatever the input.
 pub fn parse_args<I, T>(args: I) -> Result<Command, UsageError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    parse_invocation(args).map(|i| i.command)
+}
+
+/// Parses the command line like [`parse_args`], with the VMM's own options (the log's).
+pub fn parse_invocation<I, T>(args: I) -> Result<Invocation, UsageError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -388,6 +417,12 @@ where
         None => None,
     };
 
+    // (clap refuses an empty --log-file.)
+    let log = crate::logging::LogConfig {
+        file: cli.log_file,
+        format: cli.log_format,
+    };
+
     let config = VmConfig {
         cpus,
         memory,
@@ -400,10 +435,11 @@ where
             .map(|v| EventMonitorConfig::parse(&v))
             .transpose()?,
     };
-    Ok(match cli.dump_acpi_tables {
+    let command = match cli.dump_acpi_tables {
         Some(dir) => Command::DumpAcpiTables { config, dir },
         None => Command::Run(config),
-    })
+    };
+    Ok(Invocation { command, log })
 }
 
 fn utf8(flag: &'static str, value: OsString) -> Result<String, UsageError> {

@@ -163,24 +163,168 @@ pub struct HotplugService {
     refused_ejects: u64,
     paused: bool,
     counters: HotplugCounters,
-    stream: Option<JournalStream>,
+    journal: JournalStream,
     metrics: Option<SharedMetrics>,
 }
 
-/// Turns what the journal gains into events: per open transaction, how many phases, guest
-/// events and errors were already published.
+/// Follows the journal: what each open transaction gained since the last look (its start,
+/// phases, guest events, errors and end) is logged, in the transaction's span
+/// `tx{id=N kind=...}`, and published as events when there is an event log.
 struct JournalStream {
-    log: Arc<EventLog>,
-    /// Open transactions: phases, guest events and errors published so far.
+    log: Option<Arc<EventLog>>,
+    /// Open transactions: phases, guest events and errors already seen.
     open: BTreeMap<TxId, (usize, usize, usize)>,
     /// The lowest transaction id not seen yet.
     next: u64,
 }
 
+/// Logs at `$level` for a host-initiated transaction, at debug for a guest-initiated one
+/// (`$guest`): a guest can start any number of (refused) ejects, and must not be able to flood
+/// the log with them; `finish` warns of refused ejects, rate-limited.
+macro_rules! tx_log {
+    ($guest:expr, $level:ident, $($arg:tt)+) => {
+        if $guest {
+            tracing::debug!($($arg)+)
+        } else {
+            tracing::$level!($($arg)+)
+        }
+    };
+}
+
+/// One thing a transaction's record gained, in time order.
+enum Gained<'a> {
+    Phase(&'a hotplug::PhaseRecord),
+    Guest(&'a hotplug::GuestEventRecord),
+    Error(&'a hotplug::ErrorRecord),
+}
+
+impl Gained<'_> {
+    /// Where it goes in the transaction's story: a phase when it ended (an `await_guest`
+    /// episode starts long before the guest answer that ends it); at the same instant, what
+    /// the guest did comes first, then the error it caused, then the phase that ended.
+    fn order(&self) -> (u64, u8) {
+        match self {
+            Gained::Guest(g) => (g.at_us, 0),
+            Gained::Error(e) => (e.at_us, 1),
+            Gained::Phase(p) => (p.ended_us, 2),
+        }
+    }
+
+    /// Logs it (in the caller's span; `guest`: of a guest-initiated transaction) and gives its
+    /// event: source, name and data.
+    fn log(&self, guest: bool) -> (&'static str, &'static str, serde_json::Value) {
+        match self {
+            Gained::Phase(p) => {
+                let devices = device_list(&p.devices);
+                if p.ok {
+                    tracing::debug!(phase = p.phase.name(), %devices, us = p.duration_us, "hotplug phase done");
+                } else {
+                    tx_log!(guest, info, phase = p.phase.name(), %devices, us = p.duration_us, "hotplug phase failed");
+                }
+                ("hotplug", "phase", json!(p))
+            }
+            Gained::Guest(g) => {
+                let name = match g.event {
+                    hotplug::GuestEventKind::Ost { ost } => {
+                        tx_log!(guest, info, device = %g.device, %ost, "the guest answered");
+                        "ost"
+                    }
+                    hotplug::GuestEventKind::Eject => {
+                        tx_log!(guest, info, device = %g.device, "the guest ejected the device (_EJ0)");
+                        "eject"
+                    }
+                    hotplug::GuestEventKind::StatusRead => {
+                        tracing::debug!(device = %g.device, "the guest read the device's status");
+                        "status_read"
+                    }
+                };
+                ("guest", name, json!(g))
+            }
+            Gained::Error(e) => {
+                let error = e.error.join(": ");
+                tx_log!(
+                    guest,
+                    warn,
+                    step = e.step,
+                    device = e.device.map(tracing::field::display),
+                    participant = e.participant.as_deref(),
+                    "hotplug error: {error}"
+                );
+                ("hotplug", "error", json!(e))
+            }
+        }
+    }
+}
+
+fn device_list(devices: &[DeviceId]) -> String {
+    devices
+        .iter()
+        .map(DeviceId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A value's name in the API's JSON (`rolled_back`, `all_or_nothing`), for log fields that
+/// read like the events and the journal.
+fn api_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_string(),
+    }
+}
+
+/// A request's kind as the API names it (`add_cpu`, `resize`...), for the span.
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::AddCpu { .. } => "add_cpu",
+        Request::RemoveCpu { .. } => "remove_cpu",
+        Request::AddMemory { .. } => "add_memory",
+        Request::RemoveMemory { .. } => "remove_memory",
+        Request::Resize { .. } => "resize",
+    }
+}
+
+/// The span a transaction's log lines are in: JSON logs carry its id and kind in `span`.
+/// At error level so that it is on whenever a line of the transaction is logged at all: an
+/// info span would be filtered out under the default `RUST_LOG` (warn), and its warnings would
+/// lose it.
+fn tx_span(id: TxId, request: &Request) -> tracing::Span {
+    tracing::error_span!("tx", id = id.0, kind = request_kind(request))
+}
+
+/// The device to blame for a transaction that did not commit, and why: the first failure
+/// that is not a batch abort (which only echoes another device's failure).
+fn failure(outcome: &hotplug::TxOutcome) -> Option<(DeviceId, &FailureReason)> {
+    outcome
+        .devices
+        .iter()
+        .filter_map(|d| match &d.result {
+            DeviceResult::Committed => None,
+            DeviceResult::RolledBack { reason } | DeviceResult::Rejected { reason } => {
+                Some((d.device, reason))
+            }
+        })
+        // The device that caused a batch abort explains it best.
+        .min_by_key(|(_, r)| matches!(r, FailureReason::BatchAborted { .. }))
+}
+
 impl JournalStream {
-    /// Publishes what `engine`'s records gained since the last call, in time order per
-    /// transaction.
-    fn publish(&mut self, engine: &Engine) {
+    fn publish(
+        &self,
+        source: &'static str,
+        event: &'static str,
+        tx: Option<u64>,
+        data: serde_json::Value,
+    ) {
+        if let Some(log) = &self.log {
+            log.publish(source, event, tx, data);
+        }
+    }
+
+    /// Logs and publishes what `engine`'s records gained since the last call, in time order
+    /// per transaction.
+    fn follow(&mut self, engine: &Engine) {
         let new: Vec<TxId> = engine
             .records()
             .map(|r| r.id)
@@ -190,7 +334,26 @@ impl JournalStream {
             self.next = self.next.max(id.0 + 1);
             self.open.insert(id, (0, 0, 0));
             if let Some(r) = engine.transaction(id) {
-                self.log.publish(
+                let _span = tx_span(id, &r.request).entered();
+                let by_guest = r.origin == hotplug::Origin::Guest;
+                let targets = r
+                    .targets
+                    .iter()
+                    .map(|t| match t.operation.direction() {
+                        hotplug::Direction::Add => format!("+{}", t.device),
+                        hotplug::Direction::Remove => format!("-{}", t.device),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                tx_log!(
+                    by_guest,
+                    info,
+                    origin = %api_name(&r.origin),
+                    mode = %api_name(&r.mode),
+                    %targets,
+                    "hotplug transaction started"
+                );
+                self.publish(
                     "hotplug",
                     "started",
                     Some(id.0),
@@ -205,25 +368,17 @@ impl JournalStream {
                 self.open.remove(&id);
                 continue;
             };
+            let _span = tx_span(id, &record.request).entered();
+            let by_guest = record.origin == hotplug::Origin::Guest;
             let (phases, guest, errors) = self.open.get(&id).copied().unwrap_or_default();
-            let mut items: Vec<(u64, &'static str, &'static str, serde_json::Value)> = Vec::new();
-            for p in record.phases.iter().skip(phases) {
-                items.push((p.started_us, "hotplug", "phase", json!(p)));
-            }
-            for g in record.guest_events.iter().skip(guest) {
-                let name = match g.event {
-                    hotplug::GuestEventKind::Ost { .. } => "ost",
-                    hotplug::GuestEventKind::Eject => "eject",
-                    hotplug::GuestEventKind::StatusRead => "status_read",
-                };
-                items.push((g.at_us, "guest", name, json!(g)));
-            }
-            for e in record.errors.iter().skip(errors) {
-                items.push((e.at_us, "hotplug", "error", json!(e)));
-            }
-            items.sort_by_key(|(at, ..)| *at);
-            for (_, source, event, data) in items {
-                self.log.publish(source, event, Some(id.0), data);
+            let mut items: Vec<Gained<'_>> = Vec::new();
+            items.extend(record.phases.iter().skip(phases).map(Gained::Phase));
+            items.extend(record.guest_events.iter().skip(guest).map(Gained::Guest));
+            items.extend(record.errors.iter().skip(errors).map(Gained::Error));
+            items.sort_by_key(Gained::order);
+            for item in items {
+                let (source, event, data) = item.log(by_guest);
+                self.publish(source, event, Some(id.0), data);
             }
             if record.status == hotplug::RecordStatus::InProgress {
                 self.open.insert(
@@ -234,15 +389,25 @@ impl JournalStream {
                         record.errors.len(),
                     ),
                 );
-            } else {
-                self.open.remove(&id);
-                self.log.publish(
-                    "hotplug",
-                    "ended",
-                    Some(id.0),
-                    json!({ "status": record.status, "duration_us": record.duration_us, "outcome": record.outcome }),
-                );
+                continue;
             }
+            self.open.remove(&id);
+            let mut data = json!({ "status": record.status, "duration_us": record.duration_us, "outcome": record.outcome });
+            let reason = record
+                .outcome
+                .as_ref()
+                .and_then(failure)
+                .map(|(device, reason)| format!("{device}: {reason}"));
+            let us = record.duration_us.unwrap_or(0);
+            let status = api_name(&record.status);
+            match &reason {
+                Some(reason) => {
+                    tx_log!(by_guest, info, %status, us, "hotplug transaction ended: {reason}");
+                    data["reason"] = json!(reason);
+                }
+                None => tx_log!(by_guest, info, %status, us, "hotplug transaction ended"),
+            }
+            self.publish("hotplug", "ended", Some(id.0), data);
         }
     }
 }
@@ -274,7 +439,11 @@ impl HotplugService {
             refused_ejects: 0,
             paused: false,
             counters: HotplugCounters::default(),
-            stream: None,
+            journal: JournalStream {
+                log: None,
+                open: BTreeMap::new(),
+                next: 1,
+            },
             metrics: None,
         })
     }
@@ -297,12 +466,7 @@ impl HotplugService {
     /// Publishes every change of the journal (transactions starting and ending, phases, the
     /// guest's answers, errors) to `log`, from now on.
     pub fn stream_to(&mut self, log: Arc<EventLog>) {
-        let next = self.engine.records().map(|r| r.id.0 + 1).max().unwrap_or(1);
-        self.stream = Some(JournalStream {
-            log,
-            open: BTreeMap::new(),
-            next,
-        });
+        self.journal.log = Some(log);
     }
 
     /// Tallies every transaction that ends, and every request refused before one started,
@@ -317,10 +481,9 @@ impl HotplugService {
         }
     }
 
+    /// Logs, and publishes to the event log if there is one, what the journal gained.
     fn publish_journal(&mut self) {
-        if let Some(stream) = &mut self.stream {
-            stream.publish(&self.engine);
-        }
+        self.journal.follow(&self.engine);
     }
 
     /// Cumulative hotplug counters per device.
@@ -359,14 +522,13 @@ impl HotplugService {
             Ok(b) => b,
             Err(e) => {
                 self.count_refused(&request, Refusal::of(&e));
-                if let Some(stream) = &self.stream {
-                    stream.log.publish(
-                        "hotplug",
-                        "refused",
-                        None,
-                        json!({ "request": request, "error": e.to_string() }),
-                    );
-                }
+                tracing::info!(?request, "hotplug request refused: {e}");
+                self.journal.publish(
+                    "hotplug",
+                    "refused",
+                    None,
+                    json!({ "request": request, "error": e.to_string() }),
+                );
                 let status = match e {
                     // Cloud Hypervisor's answer to a resize while a change is pending, and the
                     // one Kata Containers retries on.
@@ -471,6 +633,12 @@ impl HotplugService {
                     self.refused_ejects += 1;
                     let n = self.refused_ejects;
                     if n <= REFUSED_EJECT_LOG_BURST || n.is_multiple_of(1024) {
+                        let span = self
+                            .engine
+                            .transaction(*tx)
+                            .map(|r| tx_span(*tx, &r.request))
+                            .unwrap_or_else(tracing::Span::none);
+                        let _span = span.entered();
                         tracing::warn!(%device, %tx, ?status, refused_so_far = n, "guest-initiated eject refused by policy; the device stays");
                     }
                     for hook in &mut self.refused_eject_hooks {
@@ -479,8 +647,8 @@ impl HotplugService {
                 }
             }
         }
+        // The journal's follower logs how each transaction ended, in its span.
         for done in &report.completed {
-            tracing::info!(tx = %done.id, status = ?done.outcome.status, "hotplug transaction ended");
             self.tally(done);
             if let Some(waiters) = self.waiters.remove(&done.id) {
                 let answer = self.answer(done);
@@ -515,18 +683,7 @@ impl HotplugService {
                 ApiResponse::ok(json!({ "transaction": record }))
             }
             TxStatus::RolledBack | TxStatus::Rejected => {
-                let failure =
-                    done.outcome
-                        .devices
-                        .iter()
-                        .filter_map(|d| match &d.result {
-                            DeviceResult::Committed => None,
-                            DeviceResult::RolledBack { reason }
-                            | DeviceResult::Rejected { reason } => Some((d.device, reason)),
-                        })
-                        // The device that caused a batch abort explains it best.
-                        .min_by_key(|(_, r)| matches!(r, FailureReason::BatchAborted { .. }));
-                let (status, message) = match failure {
+                let (status, message) = match failure(&done.outcome) {
                     Some((device, reason)) => (
                         status_for(reason),
                         format!("{} {device}: {reason}", done.id),
@@ -680,6 +837,159 @@ mod tests {
         s.step();
         assert_eq!(answer.try_recv().unwrap().status, 200);
         assert_eq!(*heard.lock().unwrap(), [cpu1()]);
+    }
+
+    /// Every event of `log` so far, as its SSE data line would carry it.
+    fn events(log: &EventLog) -> Vec<serde_json::Value> {
+        log.read_from(1, Duration::ZERO)
+            .map(|b| b.events.iter().map(|e| json!(e.as_ref())).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_journal_becomes_events_in_order_with_why_a_transaction_failed() {
+        let (mut s, tx, clock) = test_service();
+        let log = Arc::new(EventLog::new(clock.clone()));
+        s.stream_to(log.clone());
+        // Added and accepted by the guest.
+        let (respond, answer) = channel();
+        s.request(Request::AddCpu { id: Some(2) }, true, respond);
+        clock.advance(Duration::from_millis(3));
+        tx.send(GuestObservation::new(
+            DeviceId::cpu(2),
+            GuestEvent::StatusRead,
+        ));
+        tx.send(GuestObservation::new(
+            DeviceId::cpu(2),
+            GuestEvent::ost(1, 0),
+        ));
+        s.step();
+        assert_eq!(answer.try_recv().unwrap().status, 200);
+        // Removed, refused by the guest: device busy.
+        let (respond, answer) = channel();
+        s.request(Request::RemoveCpu { id: 1 }, true, respond);
+        clock.advance(Duration::from_millis(5));
+        tx.send(GuestObservation::new(cpu1(), GuestEvent::ost(3, 0x82)));
+        s.step();
+        assert_eq!(answer.try_recv().unwrap().status, 502);
+        // Refused before it began.
+        let (respond, _answer) = channel();
+        s.request(Request::RemoveCpu { id: 0 }, true, respond);
+
+        let events = events(&log);
+        if std::env::var_os("PLUGVM_PRINT_EVENTS").is_some() {
+            for e in &events {
+                println!("{e}");
+            }
+        }
+        let names: Vec<String> = events
+            .iter()
+            .map(|e| format!("{} {} {}", e["tx"], e["source"], e["event"]).replace('"', ""))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "1 hotplug started",
+                "1 hotplug phase",
+                "1 hotplug phase",
+                "1 hotplug phase",
+                "1 guest status_read",
+                "1 guest ost",
+                "1 hotplug phase",
+                "1 hotplug phase",
+                "1 hotplug ended",
+                "2 hotplug started",
+                "2 hotplug phase",
+                "2 hotplug phase",
+                "2 hotplug phase",
+                "2 guest ost",
+                "2 hotplug error",
+                "2 hotplug phase",
+                "2 hotplug phase",
+                "2 hotplug ended",
+                "null hotplug refused",
+            ]
+        );
+        let phases: Vec<&str> = events
+            .iter()
+            .filter(|e| e["event"] == "phase")
+            .filter_map(|e| e["data"]["phase"].as_str())
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                "validate",
+                "prepare",
+                "publish",
+                "await_guest",
+                "commit",
+                "validate",
+                "prepare",
+                "publish",
+                "await_guest",
+                "rollback"
+            ]
+        );
+        let ost = &events[5]["data"];
+        assert_eq!(events[5]["at_us"], 3000);
+        assert_eq!(ost["device"], json!({"cpu": 2}));
+        assert_eq!(ost["kind"], "ost");
+        assert_eq!(ost["status"]["name"], "success");
+        assert_eq!(events[8]["data"]["status"], "committed");
+        assert!(events[8]["data"].get("reason").is_none(), "{}", events[8]);
+        assert_eq!(events[17]["data"]["status"], "rolled_back");
+        assert_eq!(
+            events[17]["data"]["reason"],
+            "cpu 1: guest refused: _OST(0x3 eject_request, 0x82 device_busy)"
+        );
+    }
+
+    #[test]
+    fn a_transactions_log_lines_are_in_its_span() {
+        let lines = crate::logging::capture::json_lines("info", || {
+            let (mut s, tx, _clock) = test_service();
+            let (respond, _answer) = channel();
+            s.request(Request::RemoveCpu { id: 1 }, true, respond);
+            guest_ejects(&tx);
+            s.step();
+        });
+        let in_tx: Vec<&serde_json::Value> =
+            lines.iter().filter(|l| l["span"]["name"] == "tx").collect();
+        let messages: Vec<&str> = in_tx
+            .iter()
+            .filter_map(|l| l["fields"]["message"].as_str())
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "hotplug transaction started",
+                "the guest answered",
+                "the guest ejected the device (_EJ0)",
+                "the guest answered",
+                "hotplug transaction ended"
+            ],
+            "{lines:?}"
+        );
+        for line in in_tx {
+            assert_eq!(line["span"]["id"], 1, "{line}");
+            assert_eq!(line["span"]["kind"], "remove_cpu", "{line}");
+        }
+    }
+
+    #[test]
+    fn a_guest_ejecting_again_and_again_does_not_flood_the_log() {
+        let lines = crate::logging::capture::json_lines("warn", || {
+            let (mut s, tx, _clock) = test_service();
+            for _ in 0..200 {
+                tx.send(GuestObservation::new(cpu1(), GuestEvent::Eject));
+                s.step();
+            }
+        });
+        // Only the rate-limited warning of `finish`, in each refused transaction's span.
+        assert_eq!(lines.len(), REFUSED_EJECT_LOG_BURST as usize, "{lines:?}");
+        for line in &lines {
+            assert_eq!(line["span"]["kind"], "remove_cpu", "{line}");
+        }
     }
 
     #[test]

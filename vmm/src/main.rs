@@ -1,33 +1,30 @@
 //! The `plugvm` binary.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use devices::ExitReason;
 use vmm::config::{self, Command, HostLimits};
 use vmm::control::{Vmm, VmmExit};
+use vmm::logging;
 use vmm::vm;
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // Colours only for a person at a terminal: logs kept in files are read by scripts.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
-}
+/// Whether the log goes to `--log-file` rather than stderr.
+static LOGS_TO_FILE: AtomicBool = AtomicBool::new(false);
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    // Kept in the log file too: whoever reads it learns why the VMM ended. (With the log on
+    // stderr, the line below is all there is: errors stay one line.)
+    if LOGS_TO_FILE.load(Ordering::Relaxed) {
+        tracing::error!("{msg}");
+    }
     eprintln!("plugvm: {msg}");
     ExitCode::from(code)
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    let command = match config::parse_args(std::env::args_os()) {
-        Ok(c) => c,
+    let invocation = match config::parse_invocation(std::env::args_os()) {
+        Ok(i) => i,
         Err(e) => {
             let code = e.exit_code();
             if code == 0 {
@@ -38,7 +35,13 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(2));
         }
     };
-    match command {
+    // After the command line is read: `--help` and usage errors create no log file.
+    if let Err(e) = logging::init(&invocation.log) {
+        eprintln!("plugvm: {e}");
+        return ExitCode::from(1);
+    }
+    LOGS_TO_FILE.store(invocation.log.file.is_some(), Ordering::Relaxed);
+    match invocation.command {
         Command::DumpAcpiTables { config, dir } => match vm::dump_acpi_tables(&config, &dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, e),

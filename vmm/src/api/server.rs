@@ -458,10 +458,23 @@ fn write_events(shared: &Shared, writer: &mut UnixStream, log: &EventLog, from: 
         return;
     }
     let mut next = from.unwrap_or_else(|| log.next_id());
-    while !shared.stopping.load(Ordering::SeqCst) {
-        let Some(batch) = log.read_from(next, STREAM_KEEPALIVE) else {
+    loop {
+        // A stopping server still lets out what the log holds: the VMM publishes its last
+        // events (its shutdown) and closes the log before it stops the server, and a reader
+        // that was still writing the previous batch must not lose them. It waits for nothing
+        // more, though.
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        let wait = if stopping {
+            Duration::ZERO
+        } else {
+            STREAM_KEEPALIVE
+        };
+        let Some(batch) = log.read_from(next, wait) else {
             return;
         };
+        if stopping && batch.events.is_empty() && batch.missed == 0 {
+            return;
+        }
         let mut text = String::new();
         if batch.missed > 0 {
             text.push_str(&format!(

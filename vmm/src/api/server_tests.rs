@@ -355,3 +355,43 @@ fn api_server_limits_concurrent_connections() {
         "{text}"
     );
 }
+
+#[test]
+fn the_event_stream_lets_the_last_events_out_when_the_server_stops() {
+    use crate::events::EventLog;
+    use client::{Next, Opened};
+    let mut f = fixture(Behavior::Normal, quick_config());
+    let log = Arc::new(EventLog::with_capacity(
+        Arc::new(hotplug::FakeClock::new()),
+        4096,
+    ));
+    f.server.as_ref().unwrap().attach_events(log.clone());
+    let Opened::Stream(mut stream) =
+        client::open_events(&f.path, Some(0), Duration::from_secs(10)).unwrap()
+    else {
+        panic!("no event stream");
+    };
+    // Megabytes of events the client does not read yet: the server's writer blocks in the
+    // middle of that batch, and the VMM's last event comes while it does.
+    let filler = "x".repeat(1000);
+    for _ in 0..2000 {
+        log.publish("vm", "paused", None, json!({ "filler": filler }));
+    }
+    thread::sleep(Duration::from_millis(100));
+    log.publish("vmm", "shutdown", None, json!({}));
+    log.close();
+    let server = f.server.take().unwrap();
+    let stopper = thread::spawn(move || server.shutdown());
+    let mut events = Vec::new();
+    loop {
+        match stream.next_event().unwrap() {
+            Next::Event(e) => events.push(e),
+            Next::TimedOut => panic!("the stream stalled after {} events", events.len()),
+            Next::End => break,
+        }
+    }
+    stopper.join().unwrap();
+    assert_eq!(events.len(), 2001);
+    assert_eq!(events[2000].event, "shutdown");
+    assert_eq!(events[2000].id.as_deref(), Some("2001"));
+}

@@ -197,6 +197,61 @@ fn api_first_launch_needs_only_the_api_socket() {
 }
 
 #[test]
+fn log_options_are_the_vmms_with_or_without_a_kernel() {
+    let invocation = |args: &[&str]| {
+        parse_invocation(std::iter::once("plugvm").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    assert_eq!(
+        invocation(&["--kernel", "/k"]).log,
+        crate::logging::LogConfig::default()
+    );
+    for args in [
+        &[
+            "--api-socket",
+            "/run/p.sock",
+            "--log-file",
+            "/var/log/p.log",
+            "--log-format",
+            "json",
+        ][..],
+        &[
+            "--kernel",
+            "/k",
+            "--log-format=json",
+            "--log-file=/var/log/p.log",
+        ],
+        &[
+            "--dump-acpi-tables",
+            "/tmp/t",
+            "--log-file",
+            "/var/log/p.log",
+            "--log-format",
+            "json",
+        ],
+    ] {
+        let parsed = invocation(args);
+        assert_eq!(
+            parsed.log,
+            crate::logging::LogConfig {
+                file: Some("/var/log/p.log".into()),
+                format: crate::logging::LogFormat::Json,
+            },
+            "{args:?}"
+        );
+        assert_eq!(parse(args).ok(), Some(parsed.command), "{args:?}");
+    }
+    for args in [
+        &["--kernel", "/k", "--log-format", "xml"][..],
+        &["--kernel", "/k", "--log-format", "JSON"],
+        &["--kernel", "/k", "--log-file", ""],
+        &["--kernel", "/k", "--log-file"],
+    ] {
+        assert_one_line(&usage_error(args));
+    }
+}
+
+#[test]
 fn missing_kernel() {
     let err = usage_error(&[]);
     assert!(matches!(err, UsageError::MissingKernel));
