@@ -16,6 +16,7 @@ pub mod cpu_manager;
 pub mod events;
 pub mod hotplug_service;
 pub mod info;
+mod journal_stream;
 pub mod logging;
 pub mod memory;
 pub mod memory_manager;
