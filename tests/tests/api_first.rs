@@ -699,3 +699,60 @@ fn the_log_goes_to_the_log_file_as_json_with_each_transaction_in_its_span() {
     );
     assert!(added.iter().all(|l| !l.starts_with('{')), "{text}");
 }
+
+#[test]
+fn the_event_monitor_file_has_cloud_hypervisors_format() {
+    let mut vmm = Vmm::start_with(|command, dir| {
+        command
+            .arg("--event-monitor")
+            .arg(format!("path={}", dir.join("events.json").display()));
+    });
+    let kernel = vmm.dir.write("idle", idle_elf_kernel());
+    let good = config(&kernel).to_string();
+    for (command, body) in [
+        ("vm.create", Some(good.as_str())),
+        ("vm.boot", None),
+        ("vmm.shutdown", None),
+    ] {
+        assert!(vmm.ch("PUT", command, body).success, "{command}");
+    }
+    assert_eq!(vmm.wait_exit(Duration::from_secs(3)), Some(0));
+    let text = std::fs::read_to_string(vmm.dir.join("events.json")).unwrap_or_default();
+    // Cloud Hypervisor writes each event as pretty JSON followed by a blank line.
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter(|chunk| !chunk.trim().is_empty())
+        .map(|chunk| serde_json::from_str(chunk).unwrap_or_else(|e| panic!("{e}: {chunk}")))
+        .collect();
+    let names: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["source"].as_str().unwrap_or("?"),
+                e["event"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "vmm:starting",
+            "vm:created",
+            "vm:booting",
+            "vm:booted",
+            "vm:shutdown",
+            "vmm:shutdown"
+        ],
+        "{text}"
+    );
+    for e in &events {
+        assert!(
+            e["timestamp"]["secs"].is_u64() && e["timestamp"]["nanos"].is_u64(),
+            "{e}"
+        );
+        let properties = e["properties"].as_object().unwrap_or_else(|| panic!("{e}"));
+        assert!(properties.values().all(Value::is_string), "{e}");
+        assert!(properties.contains_key("id"), "{e}");
+    }
+}

@@ -107,7 +107,13 @@ pub struct Vmm<'k> {
     api: Option<ApiEndpoint>,
     server: Option<ApiServerHandle>,
     links: VmmLinks,
+    /// The `--event-monitor` writer, to let its last events out at the end.
+    monitor: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long the end waits for the event monitor to write the last events (its output may be
+/// a pipe nobody reads).
+const MONITOR_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 const TOKEN_API: u64 = 0;
 const TOKEN_TERMINATE: u64 = 1;
@@ -128,13 +134,18 @@ impl<'k> Vmm<'k> {
         if let Some(server) = &server {
             server.attach_events(events.clone());
         }
-        if let Some(monitor) = &launch.event_monitor {
-            let out = monitor
-                .open()
-                .map_err(|e| VmError::EventLoop(format!("--event-monitor: {e}")))?;
-            events::spawn_monitor(events.clone(), out)
-                .map_err(|e| VmError::EventLoop(format!("event monitor thread: {e}")))?;
-        }
+        let monitor = match &launch.event_monitor {
+            Some(monitor) => {
+                let out = monitor
+                    .open()
+                    .map_err(|e| VmError::EventLoop(format!("--event-monitor: {e}")))?;
+                Some(
+                    events::spawn_monitor(events.clone(), out)
+                        .map_err(|e| VmError::EventLoop(format!("event monitor thread: {e}")))?,
+                )
+            }
+            None => None,
+        };
         events.publish("vmm", "starting", None, serde_json::json!({}));
         let config = launch.payload.is_some().then(|| launch.clone());
         Ok(Vmm {
@@ -151,6 +162,7 @@ impl<'k> Vmm<'k> {
                 events,
                 metrics: Metrics::shared(),
             },
+            monitor,
         })
     }
 
@@ -178,6 +190,7 @@ impl<'k> Vmm<'k> {
                     // Readers get the last events before the server closes their connections.
                     self.links.events.close();
                     self.stop_api("the VMM is ending");
+                    self.drain_monitor();
                     return Ok(exit);
                 }
             }
@@ -393,6 +406,22 @@ impl<'k> Vmm<'k> {
                 let _ = respond.send(ApiResponse::error(status, format!("vm.boot: {e}.")));
                 None
             }
+        }
+    }
+
+    /// Waits (bounded) for the event monitor to write what the closed log still holds.
+    fn drain_monitor(&mut self) {
+        let Some(monitor) = self.monitor.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + MONITOR_DRAIN_TIMEOUT;
+        while !monitor.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if monitor.is_finished() {
+            let _ = monitor.join();
+        } else {
+            tracing::warn!("the event monitor's output did not take the last events");
         }
     }
 
