@@ -3,12 +3,18 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::wire::TOO_MANY_CONNECTIONS;
 
 /// Largest response head the client reads, in bytes.
 const MAX_HEAD_BYTES: u64 = 16 * 1024;
 /// Largest response body the client reads, in bytes.
 const MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// How often [`request`] sends a request again that the server refused for want of a free
+/// connection, and how long it waits before the first retry (doubled after each).
+const BUSY_RETRIES: u32 = 5;
+const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A response: status code and raw body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +77,39 @@ fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> 
 
 /// Sends one request on a fresh connection and reads the response.
 ///
-/// `timeout` bounds each read and write.
+/// `timeout` bounds each read and write. A 503 that refuses the connection because the
+/// server has no free one ([`TOO_MANY_CONNECTIONS`]: the request was not taken) is retried a
+/// few times, 50 ms after the first, then twice as long each time (1.55 s in all at the
+/// most), while that stays within `timeout`; the last answer is returned.
 pub fn request(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let started = Instant::now();
+    let mut backoff = BUSY_BACKOFF;
+    let mut retries = 0;
+    loop {
+        let response = request_once(socket, method, target, body, timeout)?;
+        if retries == BUSY_RETRIES || !is_busy(&response) || started.elapsed() + backoff > timeout {
+            return Ok(response);
+        }
+        std::thread::sleep(backoff);
+        backoff *= 2;
+        retries += 1;
+    }
+}
+
+/// Whether `response` refuses the connection for want of a free one: nothing was done.
+fn is_busy(response: &Response) -> bool {
+    response.status == 503
+        && serde_json::from_slice::<serde_json::Value>(&response.body)
+            .is_ok_and(|body| body["error"] == TOO_MANY_CONNECTIONS)
+}
+
+fn request_once(
     socket: &Path,
     method: &str,
     target: &str,
@@ -92,10 +129,20 @@ pub fn request(
     message.push_str("\r\n");
     let mut bytes = message.into_bytes();
     bytes.extend_from_slice(body.unwrap_or_default());
-    (&stream)
-        .write_all(&bytes)
-        .map_err(|e| ClientError::Send(describe(&e)))?;
-    read_response(&mut BufReader::new(stream))
+    match (&stream).write_all(&bytes) {
+        Ok(()) => read_response(&mut BufReader::new(stream)),
+        // A server that refuses the connection at once answers and closes it, maybe before
+        // the request is written: its answer is still there to read.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            read_response(&mut BufReader::new(stream)).map_err(|_| ClientError::Send(describe(&e)))
+        }
+        Err(e) => Err(ClientError::Send(describe(&e))),
+    }
 }
 
 fn read_line<R: BufRead>(reader: &mut R, budget: &mut u64) -> Result<String, ClientError> {
@@ -605,6 +652,158 @@ mod tests {
                 content_type: Some("text/event-stream".into())
             }
         );
+    }
+
+    /// How [`FakeServer`] answers one connection.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Reads the request head, then answers this status and error message.
+        After(u16, &'static str),
+        /// Answers 503 [`TOO_MANY_CONNECTIONS`] without reading anything, and shuts its
+        /// reading side, so that the client's request cannot be written.
+        BusyAtOnce,
+    }
+
+    /// A server on a fresh socket that answers each connection with the next of its answers
+    /// (the last one over and over), and counts the connections.
+    struct FakeServer {
+        dir: PathBuf,
+        path: PathBuf,
+        done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<usize>>,
+    }
+
+    impl FakeServer {
+        fn start(answers: Vec<Answer>) -> FakeServer {
+            use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "plugvm-remote-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("api.sock");
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let done = std::sync::Arc::new(AtomicBool::new(false));
+            let stop = done.clone();
+            let thread = std::thread::spawn(move || {
+                let mut served = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
+                    stream.set_nonblocking(false).unwrap();
+                    let answer = answers[served.min(answers.len() - 1)];
+                    served += 1;
+                    let (status, message) = match answer {
+                        Answer::After(status, message) => {
+                            let mut reader = BufReader::new(&stream);
+                            let mut line = String::new();
+                            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                                line.clear();
+                            }
+                            (status, message)
+                        }
+                        Answer::BusyAtOnce => {
+                            let _ = stream.shutdown(std::net::Shutdown::Read);
+                            (503, TOO_MANY_CONNECTIONS)
+                        }
+                    };
+                    let body = serde_json::json!({ "error": message }).to_string();
+                    let _ = (&stream).write_all(
+                        format!(
+                            "HTTP/1.1 {status} \r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                }
+                served
+            });
+            FakeServer {
+                dir,
+                path,
+                done,
+                thread: Some(thread),
+            }
+        }
+
+        /// [`request`] to this server: the status it ends with.
+        fn status_of(&self, method: &str, body: Option<&[u8]>, timeout: Duration) -> u16 {
+            request(&self.path, method, "/api/v1/x", body, timeout)
+                .unwrap()
+                .status
+        }
+
+        /// Stops the server; returns how many connections it served.
+        fn connections(mut self) -> usize {
+            self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.thread.take().unwrap().join().unwrap()
+        }
+    }
+
+    impl Drop for FakeServer {
+        fn drop(&mut self) {
+            self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    const BUSY: Answer = Answer::After(503, TOO_MANY_CONNECTIONS);
+
+    #[test]
+    fn api_client_retries_a_server_with_no_free_connection() {
+        let server = FakeServer::start(vec![BUSY, Answer::BusyAtOnce, Answer::After(200, "")]);
+        let started = Instant::now();
+        // A body larger than the socket's buffer: the server that refuses at once closes the
+        // connection before the request is written.
+        let body = vec![b' '; 4 << 20];
+        assert_eq!(
+            server.status_of("PUT", Some(&body), Duration::from_secs(10)),
+            200
+        );
+        assert!(
+            started.elapsed() >= BUSY_BACKOFF * 3,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(server.connections(), 3);
+    }
+
+    #[test]
+    fn api_client_retries_a_busy_server_a_few_times_within_its_timeout() {
+        let server = FakeServer::start(vec![BUSY]);
+        let started = Instant::now();
+        assert_eq!(server.status_of("GET", None, Duration::from_secs(10)), 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(server.connections(), 1 + BUSY_RETRIES as usize);
+        // A short timeout leaves room for fewer: 50 ms and 100 ms fit in 300 ms, 200 ms more
+        // would not.
+        let server = FakeServer::start(vec![BUSY]);
+        assert_eq!(
+            server.status_of("GET", None, Duration::from_millis(300)),
+            503
+        );
+        assert_eq!(server.connections(), 3);
+    }
+
+    #[test]
+    fn api_client_does_not_retry_other_503s() {
+        // The VMM may still be doing what it did not answer in time: never sent again.
+        let server = FakeServer::start(vec![
+            Answer::After(503, "The VMM did not answer vm.add-vcpu within 120 s."),
+            Answer::After(200, ""),
+        ]);
+        assert_eq!(server.status_of("PUT", None, Duration::from_secs(10)), 503);
+        assert_eq!(server.connections(), 1);
     }
 
     #[test]

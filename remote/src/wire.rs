@@ -13,6 +13,11 @@ pub const API_PREFIX: &str = "/api/v1";
 /// on Prometheus' default metrics path.
 pub const METRICS_PATH: &str = "/metrics";
 
+/// The error of the 503 that refuses a connection because every one the server allows has a
+/// request in progress or streams events: the one 503 that a client may simply send again
+/// (no request was taken), and that `plugvm-remote` retries.
+pub const TOO_MANY_CONNECTIONS: &str = "Too many open API connections; retry later.";
+
 /// Body of `PUT /api/v1/vm.resize`: at least one of the two targets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

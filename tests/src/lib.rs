@@ -116,6 +116,18 @@ fn build_binary(package: &str, name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `plugvm --api-socket SOCKET` (an API-first launch: the VM is created through the API),
+/// with no `RUST_LOG` and no standard input; the caller decides where its output goes.
+pub fn plugvm_api_first(socket: &Path) -> Command {
+    let mut command = Command::new(plugvm_binary());
+    command
+        .arg("--api-socket")
+        .arg(socket)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
 /// Runs plugvm with `args` (without argv\[0\]) and [`DEFAULT_TIMEOUT`]. See
 /// [`run_plugvm_with_timeout`].
 pub fn run_plugvm<I, S>(args: I) -> Output

@@ -13,7 +13,7 @@ use plugvm_remote::client;
 use plugvm_tests::ch_clients::{ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient};
 use plugvm_tests::metrics::{metric, Scrape};
 use plugvm_tests::{
-    idle_elf_kernel, kill_bounded, plugvm_binary, plugvm_remote_binary, run_with_timeout,
+    idle_elf_kernel, kill_bounded, plugvm_api_first, plugvm_remote_binary, run_with_timeout,
     ScratchDir,
 };
 use serde_json::{json, Value};
@@ -34,14 +34,8 @@ impl Vmm {
     fn start_with(setup: impl FnOnce(&mut Command, &ScratchDir)) -> Vmm {
         let dir = ScratchDir::new("api-first");
         let socket = dir.join("api.sock");
-        let mut command = Command::new(plugvm_binary());
-        command
-            .arg("--api-socket")
-            .arg(&socket)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        let mut command = plugvm_api_first(&socket);
+        command.stdout(Stdio::null()).stderr(Stdio::inherit());
         setup(&mut command, &dir);
         let child = command
             .spawn()

@@ -6,10 +6,12 @@
 //! where a kernel must pass loading, [`write_tiny_elf_kernel`] stands in for one.
 
 use std::os::unix::net::UnixListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use plugvm_remote::client;
 use plugvm_tests::{
-    assert_cli_error, run_plugvm, run_plugvm_with_timeout, write_tiny_elf_kernel, ScratchDir,
+    assert_cli_error, kill_bounded, plugvm_api_first, run_plugvm, run_plugvm_with_timeout,
+    write_tiny_elf_kernel, ScratchDir,
 };
 
 /// Runs plugvm and checks it failed with `code` and one line containing `needles`.
@@ -393,6 +395,98 @@ fn api_socket_in_use() {
         1,
         &["--api-socket", text(&socket), "in use"],
     );
+}
+
+/// Kills what is still running of its processes when dropped (a failed test leaves none).
+struct Racers(Vec<std::process::Child>);
+
+impl Drop for Racers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                kill_bounded(child, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Several plugvm started at the same moment on one `--api-socket` path (API-first: nothing
+/// else is needed): exactly one serves it, the others end at once, each with one line. Once
+/// two of them could both stay, the later one's socket replacing the earlier one's.
+#[test]
+fn api_socket_race_has_one_winner() {
+    use std::process::Stdio;
+    use std::sync::Barrier;
+    const RACERS: usize = 6;
+    for round in 0..10 {
+        let dir = ScratchDir::new("api-race");
+        let socket = dir.join("api.sock");
+        let barrier = Barrier::new(RACERS);
+        let mut racers = Racers(std::thread::scope(|scope| {
+            let spawns: Vec<_> = (0..RACERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut command = plugvm_api_first(&socket);
+                        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+                        barrier.wait();
+                        command.spawn().expect("start plugvm")
+                    })
+                })
+                .collect();
+            spawns.into_iter().map(|s| s.join().unwrap()).collect()
+        }));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ended = |racers: &mut Racers| {
+            racers
+                .0
+                .iter_mut()
+                .map(|c| c.try_wait())
+                .filter(|status| matches!(status, Ok(Some(_))))
+                .count()
+        };
+        while ended(&mut racers) < RACERS - 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The winner keeps running (a moment more shows it was not just slow to fail).
+        std::thread::sleep(Duration::from_millis(300));
+        let (running, ended): (Vec<_>, Vec<_>) = std::mem::take(&mut racers.0)
+            .into_iter()
+            .map(|mut c| (matches!(c.try_wait(), Ok(None)), c))
+            .partition(|(runs, _)| *runs);
+        racers.0 = running.into_iter().map(|(_, c)| c).collect();
+        assert_eq!(
+            racers.0.len(),
+            1,
+            "round {round}: not exactly one plugvm runs"
+        );
+        for (_, loser) in ended {
+            let output = loser.wait_with_output().expect("collect a loser's output");
+            assert_cli_error(&output, 1, &[text(&socket), "in use"]);
+        }
+        // The socket is the winner's, and answers.
+        let call = |method, target| {
+            client::request(&socket, method, target, None, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+        };
+        let ping = call("GET", "/api/v1/vmm.ping");
+        assert_eq!(ping.status, 200);
+        let ping: serde_json::Value = serde_json::from_slice(&ping.body).expect("JSON");
+        assert_eq!(ping["pid"], racers.0[0].id());
+        assert_eq!(call("PUT", "/api/v1/vmm.shutdown").status, 204);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let winner = &mut racers.0[0];
+        let status = loop {
+            match winner.try_wait() {
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => break other.ok().flatten(),
+            }
+        };
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "the winner's end");
+        let lock = dir.join("api.sock.lock");
+        assert!(!socket.exists() && !lock.exists(), "left behind");
+    }
 }
 
 // --- --dump-acpi-tables ----------------------------------------------------------------------

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 pub(crate) const MAX_HEAD_BYTES: u64 = 8 * 1024;
 /// Most header fields in one request; more gets 431.
 pub(crate) const MAX_HEADERS: usize = 64;
+/// Most empty lines ignored before a request line (RFC 9112 2.2 asks for at least one, for
+/// clients that end a body with a stray CRLF); more gets 400. They count against
+/// [`MAX_HEAD_BYTES`] too.
+pub(crate) const MAX_LEADING_EMPTY_LINES: usize = 8;
 
 /// The parsed request line and the headers that matter here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +92,22 @@ impl Read for DeadlineReader {
     }
 }
 
+fn head_too_large() -> HeadError {
+    reject(
+        431,
+        format!("Request line and headers exceed {MAX_HEAD_BYTES} bytes."),
+    )
+}
+
 /// Reads one CRLF- (or LF-) terminated line within `budget` bytes.
 /// `Ok(None)` means a clean end of stream before any byte.
 fn read_line<R: BufRead>(reader: &mut R, budget: &mut u64) -> Result<Option<String>, HeadError> {
+    // A head still wanting a line with nothing left of the budget is over the limit. Reading
+    // on would read nothing, which looks like the end of the stream: a head that fills the
+    // budget exactly at a line's end was once dropped unanswered.
+    if *budget == 0 {
+        return Err(head_too_large());
+    }
     let mut line = Vec::new();
     let mut limited = reader.by_ref().take(*budget);
     let read = limited.read_until(b'\n', &mut line);
@@ -102,10 +119,7 @@ fn read_line<R: BufRead>(reader: &mut R, budget: &mut u64) -> Result<Option<Stri
     }
     if line.last() != Some(&b'\n') {
         return Err(if *budget == 0 {
-            reject(
-                431,
-                format!("Request line and headers exceed {MAX_HEAD_BYTES} bytes."),
-            )
+            head_too_large()
         } else {
             HeadError::Broken
         });
@@ -127,29 +141,45 @@ fn is_token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Reads a request line and headers. A timeout or close before the first
-/// byte is [`HeadError::Idle`], so idle kept-alive connections end quietly.
-pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadError> {
-    let mut budget = MAX_HEAD_BYTES;
-    // Wait for the first byte separately: silence there is not an error.
+/// Waits for the first byte of a request: silence there is not an error. A timeout or close
+/// before it is [`HeadError::Idle`], so idle kept-alive connections end quietly.
+pub(crate) fn await_request<R: BufRead>(reader: &mut R) -> Result<(), HeadError> {
     match reader.fill_buf() {
-        Ok([]) => return Err(HeadError::Idle),
-        Ok(_) => {}
+        Ok([]) => Err(HeadError::Idle),
+        Ok(_) => Ok(()),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ) =>
         {
-            return Err(HeadError::Idle)
+            Err(HeadError::Idle)
         }
-        Err(_) => return Err(HeadError::Broken),
+        Err(_) => Err(HeadError::Broken),
     }
-    // RFC 9112 2.2: ignore empty lines before the request line.
+}
+
+/// Reads a request line and headers, after [`await_request`] (which it calls: a buffered
+/// first byte makes that call return at once).
+pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadError> {
+    let mut budget = MAX_HEAD_BYTES;
+    await_request(reader)?;
+    // RFC 9112 2.2: ignore a few empty lines before the request line.
+    let mut empty_lines = 0;
     let request_line = loop {
         match read_line(reader, &mut budget)? {
             None => return Err(HeadError::Broken),
-            Some(line) if line.is_empty() => continue,
+            Some(line) if line.is_empty() => {
+                empty_lines += 1;
+                if empty_lines > MAX_LEADING_EMPTY_LINES {
+                    return Err(reject(
+                        400,
+                        format!(
+                            "More than {MAX_LEADING_EMPTY_LINES} empty lines before the request line."
+                        ),
+                    ));
+                }
+            }
             Some(line) => break line,
         }
     };
@@ -375,6 +405,40 @@ mod tests {
             "A: b\r\n".repeat(MAX_HEADERS + 1)
         );
         assert_eq!(status(&many), 431);
+    }
+
+    /// A ping whose head is `len` bytes in all.
+    fn head_of(len: usize) -> String {
+        crate::api::test_util::head_of("GET /api/v1/vmm.ping HTTP/1.1\r\n", len)
+    }
+
+    #[test]
+    fn api_http_takes_a_head_of_exactly_the_limit_and_refuses_one_byte_more() {
+        let limit = MAX_HEAD_BYTES as usize;
+        assert_eq!(head(&head_of(limit)).unwrap().target, "/api/v1/vmm.ping");
+        assert_eq!(status(&head_of(limit + 1)), 431);
+        // The headers end exactly at the limit and the blank line is beyond it: this head was
+        // once taken for a connection that closed, and dropped unanswered.
+        assert_eq!(status(&head_of(limit + 2)), 431);
+        assert_eq!(status(&head_of(limit + 100)), 431);
+    }
+
+    #[test]
+    fn api_http_ignores_a_few_empty_lines_before_the_request_line() {
+        let few = format!(
+            "{}GET / HTTP/1.1\r\n\r\n",
+            "\r\n".repeat(MAX_LEADING_EMPTY_LINES)
+        );
+        assert_eq!(head(&few).unwrap().target, "/");
+        let more = format!(
+            "{}GET / HTTP/1.1\r\n\r\n",
+            "\r\n".repeat(MAX_LEADING_EMPTY_LINES + 1)
+        );
+        assert_eq!(status(&more), 400);
+        // Enough to run out of the head's budget: still an answer, not a dropped connection.
+        let flood = format!("{}GET / HTTP/1.1\r\n\r\n", "\r\n".repeat(5000));
+        assert_eq!(status(&flood), 400);
+        assert_eq!(status(&"\n".repeat(MAX_HEAD_BYTES as usize + 1)), 400);
     }
 
     #[test]

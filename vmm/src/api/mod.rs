@@ -37,6 +37,7 @@ mod bodies;
 mod http;
 mod routing;
 mod server;
+mod socket_lock;
 mod vm_create;
 
 #[cfg(test)]
@@ -265,7 +266,10 @@ pub struct ApiConfig {
     /// How long a client may take to send one whole request (or to start
     /// the next one on a kept-alive connection) before it is dropped.
     pub request_timeout: Duration,
-    /// How many connections are served at once; more get 503.
+    /// How many connections are open at once. At the limit a new connection takes the place
+    /// of the one that has waited longest for its next request (a kept-alive or silent one);
+    /// only when every connection has a request in progress or streams events does it get
+    /// 503. At most half of them (at least one) may be event streams.
     pub max_connections: usize,
 }
 
@@ -282,9 +286,17 @@ impl Default for ApiConfig {
 /// Errors of [`start`].
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Another live server is listening on the path.
+    /// Another live server is listening on the path, or holds its lock file (`PATH.lock`).
     #[error("API socket {0} is in use by a running server")]
     InUse(PathBuf),
+    /// The lock file beside the socket (`PATH.lock`) could not be created or locked.
+    #[error("cannot lock API socket: {path}: {source}")]
+    Lock {
+        /// The lock file's path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// Something other than a socket exists at the path.
     #[error("API socket path {0} exists and is not a socket")]
     NotASocket(PathBuf),
@@ -314,9 +326,10 @@ pub enum ApiError {
 
 /// Binds the API socket at `path` (mode 0600) and spawns the server thread.
 ///
-/// Refuses a path on which a live server listens ([`ApiError::InUse`]) and
-/// a path holding anything but a socket ([`ApiError::NotASocket`]); a stale
-/// socket file is replaced. Uses [`ApiConfig::default`].
+/// Refuses a path on which a live server listens, or whose lock file `PATH.lock` another
+/// server holds ([`ApiError::InUse`]), and a path holding anything but a socket
+/// ([`ApiError::NotASocket`]); a stale socket file is replaced. The lock file (mode 0600) is
+/// held while the server runs and removed with the socket. Uses [`ApiConfig::default`].
 pub fn start(
     path: &Path,
     to_vmm: mpsc::Sender<ApiMessage>,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufReader, ErrorKind};
+use std::io::{self, BufReader, ErrorKind, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -12,19 +12,26 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use plugvm_remote::wire::TOO_MANY_CONNECTIONS;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::http::{self, DeadlineReader, HeadError};
 use super::routing::{self, Action, RouteError};
+use super::socket_lock::SocketLock;
 use super::{ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, MAX_BODY_BYTES};
 use crate::events::EventLog;
 
 /// How long a stop waits for answers already given by the VMM to reach their clients (the
 /// answer to `vmm.shutdown` itself is one of them).
 const ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long, and for how many bytes, a refused connection's input is still read (and thrown
+/// away) after the answer: see [`linger`].
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+const LINGER_BYTES: u64 = 1024 * 1024;
 
 /// Longest socket path the kernel accepts (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -35,13 +42,43 @@ const STOP_TOKEN: u64 = 1;
 /// removes only our own file.
 type FileId = (u64, u64);
 
+/// What an open connection is doing: whether it may give its place to a new one when the
+/// server is at `max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    /// Waiting for the first byte of a request, since then: a new connection, or a kept-alive
+    /// one between requests. It holds a place and promises nothing, so at the limit the one
+    /// that has waited longest is evicted for a new connection: a flood of idle connections
+    /// cannot keep an operator out.
+    Waiting(Instant),
+    /// Reading, handling or answering a request: never evicted. A client that stops sending
+    /// is bounded by `request_timeout`, the VMM by `vmm_timeout`.
+    Busy,
+    /// Serving the event stream: long-lived by design, never evicted, and so allowed at most
+    /// [`max_streams`] places.
+    Streaming,
+}
+
+/// An open connection, as the server tracks it.
+struct Connection {
+    /// A clone of the stream, to shut it down on eviction or stop.
+    stream: UnixStream,
+    activity: Activity,
+}
+
+/// How many connections may be event streams at once: half of them (at least one), so that
+/// streams, which are never evicted, always leave room for requests.
+fn max_streams(max_connections: usize) -> usize {
+    (max_connections / 2).max(1)
+}
+
 /// State shared by the accept thread and the connection threads.
 struct Shared {
     to_vmm: mpsc::Sender<ApiMessage>,
     wake: EventFd,
     config: ApiConfig,
-    /// Clones of the open connections, to shut them down on stop.
-    connections: Mutex<HashMap<u64, UnixStream>>,
+    /// The open connections, to apply the limit and to shut them down on stop.
+    connections: Mutex<HashMap<u64, Connection>>,
     next_connection: AtomicU64,
     stopping: AtomicBool,
     /// Requests read and not yet fully answered, so that a stop lets their answers out.
@@ -51,10 +88,74 @@ struct Shared {
 }
 
 impl Shared {
-    fn connections(&self) -> MutexGuard<'_, HashMap<u64, UnixStream>> {
+    fn connections(&self) -> MutexGuard<'_, HashMap<u64, Connection>> {
         self.connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes in connection `id` (`stream` is a clone of it), waiting for its first request.
+    /// At the limit it evicts the connection that has waited longest for a request; `false`
+    /// when there is none, every place being a request in progress or an event stream.
+    fn admit(&self, id: u64, stream: UnixStream) -> bool {
+        let mut connections = self.connections();
+        if connections.len() >= self.config.max_connections {
+            let longest_waiting = connections
+                .iter()
+                .filter_map(|(id, c)| match c.activity {
+                    Activity::Waiting(since) => Some((since, *id)),
+                    Activity::Busy | Activity::Streaming => None,
+                })
+                .min();
+            let Some(evicted) = longest_waiting.and_then(|(_, id)| connections.remove(&id)) else {
+                return false;
+            };
+            // The read side only: the thread then sees the end of the stream and quits, as
+            // an HTTP server may end an idle connection. A request that was on its way is
+            // still read, and answered 503 (see `serve_connection`); the client's later
+            // writes fail, so no request is half taken.
+            let _ = evicted.stream.shutdown(Shutdown::Read);
+            tracing::debug!("API server evicts its longest-idle connection for a new one");
+        }
+        connections.insert(
+            id,
+            Connection {
+                stream,
+                activity: Activity::Waiting(Instant::now()),
+            },
+        );
+        true
+    }
+
+    /// Records what connection `id` does now; `false` once it was evicted.
+    fn set_activity(&self, id: u64, activity: Activity) -> bool {
+        match self.connections().get_mut(&id) {
+            Some(connection) => {
+                connection.activity = activity;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes connection `id` an event stream, unless streams already fill their share of the
+    /// places ([`max_streams`]).
+    fn start_stream(&self, id: u64) -> bool {
+        let mut connections = self.connections();
+        let streams = connections
+            .values()
+            .filter(|c| c.activity == Activity::Streaming)
+            .count();
+        if streams >= max_streams(self.config.max_connections) {
+            return false;
+        }
+        match connections.get_mut(&id) {
+            Some(connection) => {
+                connection.activity = Activity::Streaming;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -63,6 +164,8 @@ impl Shared {
 pub struct ApiServerHandle {
     path: PathBuf,
     file_id: FileId,
+    /// Held for the server's life; released (and its file removed) after the socket is.
+    _lock: SocketLock,
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -111,8 +214,8 @@ impl Drop for ApiServerHandle {
         {
             thread::sleep(Duration::from_millis(2));
         }
-        for stream in shared.connections().values() {
-            let _ = stream.shutdown(Shutdown::Both);
+        for connection in shared.connections().values() {
+            let _ = connection.stream.shutdown(Shutdown::Both);
         }
         remove_if_ours(&self.path, self.file_id);
     }
@@ -125,7 +228,7 @@ pub(crate) fn start(
     wake: EventFd,
     config: ApiConfig,
 ) -> Result<ApiServerHandle, ApiError> {
-    let (listener, file_id) = bind(path)?;
+    let (listener, file_id, lock) = bind(path)?;
     let prepared = prepare(&listener).and_then(|(stop, epoll)| {
         let thread_stop = stop.try_clone().map_err(ApiError::Poll)?;
         Ok((stop, thread_stop, epoll))
@@ -155,6 +258,7 @@ pub(crate) fn start(
         Ok(thread) => Ok(ApiServerHandle {
             path: path.to_path_buf(),
             file_id,
+            _lock: lock,
             stop,
             thread: Some(thread),
             shared,
@@ -185,17 +289,19 @@ fn prepare(listener: &UnixListener) -> Result<(EventFd, Epoll), ApiError> {
     Ok((stop, epoll))
 }
 
-/// Checks what is at `path`, then binds a 0600 socket there.
+/// Locks `path`, checks what is there, then binds a 0600 socket there.
 ///
-/// The socket is bound inside a fresh 0700 directory beside `path`,
-/// chmod-ed, and renamed over `path`: no one can connect before the mode
-/// is set, and a stale socket is replaced atomically. If that temporary
-/// path would be too long for `sun_path`, the socket is bound in place.
-fn bind(path: &Path) -> Result<(UnixListener, FileId), ApiError> {
+/// The lock ([`SocketLock`]) comes first: with it, no other server can pass the check at the
+/// same time and then replace this one's socket. The socket is bound inside a fresh 0700
+/// directory beside `path`, chmod-ed, and renamed over `path`: no one can connect before the
+/// mode is set, and a stale socket is replaced atomically. If that temporary path would be
+/// too long for `sun_path`, the socket is bound in place.
+fn bind(path: &Path) -> Result<(UnixListener, FileId, SocketLock), ApiError> {
     let bind_error = |source| ApiError::Bind {
         path: path.to_path_buf(),
         source,
     };
+    let lock = SocketLock::acquire(path)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
@@ -242,7 +348,7 @@ fn bind(path: &Path) -> Result<(UnixListener, FileId), ApiError> {
         bind_secured(path).map_err(bind_error)?
     };
     let meta = fs::symlink_metadata(path).map_err(bind_error)?;
-    Ok((listener, (meta.dev(), meta.ino())))
+    Ok((listener, (meta.dev(), meta.ino()), lock))
 }
 
 fn bind_secured(path: &Path) -> std::io::Result<UnixListener> {
@@ -314,26 +420,32 @@ fn spawn_connection(shared: &Arc<Shared>, stream: UnixStream) {
         }
     };
     let id = inner.next_connection.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut connections = inner.connections();
-        if connections.len() >= inner.config.max_connections {
-            drop(connections);
-            let body = error_body("Too many open API connections; retry later.");
-            let _ = http::write_response(&mut &stream, 503, Some((http::JSON, &body)), None, false);
-            return;
-        }
-        connections.insert(id, clone);
+    if !inner.admit(id, clone) {
+        return refuse_at_once(&stream);
     }
     let thread_shared = Arc::clone(shared);
     let spawned = thread::Builder::new()
         .name("api-connection".into())
         .spawn(move || {
-            serve_connection(&thread_shared, stream);
+            serve_connection(&thread_shared, id, stream);
             thread_shared.connections().remove(&id);
         });
     if let Err(e) = spawned {
         tracing::warn!("API server cannot spawn a connection thread: {e}");
         inner.connections().remove(&id);
+    }
+}
+
+/// Answers 503 on the accept thread, which must not wait: what the client already sent is
+/// thrown away, so that the close does not reset the connection before the client reads the
+/// answer (see [`linger`]). A request written after this fails to send; `plugvm-remote` still
+/// reads this answer then, and retries.
+fn refuse_at_once(stream: &UnixStream) {
+    let body = error_body(TOO_MANY_CONNECTIONS);
+    let _ = http::write_response(&mut &*stream, 503, Some((http::JSON, &body)), None, false);
+    let _ = stream.shutdown(Shutdown::Write);
+    if stream.set_nonblocking(true).is_ok() {
+        let _ = io::copy(&mut stream.take(LINGER_BYTES), &mut io::sink());
     }
 }
 
@@ -345,8 +457,8 @@ fn error_body(message: &str) -> Vec<u8> {
     )
 }
 
-/// Serves requests on one connection until it closes, fails or times out.
-fn serve_connection(shared: &Shared, stream: UnixStream) {
+/// Serves requests on connection `id` until it closes, fails, times out or is evicted.
+fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
     let mut writer = match stream.try_clone() {
         Ok(writer) => writer,
         Err(_) => return,
@@ -355,13 +467,27 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
     let timeout = shared.config.request_timeout;
     while !shared.stopping.load(Ordering::SeqCst) {
         reader.get_mut().set_budget(timeout);
+        if http::await_request(&mut reader).is_err() {
+            return;
+        }
+        if !shared.set_activity(id, Activity::Busy) {
+            // Evicted as idle while this request was on its way: its place is gone.
+            return refuse(&mut reader, &mut writer, 503, TOO_MANY_CONNECTIONS);
+        }
         let head = match http::read_head(&mut reader) {
             Ok(head) => head,
             Err(HeadError::Idle | HeadError::Broken) => return,
             Err(HeadError::Timeout) => {
-                return fail(&mut writer, 408, "The request was not received in time.")
+                return refuse(
+                    &mut reader,
+                    &mut writer,
+                    408,
+                    "The request was not received in time.",
+                )
             }
-            Err(HeadError::Reject(status, message)) => return fail(&mut writer, status, &message),
+            Err(HeadError::Reject(status, message)) => {
+                return refuse(&mut reader, &mut writer, status, &message)
+            }
         };
         let len = match usize::try_from(head.content_length) {
             Ok(len) if len <= MAX_BODY_BYTES => len,
@@ -370,7 +496,7 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
                     "Request body of {} bytes exceeds the {MAX_BODY_BYTES}-byte limit.",
                     head.content_length
                 );
-                return fail(&mut writer, 413, &message);
+                return refuse(&mut reader, &mut writer, 413, &message);
             }
         };
         let body = {
@@ -383,7 +509,8 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
             match http::read_body(&mut reader, len) {
                 Ok(body) => body,
                 Err(HeadError::Timeout) => {
-                    return fail(
+                    return refuse(
+                        &mut reader,
                         &mut writer,
                         408,
                         "The request body was not received in time.",
@@ -396,6 +523,13 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
         let received = std::time::Instant::now();
         let action = routing::route(&head.method, &head.target, &body);
         if let Ok(Action::Stream(from)) = action {
+            if !shared.start_stream(id) {
+                let message = format!(
+                    "Too many open event streams (at most {}); retry later.",
+                    max_streams(shared.config.max_connections)
+                );
+                return refuse(&mut reader, &mut writer, 503, &message);
+            }
             let from = from.or(head.last_event_id.map(|id| id.saturating_add(1)));
             return stream_events(shared, &mut writer, from);
         }
@@ -421,13 +555,40 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
         if written.is_err() || !head.keep_alive {
             return;
         }
+        // Kept alive: idle again, and so the first to give way when the server is full.
+        shared.set_activity(id, Activity::Waiting(Instant::now()));
     }
 }
 
-/// Answers `status` with an error body and closes the connection.
+/// Answers `status` with an error body (the connection then closes).
 fn fail(writer: &mut UnixStream, status: u16, message: &str) {
     let body = error_body(message);
     let _ = http::write_response(writer, status, Some((http::JSON, &body)), None, false);
+}
+
+/// [`fail`], then [`linger`]: for an answer given before the whole request was read.
+fn refuse(
+    reader: &mut BufReader<DeadlineReader>,
+    writer: &mut UnixStream,
+    status: u16,
+    message: &str,
+) {
+    fail(writer, status, message);
+    linger(reader, writer);
+}
+
+/// Ends a connection whose client may still be sending, so that the client reads the answer.
+///
+/// A Unix socket closed with unread input resets the connection (the peer's next read fails
+/// with `ECONNRESET`, as after a TCP reset), and many clients then report the reset rather
+/// than the answer: a head over the size limit or a flood of empty lines got "connection
+/// reset" instead of its 431 or 400. So the write side is shut first (the client reads the
+/// answer, then its end), and what the client still sends is read and dropped until it
+/// closes, for at most [`LINGER_TIMEOUT`] and [`LINGER_BYTES`].
+fn linger(reader: &mut BufReader<DeadlineReader>, writer: &UnixStream) {
+    let _ = writer.shutdown(Shutdown::Write);
+    reader.get_mut().set_budget(LINGER_TIMEOUT);
+    let _ = io::copy(&mut reader.by_ref().take(LINGER_BYTES), &mut io::sink());
 }
 
 /// How long an event-stream connection may stay silent before a keep-alive comment, which

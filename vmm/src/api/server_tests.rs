@@ -10,7 +10,7 @@ use plugvm_remote::client::{self, read_response};
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::test_util::{assert_error, fixture, quick_config, Behavior, TempDir};
+use super::test_util::{assert_error, fixture, get, head_of, quick_config, Behavior, TempDir};
 use super::*;
 
 #[test]
@@ -190,8 +190,6 @@ fn api_server_rejects_hostile_requests_with_json_errors() {
     let text =
         f.raw(b"PUT /api/v1/vm.resize HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 501 "), "{text}");
-    let text = f.raw(format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000)).as_bytes());
-    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
     // Nothing above hurt the server.
     assert_eq!(f.call("GET", "/api/v1/vmm.ping", None).0, 200);
 }
@@ -289,26 +287,11 @@ fn api_server_answers_503_when_the_vmm_is_slow_or_gone() {
     drop(from_api);
     let wake = EventFd::new(EFD_NONBLOCK).unwrap();
     let _server = start_with_config(&path, to_vmm, wake, config).unwrap();
-    let response = client::request(
-        &path,
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let response = get(&path, "/api/v1/vm.info");
     assert_eq!(response.status, 503);
     assert_eq!(response.body, br#"{"error":"The VMM is not running."}"#);
     // Ping needs no VMM.
-    let response = client::request(
-        &path,
-        "GET",
-        "/api/v1/vmm.ping",
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_eq!(response.status, 200);
+    assert_eq!(get(&path, "/api/v1/vmm.ping").status, 200);
 }
 
 #[test]
@@ -338,22 +321,205 @@ fn api_server_pings_while_a_request_is_pending() {
     assert_eq!(pending.join().unwrap(), 503);
 }
 
+/// Splits a whole answer into its status and its JSON body.
+fn status_and_body(answer: &str) -> (u16, Value) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer}"));
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (status, body)
+}
+
+/// A `Connection: close` ping whose head is `len` bytes in all, blank line included.
+fn ping_of(len: usize) -> String {
+    head_of(
+        "GET /api/v1/vmm.ping HTTP/1.1\r\nConnection: close\r\n",
+        len,
+    )
+}
+
 #[test]
-fn api_server_limits_concurrent_connections() {
-    let config = ApiConfig {
-        max_connections: 2,
+fn api_server_answers_heads_over_the_limit_before_it_closes() {
+    let f = fixture(Behavior::Normal, quick_config());
+    let limit = http::MAX_HEAD_BYTES as usize;
+    assert_eq!(
+        status_and_body(&f.exchange(ping_of(limit).as_bytes())).0,
+        200
+    );
+    // One byte over; the headers ending exactly at the limit (the blank line beyond it: once
+    // dropped unanswered); far over, in the request line; too many fields. Each one's answer
+    // is read whole, and the connection then ends cleanly, not with a reset.
+    for head in [
+        ping_of(limit + 1),
+        ping_of(limit + 2),
+        format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000)),
+        format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: b\r\n".repeat(http::MAX_HEADERS + 1)
+        ),
+    ] {
+        assert_error(status_and_body(&f.exchange(head.as_bytes())), 431, "header");
+    }
+    assert_eq!(f.call("GET", "/api/v1/vmm.ping", None).0, 200);
+}
+
+#[test]
+fn api_server_ignores_a_few_empty_lines_and_refuses_a_flood_of_them() {
+    let f = fixture(Behavior::Normal, quick_config());
+    let few = format!(
+        "{}GET /api/v1/vmm.ping HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "\r\n".repeat(http::MAX_LEADING_EMPTY_LINES)
+    );
+    assert_eq!(status_and_body(&f.exchange(few.as_bytes())).0, 200);
+    for count in [http::MAX_LEADING_EMPTY_LINES + 1, 5000, 50_000] {
+        let flood = format!(
+            "{}GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n",
+            "\r\n".repeat(count)
+        );
+        assert_error(
+            status_and_body(&f.exchange(flood.as_bytes())),
+            400,
+            "empty lines before the request line",
+        );
+    }
+}
+
+/// Connects and sends nothing: an idle connection, as a flood of them would hold.
+fn idle_connection(f: &super::test_util::Fixture) -> UnixStream {
+    let stream = UnixStream::connect(&f.path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+/// Whether the server ended `stream` without a word (it was evicted).
+fn was_closed(stream: &mut UnixStream) -> bool {
+    let mut rest = Vec::new();
+    matches!(stream.read_to_end(&mut rest), Ok(0))
+}
+
+/// [`quick_config`] with room for `max_connections`, kept open up to 5 s when idle.
+fn limited(max_connections: usize) -> ApiConfig {
+    ApiConfig {
+        max_connections,
         request_timeout: Duration::from_secs(5),
         ..quick_config()
+    }
+}
+
+#[test]
+fn api_server_evicts_the_longest_idle_connection_for_a_new_one() {
+    let f = fixture(Behavior::Normal, limited(4));
+    // A flood of idle connections, far more than the limit, each one held open.
+    let mut held: Vec<UnixStream> = (0..40)
+        .map(|_| {
+            let stream = idle_connection(&f);
+            thread::sleep(Duration::from_millis(2));
+            stream
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(50));
+    // Everyone else still gets in: the operator's request, and the client's.
+    assert_eq!(
+        f.call("GET", "/api/v1/vm.info", None),
+        (200, json!({"state": "running"}))
+    );
+    let text = f.raw(b"GET /api/v1/vmm.ping HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    // The oldest gave way; the newest kept their place and are served.
+    assert!(was_closed(&mut held[0]));
+    let mut newest = held.pop().unwrap();
+    newest
+        .write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    newest.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[test]
+fn api_server_keeps_kept_alive_connections_until_their_place_is_needed() {
+    let f = fixture(Behavior::Normal, limited(2));
+    let stream = idle_connection(&f);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    writer
+        .write_all(b"GET /api/v1/vm.info HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut reader).unwrap().status, 200);
+    // Kept alive, and idle since its answer: a newer idle connection outlives it.
+    thread::sleep(Duration::from_millis(20));
+    let _newer = idle_connection(&f);
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(f.call("GET", "/api/v1/vmm.ping", None).0, 200);
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn api_server_never_evicts_requests_in_progress_nor_event_streams() {
+    use crate::events::EventLog;
+    use client::{Next, Opened};
+    let config = ApiConfig {
+        vmm_timeout: Duration::from_secs(2),
+        ..limited(4)
     };
-    let f = fixture(Behavior::Normal, config);
-    let _a = UnixStream::connect(&f.path).unwrap();
-    let _b = UnixStream::connect(&f.path).unwrap();
-    thread::sleep(Duration::from_millis(100));
+    let f = Arc::new(fixture(Behavior::Hold, config));
+    let log = Arc::new(EventLog::with_capacity(
+        Arc::new(hotplug::FakeClock::new()),
+        64,
+    ));
+    f.server.as_ref().unwrap().attach_events(log.clone());
+    let open_stream = || match client::open_events(&f.path, None, Duration::from_secs(5)) {
+        Ok(Opened::Stream(stream)) => stream,
+        other => panic!("{other:?}"),
+    };
+    // Two streams: their share of the four places. A third is refused.
+    let mut streams = [open_stream(), open_stream()];
+    match client::open_events(&f.path, None, Duration::from_secs(5)) {
+        Ok(Opened::Refused(response)) => {
+            assert_eq!(response.status, 503);
+            let text = String::from_utf8_lossy(&response.body);
+            assert!(
+                text.contains("Too many open event streams (at most 2)"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Two requests the VMM works on (it holds them): every place is taken.
+    let pending: Vec<_> = (0..2)
+        .map(|_| {
+            let f = Arc::clone(&f);
+            thread::spawn(move || f.call("PUT", "/api/v1/vm.add-vcpu", None))
+        })
+        .collect();
+    while f.seen.lock().unwrap().len() < 2 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    // No one gives way to a newcomer, which is refused at once, its answer still read.
     let text = f.raw(b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     assert!(
-        text.starts_with("HTTP/1.1 503 ") && text.contains("Too many"),
+        text.contains(plugvm_remote::wire::TOO_MANY_CONNECTIONS),
         "{text}"
     );
+    // The requests in progress get the VMM's answer (here: its silence), not a closed
+    // connection; the streams still stream.
+    for request in pending {
+        assert_error(request.join().unwrap(), 503, "did not answer vm.add-vcpu");
+    }
+    log.publish("vm", "paused", None, json!({}));
+    for stream in &mut streams {
+        match stream.next_event().unwrap() {
+            Next::Event(event) => assert_eq!(event.event, "paused"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -8,19 +8,26 @@ use std::time::Duration;
 use plugvm_remote::{cli, client};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::test_util::{fixture, quick_config, Behavior, TempDir};
+use super::test_util::{fixture, get, quick_config, Behavior, TempDir};
 use super::*;
 
 #[test]
 fn api_socket_is_private_exclusive_and_cleaned_up() {
     let mut f = fixture(Behavior::Normal, quick_config());
-    let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let leftovers: Vec<_> = std::fs::read_dir(&f.dir.0).unwrap().collect();
+    let lock = socket_lock::lock_path(&f.path);
+    for file in [&f.path, &lock] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+    let mut leftovers: Vec<_> = std::fs::read_dir(&f.dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    leftovers.sort();
     assert_eq!(
-        leftovers.len(),
-        1,
-        "only the socket is left in the directory"
+        leftovers,
+        ["api.sock", "api.sock.lock"],
+        "only the socket and its lock are left in the directory"
     );
     let (tx, _rx) = mpsc::channel();
     let err = start(&f.path, tx, EventFd::new(EFD_NONBLOCK).unwrap()).unwrap_err();
@@ -34,6 +41,68 @@ fn api_socket_is_private_exclusive_and_cleaned_up() {
         server.shutdown();
     }
     assert!(!f.path.exists(), "shutdown removes the socket file");
+    assert!(!lock.exists(), "and its lock");
+}
+
+#[test]
+fn api_socket_has_one_owner_when_servers_start_at_once() {
+    const SERVERS: usize = 10;
+    let dir = TempDir::new();
+    let path = dir.0.join("race.sock");
+    for round in 0..10 {
+        let barrier = std::sync::Barrier::new(SERVERS);
+        let results: Vec<Result<ApiServerHandle, ApiError>> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..SERVERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (tx, _rx) = mpsc::channel();
+                        barrier.wait();
+                        start(&path, tx, EventFd::new(EFD_NONBLOCK).unwrap())
+                    })
+                })
+                .collect();
+            starts.into_iter().map(|s| s.join().unwrap()).collect()
+        });
+        let (servers, refusals): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        assert_eq!(servers.len(), 1, "round {round}: {refusals:?}");
+        for refusal in refusals {
+            let err = refusal.unwrap_err();
+            assert!(matches!(err, ApiError::InUse(_)), "round {round}: {err}");
+            assert!(err.to_string().contains("in use"), "{err}");
+        }
+        // The winner's socket is the one at the path.
+        assert_eq!(get(&path, "/api/v1/vmm.ping").status, 200);
+        drop(servers);
+        assert!(!path.exists() && !socket_lock::lock_path(&path).exists());
+    }
+}
+
+#[test]
+fn api_socket_lock_held_by_another_means_in_use_and_a_left_one_is_taken_over() {
+    let dir = TempDir::new();
+    let path = dir.0.join("locked.sock");
+    let lock = socket_lock::lock_path(&path);
+    let (tx, _rx) = mpsc::channel();
+    // Another server's lock, with no socket (yet): the path is taken all the same.
+    let other = std::fs::File::create(&lock).unwrap();
+    rustix::fs::flock(&other, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let err = start(&path, tx.clone(), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap_err();
+    assert!(matches!(err, ApiError::InUse(_)), "{err}");
+    assert!(
+        lock.exists() && !path.exists(),
+        "the refusal touched nothing"
+    );
+    // The lock file of a server that died is unlocked: the next server takes it over.
+    drop(other);
+    let server = start(&path, tx.clone(), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+    server.shutdown();
+    assert!(!lock.exists() && !path.exists());
+    // A link planted at the lock's path is not followed.
+    let target = dir.0.join("elsewhere");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let err = start(&path, tx, EventFd::new(EFD_NONBLOCK).unwrap()).unwrap_err();
+    assert!(matches!(err, ApiError::Lock { .. }), "{err}");
+    assert!(!target.exists() && !path.exists());
 }
 
 #[test]
@@ -44,15 +113,7 @@ fn api_socket_replaces_stale_sockets_and_refuses_other_files() {
     assert!(stale.exists());
     let (tx, _rx) = mpsc::channel();
     let server = start(&stale, tx.clone(), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
-    let response = client::request(
-        &stale,
-        "GET",
-        "/api/v1/vmm.ping",
-        None,
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_eq!(response.status, 200);
+    assert_eq!(get(&stale, "/api/v1/vmm.ping").status, 200);
     server.shutdown();
 
     let file = dir.0.join("file");
@@ -60,6 +121,10 @@ fn api_socket_replaces_stale_sockets_and_refuses_other_files() {
     let err = start(&file, tx.clone(), EventFd::new(EFD_NONBLOCK).unwrap()).unwrap_err();
     assert!(matches!(err, ApiError::NotASocket(_)), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert!(
+        !socket_lock::lock_path(&file).exists(),
+        "a refusal leaves no lock file"
+    );
 
     let err = start(
         &dir.0.join("no/such/dir.sock"),
@@ -67,7 +132,7 @@ fn api_socket_replaces_stale_sockets_and_refuses_other_files() {
         EventFd::new(EFD_NONBLOCK).unwrap(),
     )
     .unwrap_err();
-    assert!(matches!(err, ApiError::Bind { .. }), "{err}");
+    assert!(matches!(err, ApiError::Lock { .. }), "{err}");
 }
 
 #[test]
@@ -81,7 +146,7 @@ fn api_socket_with_a_long_path_is_bound_in_place() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     server.shutdown();
-    assert!(!path.exists());
+    assert!(!path.exists() && !socket_lock::lock_path(&path).exists());
 }
 
 #[test]

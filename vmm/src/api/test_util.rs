@@ -133,6 +133,43 @@ impl Fixture {
         let _ = stream.read_to_string(&mut text);
         text
     }
+
+    /// Sends raw bytes and reads everything the server writes until it closes, which must be
+    /// a clean end of stream: a reset (the server closed with input unread, which clients
+    /// report instead of the answer) fails the test.
+    pub(crate) fn exchange(&self, bytes: &[u8]) -> String {
+        let mut stream = UnixStream::connect(&self.path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        if let Err(e) = stream.read_to_end(&mut answer) {
+            panic!(
+                "reading the answer failed: {e}; read {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        String::from_utf8(answer).unwrap()
+    }
+}
+
+/// A request head of `len` bytes in all, blank line included: `start` (the request line and
+/// any headers, each with its CRLF), then padding headers.
+pub(crate) fn head_of(start: &str, len: usize) -> String {
+    let mut text = start.to_string();
+    while len - text.len() - 2 > 1100 {
+        text.push_str(&format!("X-Pad: {}\r\n", "p".repeat(1000)));
+    }
+    let room = len - text.len() - 2;
+    text.push_str(&format!("X: {}\r\n\r\n", "p".repeat(room - 5)));
+    assert_eq!(text.len(), len);
+    text
+}
+
+/// `GET target` on `path`, with a 5 s timeout.
+pub(crate) fn get(path: &std::path::Path, target: &str) -> client::Response {
+    client::request(path, "GET", target, None, Duration::from_secs(5)).unwrap()
 }
 
 /// Asserts an error response: the status and a `{"error": "..."}` body.
