@@ -87,7 +87,8 @@ for _ in $(seq 1 120); do [[ -S "$sock" ]] && "$remote" --api-socket "$sock" pin
 say "plugvm-remote watch: the VMM's events live, each transaction step by step (lines 'watch |')"
 # From the first event on (--since 0), so the boot shows too. It ends by itself when plugvm
 # does, at the end of the demo.
-"$remote" --api-socket "$sock" watch --since 0 > >(sed -u "s/^/${cyan}    watch | /; s/\$/${plain}/") &
+# A pipeline rather than a process substitution: the nested KVM host has no /dev/fd.
+("$remote" --api-socket "$sock" watch --since 0 | sed -u "s/^/${cyan}    watch | /; s/\$/${plain}/") &
 watcher=$!
 sleep 8
 
