@@ -54,8 +54,10 @@ echo PLUGVM-SESSION-READY\n\
 while read -r line; do eval \"$line\"; done\n";
 
 /// The longest a booting guest's console may stay silent: the test bed's slowest quiet stretch
-/// is the bzImage's decompression, about 5 s.
-pub const BOOT_SILENCE: Duration = Duration::from_secs(60);
+/// is the bzImage's decompression, about 5 s, and a whole boot to the ready line takes at most
+/// about 15 s there. A stalled boot (see `guest.rs`) is retried, so waiting less for it saves
+/// the run's time.
+pub const BOOT_SILENCE: Duration = Duration::from_secs(30);
 
 /// How long one API request may take (hotplug requests wait for the guest, up to the
 /// transaction's deadline).
