@@ -116,6 +116,18 @@ fn header<'a>(res: &'a str, name: &str) -> Option<&'a str> {
     res.get(o + needle.len()..end)
 }
 
+/// Asserts a refusal as `ch-remote` sees it: not a success, `status`, and a body that says
+/// `words`.
+pub fn assert_refused(answer: &ChAnswer, status: usize, words: &str) {
+    assert!(!answer.success, "{answer:?}");
+    assert_eq!(answer.status, status, "{answer:?}");
+    let body = answer.body.as_deref().unwrap_or_default();
+    assert!(
+        body.contains(words),
+        "the error should say {words:?}: {answer:?}"
+    );
+}
+
 /// `ch-remote resize`'s body: `VmResizeData` serialized, unset fields as `null`.
 pub fn ch_resize_body(vcpus: Option<u32>, ram: Option<u64>) -> String {
     let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());

@@ -10,7 +10,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use plugvm_remote::client;
-use plugvm_tests::ch_clients::{ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient};
+use plugvm_tests::ch_clients::{
+    assert_refused, ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient,
+};
 use plugvm_tests::metrics::{metric, Scrape};
 use plugvm_tests::{
     idle_elf_kernel, kill_bounded, plugvm_api_first, plugvm_remote_binary, run_with_timeout,
@@ -149,16 +151,6 @@ impl Drop for Vmm {
             kill_bounded(&mut self.child, Duration::from_secs(5));
         }
     }
-}
-
-fn assert_refused(answer: &ChAnswer, status: usize, words: &str) {
-    assert!(!answer.success, "{answer:?}");
-    assert_eq!(answer.status, status, "{answer:?}");
-    let body = answer.body.as_deref().unwrap_or_default();
-    assert!(
-        body.contains(words),
-        "the error should say {words:?}: {answer:?}"
-    );
 }
 
 fn config(kernel: &std::path::Path) -> Value {

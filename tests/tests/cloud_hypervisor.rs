@@ -18,7 +18,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use plugvm_tests::ch_clients::{ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient};
+use plugvm_tests::ch_clients::{
+    assert_refused, ch_remote, ch_resize_body, check_vm_info, ChAnswer, KataClient,
+};
 use plugvm_tests::kvm_guest_test;
 use plugvm_tests::session::{session_payload, GuestSession};
 use serde_json::{json, Value};
@@ -55,17 +57,6 @@ fn ch_info(s: &GuestSession) -> Value {
         panic!("{e}: {info}");
     }
     info
-}
-
-/// A refusal: not a success for `ch-remote`, with `status` and a body naming the problem.
-fn assert_refused(answer: &ChAnswer, status: usize, words: &str) {
-    assert!(!answer.success, "{answer:?}");
-    assert_eq!(answer.status, status, "{answer:?}");
-    let body = answer.body.as_deref().unwrap_or_default();
-    assert!(
-        body.contains(words),
-        "the error should say {words:?}: {answer:?}"
-    );
 }
 
 /// The `VmConfig` the tests create: the session guest, `max` vCPUs, 512 MiB plus a 512 MiB

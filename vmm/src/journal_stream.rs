@@ -8,6 +8,7 @@ use hotplug::{DeviceId, DeviceResult, Engine, FailureReason, Request, TxId};
 use serde_json::json;
 
 use crate::events::EventLog;
+use crate::metrics::request_kind;
 
 /// Follows the journal: what each open transaction gained since the last look (its start,
 /// phases, guest events, errors and end) is logged, in the transaction's span
@@ -113,17 +114,6 @@ fn api_name<T: serde::Serialize>(value: &T) -> String {
         Ok(serde_json::Value::String(name)) => name,
         Ok(other) => other.to_string(),
         Err(_) => "?".to_string(),
-    }
-}
-
-/// A request's kind as the API names it (`add_cpu`, `resize`...), for the span.
-fn request_kind(request: &Request) -> &'static str {
-    match request {
-        Request::AddCpu { .. } => "add_cpu",
-        Request::RemoveCpu { .. } => "remove_cpu",
-        Request::AddMemory { .. } => "add_memory",
-        Request::RemoveMemory { .. } => "remove_memory",
-        Request::Resize { .. } => "resize",
     }
 }
 
