@@ -18,7 +18,7 @@ use std::fmt::{Display, Write};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hotplug::{Completion, DeviceResult, FailureReason, GuestEventKind, OstStatus};
-use hotplug::{Phase, Request, TxRecord, TxStatus};
+use hotplug::{Request, TxRecord, TxStatus};
 
 use crate::info::VmState;
 
@@ -194,18 +194,6 @@ pub fn outcome_name(status: TxStatus) -> &'static str {
     }
 }
 
-/// The phase as serialized (`validate`, ..., `rollback`).
-pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Validate => "validate",
-        Phase::Prepare => "prepare",
-        Phase::Publish => "publish",
-        Phase::AwaitGuest => "await_guest",
-        Phase::Commit => "commit",
-        Phase::Rollback => "rollback",
-    }
-}
-
 /// The failure's `kind` as serialized (`timeout`, `guest_refused`, `batch_aborted`, ...).
 pub fn cause_name(reason: &FailureReason) -> &'static str {
     match reason {
@@ -304,7 +292,7 @@ impl Metrics {
             .observe_us(duration);
         for phase in &record.phases {
             self.phases
-                .entry(phase_name(phase.phase))
+                .entry(phase.phase.name())
                 .or_insert_with(|| Histogram::new(PHASE_BUCKETS))
                 .observe_us(phase.duration_us);
         }

@@ -675,10 +675,7 @@ fn label_values_are_the_serialized_names() {
         Phase::Commit,
         Phase::Rollback,
     ] {
-        assert_eq!(
-            serde_json::json!(phase_name(phase)),
-            serde_json::json!(phase)
-        );
+        assert_eq!(serde_json::json!(phase.name()), serde_json::json!(phase));
     }
     let reasons = [
         FailureReason::Invalid {
