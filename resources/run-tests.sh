@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every plugvm test, the Linux-guest ones included, on a fresh Debian/Ubuntu machine:
 # installs what the tests need from Debian's packages, prepares the guest image, builds the
-# workspace and runs `cargo test` over it. Linux-guest tests boot Debian's kernel under plugvm
-# inside the nested-KVM test bed (resources/kvm-host.sh) where the host's KVM cannot run Linux.
+# workspace, runs `cargo test` over it, then each fuzz target for a short while. Linux-guest
+# tests boot Debian's kernel under plugvm inside the nested-KVM test bed
+# (resources/kvm-host.sh) where the host's KVM cannot run Linux.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -17,4 +18,10 @@ echo "==> building" >&2
 cargo build --workspace --all-targets
 
 echo "==> testing" >&2
-cargo test --workspace --no-fail-fast -- "$@"
+status=0
+cargo test --workspace --no-fail-fast -- "$@" || status=$?
+
+# The short fuzzing run (about a minute in all; docs/fuzzing.md has the longer one).
+echo "==> fuzzing (resources/fuzz.sh --seconds ${PLUGVM_FUZZ_SECONDS:-12})" >&2
+"$repo/resources/fuzz.sh" --seconds "${PLUGVM_FUZZ_SECONDS:-12}" || status=1
+exit "$status"

@@ -93,6 +93,19 @@ impl Transaction {
         self.devices.iter().position(|d| d.op.device == device)
     }
 
+    /// Whether the guest accepted the add of `device` while the rest of its batch is still
+    /// pending (waiting for it, or committed already in a best-effort batch): the device stays.
+    pub(crate) fn add_accepted(&self, device: DeviceId) -> bool {
+        self.devices.iter().any(|d| {
+            d.op.device == device
+                && matches!(
+                    d.state,
+                    DevState::Accepted | DevState::Done(crate::outcome::DeviceResult::Committed)
+                )
+                && d.op.direction() == crate::ops::Direction::Add
+        })
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.devices.iter().all(DeviceTx::is_done)
     }

@@ -402,3 +402,39 @@ fn mixed_batch_runs_removals_first_each_in_its_direction_order() {
     assert_eq!(rig.engine.machine().total_memory(), 640 * MIB);
     rig.assert_consistent();
 }
+
+/// Found by the `hotplug_registers` fuzz target: an `_EJ0` of a CPU whose add the guest had
+/// accepted, while the rest of its batch waited, was recorded and otherwise ignored. Under
+/// `allow` the controller had already let the CPU go, so the engine committed a CPU the guest
+/// no longer had. The eject is refused instead: the add stands and the CPU is offered again.
+#[test]
+fn an_eject_of_an_accepted_add_in_a_pending_batch_is_refused() {
+    for policy in [GuestEjectPolicy::Deny, GuestEjectPolicy::Allow] {
+        let config = EngineConfig {
+            guest_eject: policy,
+            ..EngineConfig::default()
+        };
+        let mut rig = Rig::new(config);
+        let b = rig.engine.begin(resize(Some(3), None, true)).unwrap();
+        assert!(rig
+            .engine
+            .guest_event(DeviceId::cpu(1), GuestEvent::ost(1, 0))
+            .is_empty());
+        let r = rig.engine.guest_event(DeviceId::cpu(1), GuestEvent::Eject);
+        assert_eq!(
+            r.directives,
+            vec![Directive::RefuseEject {
+                device: DeviceId::cpu(1),
+                tx: b.id,
+                status: OstStatus::EjectNotSupported,
+            }],
+            "{policy:?}"
+        );
+        let r = rig
+            .engine
+            .guest_event(DeviceId::cpu(2), GuestEvent::ost(1, 0));
+        assert_eq!(r.completed[0].outcome.status, TxStatus::Committed);
+        assert_eq!(rig.engine.machine().present_cpus(), vec![0, 1, 2]);
+        rig.assert_consistent();
+    }
+}

@@ -157,7 +157,7 @@ pub fn session_payload(extra_cmdline: &str) -> (PathBuf, PathBuf, String) {
         base64(SESSION_SCRIPT.as_bytes())
     );
     (
-        img.kernel.clone(),
+        img.test_kernel().to_path_buf(),
         img.initramfs.clone(),
         cmdline.trim_end().to_string(),
     )
@@ -246,7 +246,7 @@ impl GuestSession {
         let (_, _, cmdline) = session_payload(extra_cmdline);
         let mut cmd = Command::new(guest_test_binary());
         cmd.arg("--kernel")
-            .arg(&img.kernel)
+            .arg(img.test_kernel())
             .arg("--initramfs")
             .arg(&img.initramfs)
             .args(["--cpus", cpus, "--memory", memory, "--serial", &serial])

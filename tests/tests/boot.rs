@@ -23,7 +23,10 @@ kvm_guest_test! {
     /// `--cpus boot=2,max=4 --memory size=512M`: 2 CPUs online, 4 possible (2 hotpluggable),
     /// the RAM plugvm gave, no ACPI complaints, and `poweroff` ends plugvm with 0 within 30 s.
     fn boots_debian_kernel_with_two_of_four_cpus() {
+        let img = guest_image();
         let run = boot_guest(&GuestBoot {
+            // The bzImage itself (other tests boot the vmlinux inside it).
+            kernel: Some(&img.kernel),
             cpus: "boot=2,max=4",
             memory: "size=512M",
             script: "echo online=$(cat /sys/devices/system/cpu/online)\n\

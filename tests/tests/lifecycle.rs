@@ -229,7 +229,7 @@ fn spawn_on_pty(
     );
     let child = Command::new(guest_test_binary())
         .arg("--kernel")
-        .arg(&img.kernel)
+        .arg(img.test_kernel())
         .arg("--initramfs")
         .arg(&img.initramfs)
         .args([

@@ -20,7 +20,7 @@ fn spawn(serial: &str, script: &str) -> Child {
     );
     Command::new(guest_test_binary())
         .arg("--kernel")
-        .arg(&img.kernel)
+        .arg(img.test_kernel())
         .arg("--initramfs")
         .arg(&img.initramfs)
         .args([

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use acpi::{MachineDescription, MemoryRange};
 use devices::{
-    AcpiPowerDevice, CpuHotplugController, ExitSignal, Ged, GedEvent, MemoryHotplugController,
-    PvPanicDevice, SerialDevice,
+    AcpiPowerDevice, CpuHotplugController, ExitSignal, Ged, MemoryHotplugController, PvPanicDevice,
+    SerialDevice,
 };
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -22,6 +22,7 @@ use crate::console::TerminalGuard;
 use crate::console::{self, QueuedOutput, SocketConsole, StdoutWriter};
 use crate::control::{ApiEndpoint, VmmLinks};
 use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet, SPARE_VCPUS};
+use crate::host_faults::HostFaults;
 use crate::hotplug_service::{self, HotplugService, ObservationReceiver, ObservationSender};
 use crate::memory::{self, MemoryLayout};
 use crate::memory_manager::{
@@ -255,36 +256,24 @@ fn create_hotplug_service(
             set.begin_park(cpu.0);
         }
     }));
-    let ged = devices.ged.clone();
-    let cpu_controller = devices.cpu_hotplug.clone();
-    let memory_controller = devices.memory_hotplug.clone();
+    let mut offer_again = hotplug_service::offer_again(
+        devices.cpu_hotplug.clone(),
+        devices.memory_hotplug.clone(),
+        devices.ged.clone(),
+    );
     let refused_vcpus = vcpus.clone();
     service.on_refused_eject(Box::new(move |device| {
         // The device stays. The controller kept it under `deny`; under `allow` it carried out
-        // the `_EJ0` before the engine refused it (say, CPU 0): plug it back in. Either way
-        // the guest's next scan adds back what it let go of on its side.
-        let event = match device {
-            DeviceId::Cpu(cpu) => {
-                cpu_controller.withdraw_removal(cpu.0);
-                if let Ok(mut set) = refused_vcpus.lock() {
-                    if set.states().get(&cpu.0) == Some(&crate::vcpu::VcpuState::Parked) {
-                        if let Err(e) = set.start(cpu.0) {
-                            tracing::error!(vcpu = cpu.0, "cannot restart the vCPU: {e}");
-                        }
-                    }
+        // the `_EJ0` before the engine refused it (say, CPU 0): its thread may have parked, so
+        // it runs again before the guest's next scan adds back what it let go of.
+        if let (DeviceId::Cpu(cpu), Ok(mut set)) = (device, refused_vcpus.lock()) {
+            if set.states().get(&cpu.0) == Some(&crate::vcpu::VcpuState::Parked) {
+                if let Err(e) = set.start(cpu.0) {
+                    tracing::error!(vcpu = cpu.0, "cannot restart the vCPU: {e}");
                 }
-                GedEvent::Cpu
             }
-            DeviceId::MemorySlot(slot) => {
-                if let Some(c) = &memory_controller {
-                    c.withdraw_removal(slot.0);
-                }
-                GedEvent::Memory
-            }
-        };
-        if let Err(e) = ged.notify(event) {
-            tracing::error!("cannot raise the GED interrupt: {e}");
         }
+        offer_again(device);
     }));
     Ok(service)
 }
@@ -440,15 +429,15 @@ pub fn build(
     for id in 0..config.cpus.boot {
         set.start(id)?;
     }
+    // Injected faults (tests) hit hotplugs only: the VM is built by now.
+    let faults = Arc::new(HostFaults::new(&config.inject_faults));
+    set.set_faults(faults.clone());
     let vcpus = Arc::new(Mutex::new(set));
     let memory_map = GuestMemoryMap::new(mem);
     let hotplug_memory = layout.hotplug.map(|region| {
-        Arc::new(Mutex::new(HotplugMemory::new(
-            fd.clone(),
-            memory_map.clone(),
-            region,
-            boot_slots,
-        )))
+        let mut memory = HotplugMemory::new(fd.clone(), memory_map.clone(), region, boot_slots);
+        memory.set_faults(faults.clone());
+        Arc::new(Mutex::new(memory))
     });
     let hotplug = Arc::new(Mutex::new(create_hotplug_service(
         config,

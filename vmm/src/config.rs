@@ -89,6 +89,9 @@ pub struct VmConfig {
     pub guest_eject: hotplug::GuestEjectPolicy,
     /// `--event-monitor`: where events go in Cloud Hypervisor's format, if anywhere.
     pub event_monitor: Option<EventMonitorConfig>,
+    /// `--inject-fault` (for tests): host calls of hotplugs that fail, once each.
+    #[serde(skip)]
+    pub inject_faults: Vec<crate::host_faults::HostCall>,
 }
 
 /// What the command line asks for.
@@ -323,6 +326,10 @@ struct Cli {
     /// lines carry its span, tx{id, kind})
     #[arg(long, value_enum, value_name = "text|json", default_value = "text")]
     log_format: crate::logging::LogFormat,
+
+    /// For tests: make this host call of a hotplug fail the first time it is made (repeatable)
+    #[arg(long, value_enum, value_name = "CALL", hide = true)]
+    inject_fault: Vec<crate::host_faults::HostCall>,
 }
 
 /// `--guest-eject` as clap sees it.
@@ -434,6 +441,7 @@ where
             .event_monitor
             .map(|v| EventMonitorConfig::parse(&v))
             .transpose()?,
+        inject_faults: cli.inject_fault,
     };
     let command = match cli.dump_acpi_tables {
         Some(dir) => Command::DumpAcpiTables { config, dir },

@@ -20,6 +20,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_device::device_manager::IoManager;
 
 use crate::arch::CpuTopology;
+use crate::host_faults::{HostCall, HostFaults};
 use crate::slot_publisher::SlotPublisher;
 use crate::vcpu::{self, VcpuCommand, VcpuHandle, VcpuState, VcpuWaitError};
 
@@ -36,6 +37,10 @@ pub struct VcpuSet {
     topology: CpuTopology,
     vcpus: BTreeMap<u32, VcpuHandle>,
     closed: bool,
+    /// vCPUs KVM made whose thread did not start: KVM cannot destroy a vCPU, so the next
+    /// start of the same id reuses it rather than failing to create it again.
+    unstarted: BTreeMap<u32, VcpuFd>,
+    faults: Arc<HostFaults>,
 }
 
 impl std::fmt::Debug for VcpuSet {
@@ -63,20 +68,43 @@ impl VcpuSet {
             topology,
             vcpus: BTreeMap::new(),
             closed: false,
+            unstarted: BTreeMap::new(),
+            faults: Arc::default(),
         }
+    }
+
+    /// Host faults to inject from now on (tests; see [`HostFaults`]).
+    pub fn set_faults(&mut self, faults: Arc<HostFaults>) {
+        self.faults = faults;
     }
 
     /// Creates vCPU `id` with CPUID, MSRs, FPU and LAPIC set up, without a thread (the boot
     /// path sets the first vCPU's registers before [`Self::spawn`]).
     pub fn create(&self, id: u32) -> Result<VcpuFd, vcpu::VcpuError> {
+        self.faults
+            .check(HostCall::KvmCreateVcpu)
+            .map_err(|source| vcpu::VcpuError::CreateInjected { id, source })?;
         vcpu::create_vcpu(&self.vm, id, &self.supported_cpuid, self.topology)
     }
 
     /// Starts the thread of vCPU `id` (in [`VcpuState::Created`]).
     pub fn spawn(&mut self, id: u32, fd: VcpuFd) -> Result<(), vcpu::VcpuError> {
-        let handle = vcpu::spawn_vcpu(id, fd, self.io.clone(), self.exit.clone())?;
-        self.vcpus.insert(id, handle);
-        Ok(())
+        if let Err(source) = self.faults.check(HostCall::VcpuThreadSpawn) {
+            self.unstarted.insert(id, fd);
+            return Err(vcpu::VcpuError::Thread { id, source });
+        }
+        match vcpu::spawn_vcpu(id, fd, self.io.clone(), self.exit.clone()) {
+            Ok(handle) => {
+                self.vcpus.insert(id, handle);
+                Ok(())
+            }
+            Err((e, fd)) => {
+                if let Some(fd) = fd {
+                    self.unstarted.insert(id, fd);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Makes sure vCPU `id` has a thread, creating both if needed.
@@ -85,7 +113,10 @@ impl VcpuSet {
             return Err(vcpu::VcpuError::Closed { id });
         }
         if !self.vcpus.contains_key(&id) {
-            let fd = self.create(id)?;
+            let fd = match self.unstarted.remove(&id) {
+                Some(fd) => fd,
+                None => self.create(id)?,
+            };
             self.spawn(id, fd)?;
         }
         Ok(())

@@ -13,7 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use devices::HotplugObservation;
+use devices::{CpuHotplugController, Ged, GedEvent, HotplugObservation, MemoryHotplugController};
 use hotplug::{
     Clock, Completion, DeviceId, Directive, Engine, FailureReason, GuestEvent, Report, Request,
     TxId, TxStatus,
@@ -144,6 +144,33 @@ pub fn observer(
 /// starts parking the CPU's thread then, so that Commit finds it parked. Also the type of the hook told of an eject the
 /// engine refused (the device is offered to the guest again: raise its GED event).
 pub type EjectHook = Box<dyn FnMut(DeviceId) + Send>;
+
+/// The controller's half of a refused guest eject: the device stays, so its removal is
+/// withdrawn in its controller (plugged back in if the guest already let it go under `allow`)
+/// and the GED event of its kind is raised, so that the guest's next scan finds it again.
+pub fn offer_again(
+    cpu: Arc<CpuHotplugController>,
+    memory: Option<Arc<MemoryHotplugController>>,
+    ged: Arc<Ged>,
+) -> EjectHook {
+    Box::new(move |device| {
+        let event = match device {
+            DeviceId::Cpu(id) => {
+                cpu.withdraw_removal(id.0);
+                GedEvent::Cpu
+            }
+            DeviceId::MemorySlot(slot) => {
+                if let Some(c) = &memory {
+                    c.withdraw_removal(slot.0);
+                }
+                GedEvent::Memory
+            }
+        };
+        if let Err(e) = ged.notify(event) {
+            tracing::error!("cannot raise the GED interrupt: {e}");
+        }
+    })
+}
 
 /// Refused guest ejects logged before the log goes quiet (then every 1024th): a guest that
 /// hammers the eject bit must not flood the host's log.

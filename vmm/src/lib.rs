@@ -14,6 +14,9 @@ pub mod control;
 pub mod counters;
 pub mod cpu_manager;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+pub mod host_faults;
 pub mod hotplug_service;
 pub mod info;
 mod journal_stream;

@@ -23,6 +23,7 @@ use vm_memory::{
     MmapRegion,
 };
 
+use crate::host_faults::{HostCall, HostFaults};
 use crate::memory::GuestRange;
 use crate::slot_publisher::SlotPublisher;
 
@@ -64,6 +65,7 @@ pub struct HotplugMemory {
     region: GuestRange,
     first_kvm_slot: u32,
     backed: BTreeMap<u32, BackedSlot>,
+    faults: Arc<HostFaults>,
 }
 
 impl std::fmt::Debug for HotplugMemory {
@@ -89,7 +91,13 @@ impl HotplugMemory {
             region,
             first_kvm_slot,
             backed: BTreeMap::new(),
+            faults: Arc::default(),
         }
+    }
+
+    /// Host faults to inject from now on (tests; see [`HostFaults`]).
+    pub fn set_faults(&mut self, faults: Arc<HostFaults>) {
+        self.faults = faults;
     }
 
     /// Guest range of a placement.
@@ -108,6 +116,14 @@ impl HotplugMemory {
         range: GuestRange,
         host: u64,
     ) -> Result<(), ParticipantError> {
+        let call = if host == 0 {
+            HostCall::KvmMemorySlotDelete
+        } else {
+            HostCall::KvmMemorySlotAdd
+        };
+        self.faults.check(call).map_err(|e| {
+            ParticipantError::with_source(format!("KVM memory slot {kvm_slot} for {range:x?}"), e)
+        })?;
         let region = kvm_userspace_memory_region {
             slot: kvm_slot,
             guest_phys_addr: range.base,
@@ -126,13 +142,20 @@ impl HotplugMemory {
     /// Maps, registers and publishes in the memory map the memory of `slot`.
     pub fn back(&mut self, slot: u32, placement: MemoryPlacement) -> Result<(), ParticipantError> {
         if self.backed.contains_key(&slot) {
-            return Err(ParticipantError::new(format!(
-                "memory slot {slot} is already backed"
-            )));
+            // Left from a removal whose KVM slot deletion failed (the engine has the slot
+            // absent): delete it now, or refuse rather than collide with it.
+            tracing::warn!(
+                slot,
+                "memory slot still backed from a failed release: releasing it"
+            );
+            self.release(slot)?;
         }
         let range = self.range_of(placement);
         let size = usize::try_from(range.size)
             .map_err(|_| ParticipantError::new(format!("slot size {} too large", range.size)))?;
+        self.faults
+            .check(HostCall::Mmap)
+            .map_err(|e| ParticipantError::with_source(format!("cannot map {size} bytes"), e))?;
         let mapping = MmapRegion::<()>::build(
             None,
             size,
@@ -172,10 +195,17 @@ impl HotplugMemory {
 
     /// Deletes the KVM slot of `slot` and unmaps its memory. `false` if it was not backed.
     pub fn release(&mut self, slot: u32) -> Result<bool, ParticipantError> {
+        let Some(b) = self.backed.get(&slot) else {
+            return Ok(false);
+        };
+        let (kvm_slot, range) = (b.kvm_slot, b.range);
+        // Forgotten only once KVM has let go of it: a slot whose deletion failed stays backed
+        // (KVM still maps it), so a later add of it is refused instead of colliding with it,
+        // and a later release tries again.
+        self.set_kvm_slot(kvm_slot, range, 0)?;
         let Some(b) = self.backed.remove(&slot) else {
             return Ok(false);
         };
-        self.set_kvm_slot(b.kvm_slot, b.range, 0)?;
         let map = self
             .map
             .lock()
@@ -356,5 +386,85 @@ impl HotplugParticipant for MemoryControllerParticipant {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host_faults::HostCall;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A hotplug region of 256 MiB at 4 GiB on a real KVM VM (this runs on any /dev/kvm,
+    /// PVM's included: no vCPU runs). `None` without /dev/kvm.
+    fn memory(faults: &[HostCall]) -> Option<HotplugMemory> {
+        let kvm = kvm_ioctls::Kvm::new().ok()?;
+        let vm = Arc::new(kvm.create_vm().ok()?);
+        let boot = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 * MIB as usize)]).ok()?;
+        let region = GuestRange {
+            base: 4 << 30,
+            size: 256 * MIB,
+        };
+        let mut m = HotplugMemory::new(vm, GuestMemoryAtomic::new(boot), region, 1);
+        m.set_faults(Arc::new(HostFaults::new(faults)));
+        Some(m)
+    }
+
+    fn slot(offset: u64) -> MemoryPlacement {
+        MemoryPlacement {
+            offset,
+            size: 128 * MIB,
+        }
+    }
+
+    #[test]
+    fn a_failed_map_or_slot_add_leaves_nothing_behind() {
+        let Some(mut m) = memory(&[HostCall::Mmap, HostCall::KvmMemorySlotAdd]) else {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        };
+        let e = m.back(1, slot(0)).unwrap_err().chain();
+        assert_eq!(e, ["cannot map 134217728 bytes", "injected fault: mmap"]);
+        let e = m.back(1, slot(0)).unwrap_err().chain();
+        assert_eq!(e[1], "injected fault: kvm-memory-slot-add", "{e:?}");
+        assert!(m.backed_slots().is_empty());
+        assert_eq!(m.map_regions().len(), 1, "only the boot memory is mapped");
+        m.back(1, slot(0)).unwrap();
+        assert_eq!(m.plugged_bytes(), 128 * MIB);
+    }
+
+    /// A slot whose KVM deletion failed is not forgotten: KVM still maps it, so a later add of
+    /// the slot deletes it first instead of colliding with it, and a later release retries.
+    #[test]
+    fn a_failed_slot_deletion_keeps_the_slot_until_it_is_deleted() {
+        let Some(mut m) = memory(&[HostCall::KvmMemorySlotDelete, HostCall::KvmMemorySlotDelete])
+        else {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        };
+        m.back(1, slot(0)).unwrap();
+        let e = m.release(1).unwrap_err().chain();
+        assert_eq!(e[1], "injected fault: kvm-memory-slot-delete", "{e:?}");
+        assert_eq!(m.backed_slots().len(), 1, "the slot KVM still maps is kept");
+        // Adding it again first deletes what was left: once more injected to fail, so the add
+        // is refused rather than registering over a live KVM slot.
+        assert!(m.back(1, slot(128 * MIB)).is_err());
+        assert_eq!(m.backed_slots().len(), 1);
+        // Now the deletion works: the add goes through at the new place.
+        m.back(1, slot(128 * MIB)).unwrap();
+        assert_eq!(
+            m.backed_slots(),
+            [(
+                1,
+                GuestRange {
+                    base: (4 << 30) + 128 * MIB,
+                    size: 128 * MIB
+                }
+            )]
+        );
+        assert!(m.release(1).unwrap());
+        assert!(m.backed_slots().is_empty());
+        assert!(!m.release(1).unwrap());
     }
 }

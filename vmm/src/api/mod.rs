@@ -34,9 +34,9 @@
 //! ```
 
 mod bodies;
-mod http;
-mod routing;
-mod server;
+pub(crate) mod http;
+pub(crate) mod routing;
+pub(crate) mod server;
 mod socket_lock;
 mod vm_create;
 

@@ -718,7 +718,7 @@ fn ask_vmm(shared: &Shared, request: ApiRequest) -> ApiResponse {
 }
 
 /// The wire body of a response and its content type: none for 204 or a null body.
-fn encode_body(response: &ApiResponse) -> Option<(&'static str, Vec<u8>)> {
+pub(crate) fn encode_body(response: &ApiResponse) -> Option<(&'static str, Vec<u8>)> {
     if response.status == 204 {
         return None;
     }

@@ -402,6 +402,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<VmConfig, String> {
         api_socket: None,
         guest_eject: hotplug::GuestEjectPolicy::default(),
         event_monitor: None,
+        inject_faults: Vec::new(),
     };
     console(top.get("console"))?;
     Ok(config)

@@ -53,6 +53,7 @@ fn defaults() {
             api_socket: None,
             guest_eject: hotplug::GuestEjectPolicy::Deny,
             event_monitor: None,
+            inject_faults: Vec::new(),
         }
     );
     // The defaults of the command line and of the types agree.
@@ -97,6 +98,7 @@ fn every_flag() {
             api_socket: Some("/run/plugvm.sock".into()),
             guest_eject: hotplug::GuestEjectPolicy::Deny,
             event_monitor: None,
+            inject_faults: Vec::new(),
         }
     );
     // `--flag=value` works as well as `--flag value`; order does not matter.

@@ -170,7 +170,14 @@ pub struct VcpuHandle {
 impl VcpuHandle {
     /// Starts the thread of vCPU `id` in state [`VcpuState::Created`]; it runs nothing until
     /// [`VcpuCommand::Run`]. `kick` pulls the thread out of `KVM_RUN` (see the module docs).
-    pub fn spawn(id: u32, vcpu: impl VcpuRun, kick: Kick) -> std::io::Result<VcpuHandle> {
+    ///
+    /// When the thread cannot start, the vCPU comes back with the error: KVM cannot destroy a
+    /// vCPU, so the caller keeps it for the next try.
+    pub fn spawn<V: VcpuRun>(
+        id: u32,
+        vcpu: V,
+        kick: Kick,
+    ) -> Result<VcpuHandle, (std::io::Error, Option<V>)> {
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
                 command: None,
@@ -179,9 +186,24 @@ impl VcpuHandle {
             changed: Condvar::new(),
         });
         let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
+        // Handed over through a slot the caller can empty again if the thread never starts.
+        let slot = Arc::new(Mutex::new(Some(vcpu)));
+        let thread_slot = slot.clone();
+        let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu_thread(id, vcpu, &thread_shared))?;
+            .spawn(move || {
+                let vcpu = thread_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(vcpu) = vcpu {
+                    vcpu_thread(id, vcpu, &thread_shared);
+                }
+            });
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(e) => {
+                let vcpu = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                return Err((e, vcpu));
+            }
+        };
         Ok(VcpuHandle {
             id,
             shared,
@@ -342,7 +364,9 @@ mod tests {
             stuck: stuck.clone(),
             stop_after,
         };
-        let handle = VcpuHandle::spawn(7, vcpu, |_| {}).unwrap();
+        let handle = VcpuHandle::spawn(7, vcpu, |_| {})
+            .map_err(|(e, _)| e)
+            .unwrap();
         (handle, runs, stuck)
     }
 

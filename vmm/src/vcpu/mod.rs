@@ -36,6 +36,14 @@ pub enum VcpuError {
         /// Cause.
         source: kvm_ioctls::Error,
     },
+    /// `KVM_CREATE_VCPU` was made to fail (`--inject-fault kvm-create-vcpu`, tests).
+    #[error("cannot create vCPU {id}: {source}")]
+    CreateInjected {
+        /// vCPU id.
+        id: u32,
+        /// The injected fault.
+        source: std::io::Error,
+    },
     /// `KVM_SET_CPUID2` failed.
     #[error("cannot set CPUID of vCPU {id}: {source}")]
     Cpuid {
@@ -103,15 +111,17 @@ pub fn configure_vcpu(
 }
 
 /// Starts the thread of vCPU `id`, in [`VcpuState::Created`]: it enters `KVM_RUN` on
-/// [`VcpuCommand::Run`].
+/// [`VcpuCommand::Run`]. If the thread cannot start, the vCPU's fd comes back with the error
+/// (KVM cannot destroy a vCPU: the next start of `id` must reuse it).
+#[allow(clippy::result_large_err)]
 pub fn spawn_vcpu(
     id: u32,
     fd: VcpuFd,
     io: Arc<IoManager>,
     exit: Arc<ExitSignal>,
-) -> Result<VcpuHandle, VcpuError> {
+) -> Result<VcpuHandle, (VcpuError, Option<VcpuFd>)> {
     VcpuHandle::spawn(id, KvmVcpu { id, fd, io, exit }, kick)
-        .map_err(|source| VcpuError::Thread { id, source })
+        .map_err(|(source, vcpu)| (VcpuError::Thread { id, source }, vcpu.map(|v| v.fd)))
 }
 
 thread_local! {
@@ -275,7 +285,9 @@ mod tests {
         fd.set_regs(&regs).unwrap();
         install_kick_handler().unwrap();
         let exit = Arc::new(ExitSignal::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        let h = spawn_vcpu(0, fd, Arc::new(IoManager::new()), exit.clone()).unwrap();
+        let h = spawn_vcpu(0, fd, Arc::new(IoManager::new()), exit.clone())
+            .map_err(|(e, _)| e)
+            .unwrap();
         let ack = Duration::from_secs(5);
         h.request(VcpuCommand::Run, ack).unwrap();
         for command in [VcpuCommand::Pause, VcpuCommand::Park] {

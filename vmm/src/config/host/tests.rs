@@ -24,6 +24,7 @@ fn config() -> VmConfig {
         api_socket: None,
         guest_eject: hotplug::GuestEjectPolicy::Deny,
         event_monitor: None,
+        inject_faults: Vec::new(),
     }
 }
 
