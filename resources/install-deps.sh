@@ -16,6 +16,7 @@
 #   busybox-static   one-file userland for the guest and outer-VM initramfs images
 #   cpio, gzip, xz-utils  building the initramfs; extracting vmlinux from the bzImage
 #   python3          QMP client in resources/bench/qemu-hotplug.sh
+#   python3-venv     the Schemathesis virtualenv (resources/schemathesis.sh)
 #   ca-certificates  apt over https mirrors on minimal images
 set -euo pipefail
 
@@ -29,6 +30,7 @@ PACKAGES=(
     gzip
     xz-utils
     python3
+    python3-venv
     ca-certificates
 )
 
