@@ -224,10 +224,11 @@ impl Engine {
         let mut report = Report::default();
         if let Some(id) = self.machine.in_flight(device) {
             if let Some(mut tx) = self.inflight.remove(&id) {
-                // An `_EJ0` of a device whose add the guest already accepted, while the rest
-                // of its batch is pending: the add stands, so the eject is refused and the
-                // device offered again (under `allow` its controller already let it go).
-                if event == GuestEvent::Eject && tx.add_accepted(device) {
+                // An `_EJ0` of a device this transaction keeps (its add accepted, or its
+                // removal refused, while the rest of its batch is pending): the eject is
+                // refused and the device offered again (under `allow` its controller already
+                // let it go).
+                if event == GuestEvent::Eject && tx.keeps(device) {
                     report.directives.push(Directive::RefuseEject {
                         device,
                         tx: id,

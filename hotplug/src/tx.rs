@@ -93,16 +93,26 @@ impl Transaction {
         self.devices.iter().position(|d| d.op.device == device)
     }
 
-    /// Whether the guest accepted the add of `device` while the rest of its batch is still
-    /// pending (waiting for it, or committed already in a best-effort batch): the device stays.
-    pub(crate) fn add_accepted(&self, device: DeviceId) -> bool {
+    /// Whether `device` stays present once this transaction ends, though the transaction is
+    /// still in flight: its add was accepted (the rest of its batch pending), or its removal
+    /// was refused or rolled back. An `_EJ0` of it now cannot be carried out.
+    pub(crate) fn keeps(&self, device: DeviceId) -> bool {
+        use crate::ops::Direction;
+        use crate::outcome::DeviceResult;
         self.devices.iter().any(|d| {
             d.op.device == device
                 && matches!(
-                    d.state,
-                    DevState::Accepted | DevState::Done(crate::outcome::DeviceResult::Committed)
+                    (d.op.direction(), &d.state),
+                    (
+                        Direction::Add,
+                        DevState::Accepted | DevState::Done(DeviceResult::Committed)
+                    ) | (
+                        Direction::Remove,
+                        DevState::Done(
+                            DeviceResult::RolledBack { .. } | DeviceResult::Rejected { .. }
+                        )
+                    )
                 )
-                && d.op.direction() == crate::ops::Direction::Add
         })
     }
 

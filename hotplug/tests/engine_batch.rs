@@ -438,3 +438,48 @@ fn an_eject_of_an_accepted_add_in_a_pending_batch_is_refused() {
         rig.assert_consistent();
     }
 }
+
+/// Found by the `engine_and_controllers_agree_after_every_step` property: the same for a
+/// device whose removal the guest refused while the rest of its batch waited. The device
+/// stays, so its later `_EJ0` is refused too.
+#[test]
+fn an_eject_of_a_refused_removal_in_a_pending_batch_is_refused() {
+    for policy in [GuestEjectPolicy::Deny, GuestEjectPolicy::Allow] {
+        let config = EngineConfig {
+            guest_eject: policy,
+            ..EngineConfig::default()
+        };
+        let mut rig = Rig::new(config);
+        rig.engine.begin(resize(Some(3), None, false)).unwrap();
+        rig.engine
+            .guest_event(DeviceId::cpu(1), GuestEvent::ost(1, 0));
+        rig.engine
+            .guest_event(DeviceId::cpu(2), GuestEvent::ost(1, 0));
+        assert_eq!(rig.engine.machine().present_cpus(), vec![0, 1, 2]);
+        let b = rig.engine.begin(resize(Some(1), None, true)).unwrap();
+        // CPU 2 refuses to go; CPU 1 has not answered yet.
+        let r = rig
+            .engine
+            .guest_event(DeviceId::cpu(2), GuestEvent::ost(3, 0x81));
+        assert!(r.completed.is_empty());
+        let r = rig.engine.guest_event(DeviceId::cpu(2), GuestEvent::Eject);
+        assert_eq!(
+            r.directives,
+            vec![Directive::RefuseEject {
+                device: DeviceId::cpu(2),
+                tx: b.id,
+                status: OstStatus::EjectNotSupported,
+            }],
+            "{policy:?}"
+        );
+        rig.engine
+            .guest_event(DeviceId::cpu(1), GuestEvent::ost(3, 0x84));
+        rig.engine.guest_event(DeviceId::cpu(1), GuestEvent::Eject);
+        let r = rig
+            .engine
+            .guest_event(DeviceId::cpu(1), GuestEvent::ost(3, 0));
+        assert_eq!(r.completed[0].outcome.status, TxStatus::PartiallyCommitted);
+        assert_eq!(rig.engine.machine().present_cpus(), vec![0, 2]);
+        rig.assert_consistent();
+    }
+}

@@ -128,10 +128,20 @@ pub fn run_here_or_in_kvm_host(name: &str) -> bool {
     let mut last = None;
     for attempt in 1..=attempts {
         eprintln!("running {name} inside the nested KVM host (attempt {attempt} of {attempts})");
+        // PLUGVM_TEST_ATTEMPT_TIMEOUT_S: for the long runs that are not CI tests (the soak).
+        let timeout = std::env::var("PLUGVM_TEST_ATTEMPT_TIMEOUT_S")
+            .unwrap_or_else(|_| ATTEMPT_TIMEOUT_S.to_string());
         let status = Command::new(&kvm_host)
-            .args(["--timeout", ATTEMPT_TIMEOUT_S, "--"])
+            .args(["--timeout", &timeout, "--"])
             .arg(&exe)
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            // --include-ignored: an #[ignore]d test (the soak) was asked for by name here.
+            .args([
+                "--exact",
+                name,
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(BIN_VAR, &binary)
             .current_dir(workspace_root())
             .stdin(Stdio::null())

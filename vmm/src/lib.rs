@@ -16,6 +16,8 @@ pub mod cpu_manager;
 pub mod events;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+#[cfg(test)]
+mod fuzzing_props;
 pub mod host_faults;
 pub mod hotplug_service;
 pub mod info;
