@@ -19,7 +19,12 @@ cargo build --workspace --all-targets
 
 echo "==> testing" >&2
 status=0
-cargo test --workspace --no-fail-fast -- "$@" || status=$?
+# Kept, so that the summary below can count the test bed's retries.
+log="$repo/target/test-run.log"
+cargo test --workspace --no-fail-fast -- "$@" 2>&1 | tee "$log" || status=$?
+retries=$(grep -c '^WARNING: test-bed retry' "$log" || true)
+echo "==> test-bed retries: $retries (a guest test that failed in the nested bed, then passed)" >&2
+grep '^WARNING: test-bed retry' "$log" >&2 || true
 
 # The short fuzzing run (about a minute in all; docs/fuzzing.md has the longer one).
 echo "==> fuzzing (resources/fuzz.sh --seconds ${PLUGVM_FUZZ_SECONDS:-12})" >&2

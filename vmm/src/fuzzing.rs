@@ -101,7 +101,7 @@ fn check_error_answer(status: u16, message: &str) {
 
 fn check_wire(response: &ApiResponse) {
     let mut wire = Vec::new();
-    let body = crate::api::server::encode_body(response);
+    let body = crate::api::encode::encode_body(response);
     http::write_response(
         &mut wire,
         response.status,

@@ -3,174 +3,29 @@
 //! turns outcomes into HTTP answers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use devices::{CpuHotplugController, Ged, GedEvent, HotplugObservation, MemoryHotplugController};
 use hotplug::{
-    Clock, Completion, DeviceId, Directive, Engine, FailureReason, GuestEvent, Report, Request,
-    TxId, TxStatus,
+    Clock, Completion, Directive, Engine, FailureReason, GuestEvent, Report, Request, TxId,
+    TxStatus,
 };
 use serde_json::json;
 
 use crate::api::ApiResponse;
 use crate::counters::HotplugCounters;
 use crate::events::EventLog;
+pub use crate::guest_observations::{
+    observation, observation_queue, observer, offer_again, EjectHook, GuestObservation,
+    ObservationReceiver, ObservationSender,
+};
 use crate::journal_stream::{failure, tx_span, JournalStream};
 use crate::metrics::{self, Refusal, SharedMetrics};
-
-/// A guest access the engine must hear about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestObservation {
-    /// The device.
-    pub device: DeviceId,
-    /// What the guest did.
-    pub event: GuestEvent,
-    /// An `_EJ0` the controller did not carry out (the engine's policy, as projected into
-    /// the controller, refused it): the device stays and is offered again.
-    pub refused: bool,
-}
-
-impl GuestObservation {
-    /// An observation of `event` on `device`.
-    pub fn new(device: DeviceId, event: GuestEvent) -> Self {
-        GuestObservation {
-            device,
-            event,
-            refused: false,
-        }
-    }
-}
-
-/// Observations that may wait for the event loop at once. A guest that makes more register
-/// accesses than this before the loop drains them loses the excess (counted); only its own
-/// transactions can suffer from that.
-pub const OBSERVATION_QUEUE: usize = 1024;
-
-/// The vCPU threads' end of the observation queue.
-#[derive(Debug)]
-pub struct ObservationSender {
-    tx: SyncSender<GuestObservation>,
-    wake: EventFd,
-    dropped: Arc<AtomicU64>,
-}
-
-impl ObservationSender {
-    /// Another sender on the same queue.
-    pub fn try_clone(&self) -> std::io::Result<Self> {
-        Ok(ObservationSender {
-            tx: self.tx.clone(),
-            wake: self.wake.try_clone()?,
-            dropped: self.dropped.clone(),
-        })
-    }
-
-    /// Queues `obs` and wakes the loop; never blocks. A full queue drops it (counted).
-    pub fn send(&self, obs: GuestObservation) {
-        match self.tx.try_send(obs) {
-            Ok(()) => {
-                let _ = self.wake.write(1);
-            }
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            // The event loop is gone (the VM is ending): nothing to report to.
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
-}
-
-/// A bounded observation queue: the sender for the devices, the receiver for the service.
-pub fn observation_queue() -> std::io::Result<(ObservationSender, ObservationReceiver)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(OBSERVATION_QUEUE);
-    let wake = EventFd::new(EFD_NONBLOCK)?;
-    let dropped = Arc::new(AtomicU64::new(0));
-    Ok((
-        ObservationSender {
-            tx,
-            wake: wake.try_clone()?,
-            dropped: dropped.clone(),
-        },
-        ObservationReceiver { rx, wake, dropped },
-    ))
-}
-
-/// The service's end of the observation queue.
-#[derive(Debug)]
-pub struct ObservationReceiver {
-    rx: Receiver<GuestObservation>,
-    wake: EventFd,
-    dropped: Arc<AtomicU64>,
-}
-
-/// Maps a controller observation to the engine's terms; `device` names the device kind
-/// from its UID (`DeviceId::cpu` or `DeviceId::memory_slot`). Every `_EJ0` reaches the engine,
-/// the refused ones too: the engine judges and journals it.
-pub fn observation(obs: HotplugObservation, device: fn(u32) -> DeviceId) -> GuestObservation {
-    match obs {
-        HotplugObservation::StatusRead { uid } => {
-            GuestObservation::new(device(uid), GuestEvent::StatusRead)
-        }
-        HotplugObservation::Ost { uid, event, status } => {
-            GuestObservation::new(device(uid), GuestEvent::ost(event, status))
-        }
-        HotplugObservation::Ejected { uid } => {
-            GuestObservation::new(device(uid), GuestEvent::Eject)
-        }
-        HotplugObservation::EjectRefused { uid } => GuestObservation {
-            refused: true,
-            ..GuestObservation::new(device(uid), GuestEvent::Eject)
-        },
-    }
-}
-
-/// Sends controller observations to the engine.
-pub fn observer(
-    queue: ObservationSender,
-    device: fn(u32) -> DeviceId,
-) -> Box<dyn Fn(HotplugObservation) + Send + Sync> {
-    Box::new(move |obs| queue.send(observation(obs, device)))
-}
-
-/// Called with a device the guest has just ejected (`_EJ0` carried out by its controller and
-/// taken by the engine: a removal of it is in flight or has just committed): the vCPU manager
-/// starts parking the CPU's thread then, so that Commit finds it parked. Also the type of the hook told of an eject the
-/// engine refused (the device is offered to the guest again: raise its GED event).
-pub type EjectHook = Box<dyn FnMut(DeviceId) + Send>;
-
-/// The controller's half of a refused guest eject: the device stays, so its removal is
-/// withdrawn in its controller (plugged back in if the guest already let it go under `allow`)
-/// and the GED event of its kind is raised, so that the guest's next scan finds it again.
-pub fn offer_again(
-    cpu: Arc<CpuHotplugController>,
-    memory: Option<Arc<MemoryHotplugController>>,
-    ged: Arc<Ged>,
-) -> EjectHook {
-    Box::new(move |device| {
-        let event = match device {
-            DeviceId::Cpu(id) => {
-                cpu.withdraw_removal(id.0);
-                GedEvent::Cpu
-            }
-            DeviceId::MemorySlot(slot) => {
-                if let Some(c) = &memory {
-                    c.withdraw_removal(slot.0);
-                }
-                GedEvent::Memory
-            }
-        };
-        if let Err(e) = ged.notify(event) {
-            tracing::error!("cannot raise the GED interrupt: {e}");
-        }
-    })
-}
 
 /// Refused guest ejects logged before the log goes quiet (then every 1024th): a guest that
 /// hammers the eject bit must not flood the host's log.
@@ -272,7 +127,7 @@ impl HotplugService {
 
     /// Observations dropped because the queue was full.
     pub fn dropped_observations(&self) -> u64 {
-        self.observations.dropped.load(Ordering::Relaxed)
+        self.observations.dropped()
     }
 
     /// Whether a transaction waits for the guest.
@@ -340,7 +195,7 @@ impl HotplugService {
     /// Feeds every queued guest observation to the engine, then ends the transactions whose
     /// deadline has passed, then arms the timer for the next deadline.
     pub fn step(&mut self) {
-        let pending: Vec<GuestObservation> = self.observations.rx.try_iter().collect();
+        let pending = self.observations.drain();
         for obs in pending {
             let GuestObservation {
                 device,
@@ -515,12 +370,12 @@ impl MutEventSubscriber for HotplugService {
         // The timer is not read: `step` re-arms (or clears) it, and timerfd_settime resets
         // its expiry count, so it stops being readable. Reading it could block when another
         // subscriber re-armed it after epoll reported it.
-        let _ = self.observations.wake.read();
+        let _ = self.observations.wake().read();
         self.step();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.observations.wake, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(self.observations.wake(), EventSet::IN)) {
             tracing::error!("cannot watch guest hotplug observations: {e:?}");
         }
         if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
@@ -556,252 +411,5 @@ pub(crate) fn test_service() -> (HotplugService, ObservationSender, Arc<hotplug:
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hotplug::CpuId;
-    use std::sync::mpsc::channel;
-    use std::sync::Mutex;
-
-    fn cpu1() -> DeviceId {
-        DeviceId::Cpu(CpuId(1))
-    }
-
-    /// Linux's answer to an eject request: `_OST(3, 0x84)`, `_EJ0`, `_OST(3, 0)`.
-    fn guest_ejects(tx: &ObservationSender) {
-        tx.send(GuestObservation::new(cpu1(), GuestEvent::ost(3, 0x84)));
-        tx.send(GuestObservation::new(cpu1(), GuestEvent::Eject));
-        tx.send(GuestObservation::new(cpu1(), GuestEvent::ost(3, 0)));
-    }
-
-    #[test]
-    fn an_ej0_received_before_the_deadline_is_judged_wins() {
-        let (mut s, tx, clock) = test_service();
-        let (respond, answer) = channel();
-        s.request(Request::RemoveCpu { id: 1 }, true, respond);
-        let deadline = s.time_to_deadline().unwrap();
-        // The guest answers; then, before the loop runs, the deadline passes too: the timer
-        // and the observations wake the loop in the same instant.
-        guest_ejects(&tx);
-        clock.advance(deadline + Duration::from_millis(1));
-        s.step();
-        let response = answer.try_recv().unwrap();
-        assert_eq!(response.status, 200, "{:?}", response.body);
-        assert!(!s.in_flight());
-    }
-
-    #[test]
-    fn a_deadline_judged_before_the_ej0_arrived_wins() {
-        let (mut s, tx, clock) = test_service();
-        let (respond, answer) = channel();
-        s.request(Request::RemoveCpu { id: 1 }, true, respond);
-        clock.advance(s.time_to_deadline().unwrap() + Duration::from_millis(1));
-        s.step();
-        assert_eq!(answer.try_recv().unwrap().status, 504);
-        // Too late: the removal was rolled back, and a late `_EJ0` does not revive it.
-        guest_ejects(&tx);
-        s.step();
-        assert!(answer.try_recv().is_err());
-        assert!(!s.in_flight());
-    }
-
-    #[test]
-    fn the_eject_hook_hears_of_an_ej0_before_the_engine_commits() {
-        let (mut s, tx, _) = test_service();
-        let heard = Arc::new(Mutex::new(Vec::new()));
-        let h = heard.clone();
-        s.on_guest_eject(Box::new(move |d| h.lock().unwrap().push(d)));
-        let (respond, answer) = channel();
-        s.request(Request::RemoveCpu { id: 1 }, true, respond);
-        guest_ejects(&tx);
-        s.step();
-        assert_eq!(answer.try_recv().unwrap().status, 200);
-        assert_eq!(*heard.lock().unwrap(), [cpu1()]);
-    }
-
-    /// Every event of `log` so far, as its SSE data line would carry it.
-    fn events(log: &EventLog) -> Vec<serde_json::Value> {
-        log.read_from(1, Duration::ZERO)
-            .map(|b| b.events.iter().map(|e| json!(e.as_ref())).collect())
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn the_journal_becomes_events_in_order_with_why_a_transaction_failed() {
-        let (mut s, tx, clock) = test_service();
-        let log = Arc::new(EventLog::new(clock.clone()));
-        s.stream_to(log.clone());
-        // Added and accepted by the guest.
-        let (respond, answer) = channel();
-        s.request(Request::AddCpu { id: Some(2) }, true, respond);
-        clock.advance(Duration::from_millis(3));
-        tx.send(GuestObservation::new(
-            DeviceId::cpu(2),
-            GuestEvent::StatusRead,
-        ));
-        tx.send(GuestObservation::new(
-            DeviceId::cpu(2),
-            GuestEvent::ost(1, 0),
-        ));
-        s.step();
-        assert_eq!(answer.try_recv().unwrap().status, 200);
-        // Removed, refused by the guest: device busy.
-        let (respond, answer) = channel();
-        s.request(Request::RemoveCpu { id: 1 }, true, respond);
-        clock.advance(Duration::from_millis(5));
-        tx.send(GuestObservation::new(cpu1(), GuestEvent::ost(3, 0x82)));
-        s.step();
-        assert_eq!(answer.try_recv().unwrap().status, 502);
-        // Refused before it began.
-        let (respond, _answer) = channel();
-        s.request(Request::RemoveCpu { id: 0 }, true, respond);
-
-        let events = events(&log);
-        if std::env::var_os("PLUGVM_PRINT_EVENTS").is_some() {
-            for e in &events {
-                println!("{e}");
-            }
-        }
-        let names: Vec<String> = events
-            .iter()
-            .map(|e| format!("{} {} {}", e["tx"], e["source"], e["event"]).replace('"', ""))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "1 hotplug started",
-                "1 hotplug phase",
-                "1 hotplug phase",
-                "1 hotplug phase",
-                "1 guest status_read",
-                "1 guest ost",
-                "1 hotplug phase",
-                "1 hotplug phase",
-                "1 hotplug ended",
-                "2 hotplug started",
-                "2 hotplug phase",
-                "2 hotplug phase",
-                "2 hotplug phase",
-                "2 guest ost",
-                "2 hotplug error",
-                "2 hotplug phase",
-                "2 hotplug phase",
-                "2 hotplug ended",
-                "null hotplug refused",
-            ]
-        );
-        let phases: Vec<&str> = events
-            .iter()
-            .filter(|e| e["event"] == "phase")
-            .filter_map(|e| e["data"]["phase"].as_str())
-            .collect();
-        assert_eq!(
-            phases,
-            [
-                "validate",
-                "prepare",
-                "publish",
-                "await_guest",
-                "commit",
-                "validate",
-                "prepare",
-                "publish",
-                "await_guest",
-                "rollback"
-            ]
-        );
-        let ost = &events[5]["data"];
-        assert_eq!(events[5]["at_us"], 3000);
-        assert_eq!(ost["device"], json!({"cpu": 2}));
-        assert_eq!(ost["kind"], "ost");
-        assert_eq!(ost["status"]["name"], "success");
-        assert_eq!(events[8]["data"]["status"], "committed");
-        assert!(events[8]["data"].get("reason").is_none(), "{}", events[8]);
-        assert_eq!(events[17]["data"]["status"], "rolled_back");
-        assert_eq!(
-            events[17]["data"]["reason"],
-            "cpu 1: guest refused: _OST(0x3 eject_request, 0x82 device_busy)"
-        );
-    }
-
-    #[test]
-    fn a_transactions_log_lines_are_in_its_span() {
-        let lines = crate::logging::capture::json_lines("info", || {
-            let (mut s, tx, _clock) = test_service();
-            let (respond, _answer) = channel();
-            s.request(Request::RemoveCpu { id: 1 }, true, respond);
-            guest_ejects(&tx);
-            s.step();
-        });
-        let in_tx: Vec<&serde_json::Value> =
-            lines.iter().filter(|l| l["span"]["name"] == "tx").collect();
-        let messages: Vec<&str> = in_tx
-            .iter()
-            .filter_map(|l| l["fields"]["message"].as_str())
-            .collect();
-        assert_eq!(
-            messages,
-            [
-                "hotplug transaction started",
-                "the guest answered",
-                "the guest ejected the device (_EJ0)",
-                "the guest answered",
-                "hotplug transaction ended"
-            ],
-            "{lines:?}"
-        );
-        for line in in_tx {
-            assert_eq!(line["span"]["id"], 1, "{line}");
-            assert_eq!(line["span"]["kind"], "remove_cpu", "{line}");
-        }
-    }
-
-    #[test]
-    fn a_guest_ejecting_again_and_again_does_not_flood_the_log() {
-        let lines = crate::logging::capture::json_lines("warn", || {
-            let (mut s, tx, _clock) = test_service();
-            for _ in 0..200 {
-                tx.send(GuestObservation::new(cpu1(), GuestEvent::Eject));
-                s.step();
-            }
-        });
-        // Only the rate-limited warning of `finish`, in each refused transaction's span.
-        assert_eq!(lines.len(), REFUSED_EJECT_LOG_BURST as usize, "{lines:?}");
-        for line in &lines {
-            assert_eq!(line["span"]["kind"], "remove_cpu", "{line}");
-        }
-    }
-
-    #[test]
-    fn the_observation_queue_is_bounded_and_counts_what_it_drops() {
-        let (s, tx, _) = test_service();
-        for _ in 0..OBSERVATION_QUEUE + 10 {
-            tx.send(GuestObservation::new(cpu1(), GuestEvent::StatusRead));
-        }
-        assert_eq!(s.dropped_observations(), 10);
-    }
-
-    #[test]
-    fn paused_refuses_and_shutdown_answers_every_waiter() {
-        let (mut s, _tx, _) = test_service();
-        s.set_paused(true);
-        let (respond, answer) = channel();
-        s.request(Request::AddCpu { id: None }, true, respond);
-        let refused = answer.try_recv().unwrap();
-        assert_eq!(refused.status, 409);
-        assert!(
-            refused.body.to_string().contains("paused"),
-            "{:?}",
-            refused.body
-        );
-        s.set_paused(false);
-
-        let (respond, answer) = channel();
-        s.request(Request::AddCpu { id: None }, true, respond);
-        assert!(s.in_flight());
-        assert!(answer.try_recv().is_err(), "answered before the guest did");
-        s.abandon_waiters("the VM is shutting down");
-        let r = answer.try_recv().unwrap();
-        assert_eq!(r.status, 503);
-        assert!(r.body["transaction"]["id"].is_u64(), "{:?}", r.body);
-    }
-}
+#[path = "hotplug_service_tests.rs"]
+mod tests;

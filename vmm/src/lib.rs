@@ -18,6 +18,7 @@ pub mod events;
 pub mod fuzzing;
 #[cfg(test)]
 mod fuzzing_props;
+mod guest_observations;
 pub mod host_faults;
 pub mod hotplug_service;
 pub mod info;

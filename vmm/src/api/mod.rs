@@ -34,9 +34,12 @@
 //! ```
 
 mod bodies;
+pub(crate) mod encode;
+mod event_stream;
 pub(crate) mod http;
 pub(crate) mod routing;
-pub(crate) mod server;
+mod server;
+mod socket;
 mod socket_lock;
 mod vm_create;
 

@@ -1,12 +1,11 @@
-//! The server: socket binding, the accept thread, one thread per connection,
-//! and the round trip to the VMM.
+//! The server: the accept thread, one thread per connection (with the connection limit and
+//! idle eviction), and the round trip to the VMM. The socket itself is `socket.rs`'s, the
+//! event stream `event_stream.rs`'s, the wire bodies `encode.rs`'s.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::{self, BufReader, ErrorKind, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,8 +17,11 @@ use plugvm_remote::wire::TOO_MANY_CONNECTIONS;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::encode::{encode_body, error_body};
+use super::event_stream::stream_events;
 use super::http::{self, DeadlineReader, HeadError};
 use super::routing::{self, Action, RouteError};
+use super::socket::{bind, remove_if_ours, FileId};
 use super::socket_lock::SocketLock;
 use super::{ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, MAX_BODY_BYTES};
 use crate::events::EventLog;
@@ -33,14 +35,8 @@ const ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 const LINGER_BYTES: u64 = 1024 * 1024;
 
-/// Longest socket path the kernel accepts (`sun_path` less its NUL).
-const MAX_SOCKET_PATH: usize = 107;
 const LISTENER_TOKEN: u64 = 0;
 const STOP_TOKEN: u64 = 1;
-
-/// Device and inode of the socket file we published, so that shutdown
-/// removes only our own file.
-type FileId = (u64, u64);
 
 /// What an open connection is doing: whether it may give its place to a new one when the
 /// server is at `max_connections`.
@@ -73,18 +69,18 @@ fn max_streams(max_connections: usize) -> usize {
 }
 
 /// State shared by the accept thread and the connection threads.
-struct Shared {
+pub(super) struct Shared {
     to_vmm: mpsc::Sender<ApiMessage>,
     wake: EventFd,
     config: ApiConfig,
     /// The open connections, to apply the limit and to shut them down on stop.
     connections: Mutex<HashMap<u64, Connection>>,
     next_connection: AtomicU64,
-    stopping: AtomicBool,
+    pub(super) stopping: AtomicBool,
     /// Requests read and not yet fully answered, so that a stop lets their answers out.
-    answering: AtomicUsize,
+    pub(super) answering: AtomicUsize,
     /// The VMM's event log, for `GET /api/v1/events`.
-    events: std::sync::OnceLock<Arc<EventLog>>,
+    pub(super) events: std::sync::OnceLock<Arc<EventLog>>,
 }
 
 impl Shared {
@@ -289,88 +285,6 @@ fn prepare(listener: &UnixListener) -> Result<(EventFd, Epoll), ApiError> {
     Ok((stop, epoll))
 }
 
-/// Locks `path`, checks what is there, then binds a 0600 socket there.
-///
-/// The lock ([`SocketLock`]) comes first: with it, no other server can pass the check at the
-/// same time and then replace this one's socket. The socket is bound inside a fresh 0700
-/// directory beside `path`, chmod-ed, and renamed over `path`: no one can connect before the
-/// mode is set, and a stale socket is replaced atomically. If that temporary path would be
-/// too long for `sun_path`, the socket is bound in place.
-fn bind(path: &Path) -> Result<(UnixListener, FileId, SocketLock), ApiError> {
-    let bind_error = |source| ApiError::Bind {
-        path: path.to_path_buf(),
-        source,
-    };
-    let lock = SocketLock::acquire(path)?;
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => return Err(ApiError::InUse(path.to_path_buf())),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
-                tracing::info!("replacing stale API socket {}", path.display());
-            }
-            Err(source) => {
-                return Err(ApiError::Inspect {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        },
-        Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(ApiError::Inspect {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| bind_error(ErrorKind::InvalidInput.into()))?;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path.with_file_name(format!(
-        ".{}.{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temp = dir.join("s");
-    let listener = if temp.as_os_str().len() <= MAX_SOCKET_PATH {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(bind_error)?;
-        let published = bind_secured(&temp).and_then(|l| fs::rename(&temp, path).map(|()| l));
-        let _ = fs::remove_file(&temp);
-        let _ = fs::remove_dir(&dir);
-        published.map_err(bind_error)?
-    } else {
-        bind_secured(path).map_err(bind_error)?
-    };
-    let meta = fs::symlink_metadata(path).map_err(bind_error)?;
-    Ok((listener, (meta.dev(), meta.ino()), lock))
-}
-
-fn bind_secured(path: &Path) -> std::io::Result<UnixListener> {
-    let listener = UnixListener::bind(path)?;
-    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(0o600)) {
-        let _ = fs::remove_file(path);
-        return Err(e);
-    }
-    Ok(listener)
-}
-
-fn remove_if_ours(path: &Path, file_id: FileId) {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if (meta.dev(), meta.ino()) == file_id => {
-            if let Err(e) = fs::remove_file(path) {
-                tracing::warn!("cannot remove API socket {}: {e}", path.display());
-            }
-        }
-        _ => tracing::debug!("API socket {} is no longer ours", path.display()),
-    }
-}
-
 fn accept_loop(listener: UnixListener, epoll: Epoll, stop: EventFd, shared: &Arc<Shared>) {
     let mut events = [EpollEvent::default(); 2];
     loop {
@@ -447,14 +361,6 @@ fn refuse_at_once(stream: &UnixStream) {
     if stream.set_nonblocking(true).is_ok() {
         let _ = io::copy(&mut stream.take(LINGER_BYTES), &mut io::sink());
     }
-}
-
-fn error_body(message: &str) -> Vec<u8> {
-    ascii_json(
-        serde_json::json!({ "error": message })
-            .to_string()
-            .into_bytes(),
-    )
 }
 
 /// Serves requests on connection `id` until it closes, fails, times out or is evicted.
@@ -561,7 +467,7 @@ fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
 }
 
 /// Answers `status` with an error body (the connection then closes).
-fn fail(writer: &mut UnixStream, status: u16, message: &str) {
+pub(super) fn fail(writer: &mut UnixStream, status: u16, message: &str) {
     let body = error_body(message);
     let _ = http::write_response(writer, status, Some((http::JSON, &body)), None, false);
 }
@@ -589,79 +495,6 @@ fn linger(reader: &mut BufReader<DeadlineReader>, writer: &UnixStream) {
     let _ = writer.shutdown(Shutdown::Write);
     reader.get_mut().set_budget(LINGER_TIMEOUT);
     let _ = io::copy(&mut reader.by_ref().take(LINGER_BYTES), &mut io::sink());
-}
-
-/// How long an event-stream connection may stay silent before a keep-alive comment, which
-/// also finds clients that went away.
-const STREAM_KEEPALIVE: Duration = Duration::from_secs(10);
-/// How long a write to an event-stream client may block: a client that reads nothing for
-/// this long is dropped (it can come back with `since`).
-const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Serves `GET /api/v1/events` as Server-Sent Events until the client goes, the server stops
-/// or the VMM ends. The VMM never waits for this connection: a client too slow for the event
-/// log's capacity gets a `dropped` event saying how many it missed.
-fn stream_events(shared: &Shared, writer: &mut UnixStream, from: Option<u64>) {
-    let Some(log) = shared.events.get().cloned() else {
-        return fail(writer, 503, "The event stream is not available.");
-    };
-    let _ = writer.set_write_timeout(Some(STREAM_WRITE_TIMEOUT));
-    // Counted as an answer in progress, so that a stop lets the last events out.
-    shared.answering.fetch_add(1, Ordering::SeqCst);
-    write_events(shared, writer, &log, from);
-    shared.answering.fetch_sub(1, Ordering::SeqCst);
-}
-
-fn write_events(shared: &Shared, writer: &mut UnixStream, log: &EventLog, from: Option<u64>) {
-    use std::io::Write;
-    let head = "HTTP/1.1 200 \r\nServer: plugvm\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
-    if writer.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    let mut next = from.unwrap_or_else(|| log.next_id());
-    loop {
-        // A stopping server still lets out what the log holds: the VMM publishes its last
-        // events (its shutdown) and closes the log before it stops the server, and a reader
-        // that was still writing the previous batch must not lose them. It waits for nothing
-        // more, though.
-        let stopping = shared.stopping.load(Ordering::SeqCst);
-        let wait = if stopping {
-            Duration::ZERO
-        } else {
-            STREAM_KEEPALIVE
-        };
-        let Some(batch) = log.read_from(next, wait) else {
-            return;
-        };
-        if stopping && batch.events.is_empty() && batch.missed == 0 {
-            return;
-        }
-        let mut text = String::new();
-        if batch.missed > 0 {
-            text.push_str(&format!(
-                "event: dropped\ndata: {}\n\n",
-                serde_json::json!({ "missed": batch.missed, "resumed_at": batch.events.first().map_or(batch.next, |e| e.id) })
-            ));
-        }
-        for event in &batch.events {
-            let data = serde_json::to_vec(event.as_ref())
-                .map(ascii_json)
-                .unwrap_or_default();
-            text.push_str(&format!(
-                "id: {}\nevent: {}\ndata: {}\n\n",
-                event.id,
-                event.event,
-                String::from_utf8_lossy(&data)
-            ));
-        }
-        if text.is_empty() {
-            text.push_str(": keep-alive\n\n");
-        }
-        next = batch.next;
-        if writer.write_all(text.as_bytes()).is_err() {
-            return;
-        }
-    }
 }
 
 /// Gets the answer to a routed request: the server's own, or the VMM's.
@@ -715,46 +548,4 @@ fn ask_vmm(shared: &Shared, request: ApiRequest) -> ApiResponse {
             format!("The VMM dropped the {endpoint} request unanswered."),
         ),
     }
-}
-
-/// The wire body of a response and its content type: none for 204 or a null body.
-pub(crate) fn encode_body(response: &ApiResponse) -> Option<(&'static str, Vec<u8>)> {
-    if response.status == 204 {
-        return None;
-    }
-    if let Some(text) = &response.text {
-        return Some((text.content_type, text.text.clone().into_bytes()));
-    }
-    if response.body.is_null() {
-        return None;
-    }
-    Some((
-        http::JSON,
-        ascii_json(
-            serde_json::to_vec(&response.body)
-                .unwrap_or_else(|_| error_body("The response could not be encoded.")),
-        ),
-    ))
-}
-
-/// `json` with every non-ASCII character escaped (`\uXXXX`): Cloud Hypervisor's client
-/// decodes each 256-byte read as UTF-8 on its own and fails on a character split between
-/// two reads. Outside strings JSON is ASCII already, so only string contents change.
-fn ascii_json(json: Vec<u8>) -> Vec<u8> {
-    if json.is_ascii() {
-        return json;
-    }
-    let text = String::from_utf8_lossy(&json);
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if c.is_ascii() {
-            out.push(c);
-        } else {
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
-        }
-    }
-    out.into_bytes()
 }

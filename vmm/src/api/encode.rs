@@ -1,0 +1,55 @@
+//! Response bodies as they go on the wire: JSON escaped to ASCII.
+
+use super::http;
+use super::ApiResponse;
+
+/// `{"error": message}`, as sent.
+pub(super) fn error_body(message: &str) -> Vec<u8> {
+    ascii_json(
+        serde_json::json!({ "error": message })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+/// The wire body of a response and its content type: none for 204 or a null body.
+pub(crate) fn encode_body(response: &ApiResponse) -> Option<(&'static str, Vec<u8>)> {
+    if response.status == 204 {
+        return None;
+    }
+    if let Some(text) = &response.text {
+        return Some((text.content_type, text.text.clone().into_bytes()));
+    }
+    if response.body.is_null() {
+        return None;
+    }
+    Some((
+        http::JSON,
+        ascii_json(
+            serde_json::to_vec(&response.body)
+                .unwrap_or_else(|_| error_body("The response could not be encoded.")),
+        ),
+    ))
+}
+
+/// `json` with every non-ASCII character escaped (`\uXXXX`): Cloud Hypervisor's client
+/// decodes each 256-byte read as UTF-8 on its own and fails on a character split between
+/// two reads. Outside strings JSON is ASCII already, so only string contents change.
+pub(super) fn ascii_json(json: Vec<u8>) -> Vec<u8> {
+    if json.is_ascii() {
+        return json;
+    }
+    let text = String::from_utf8_lossy(&json);
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out.into_bytes()
+}
