@@ -7,6 +7,7 @@
 //! plugvm runs. The guest image and the plugvm binary are prepared outside first (the test
 //! bed has no network and is slow at building).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -99,40 +100,53 @@ pub fn guest_test_binary() -> PathBuf {
 /// timeouts cannot fire) is cut here, so that a retry still fits the run's 30 minutes.
 const ATTEMPT_TIMEOUT_S: &str = "300";
 
+/// How long a batch (every test of a binary in one test bed, see [`run_batch`]) may go without
+/// a test finishing before it counts as hung and is cut: the longest test takes about 2 min.
+const BATCH_PROGRESS_TIMEOUT: Duration = Duration::from_secs(300);
+/// The bound of a whole batch, in seconds.
+const BATCH_TIMEOUT_S: &str = "1500";
+
 /// Returns `true` when the caller should run its test body here. Otherwise runs test
 /// `name` of this binary inside the nested-KVM test bed, panics if it failed there, and
 /// returns `false`.
+///
+/// The first guest test of a binary to get here runs every test of the binary in one test bed
+/// (a bed costs about 8 s to start and stop); each test then takes its result from that batch,
+/// and one that failed there, or did not run, is run again alone.
 pub fn run_here_or_in_kvm_host(name: &str) -> bool {
     if std::env::var_os(INSIDE_VAR).is_some() || host_has_hardware_virtualization() {
         return true;
     }
     let binary = plugvm_binary();
     let _ = guest_image();
+    static BATCH: OnceLock<BTreeMap<String, bool>> = OnceLock::new();
+    let batch = BATCH.get_or_init(|| {
+        if batch_wanted() {
+            run_batch(&binary)
+        } else {
+            BTreeMap::new()
+        }
+    });
+    let first_attempt = match batch.get(name) {
+        Some(true) => return false,
+        Some(false) => {
+            eprintln!("{name} failed in its binary's batch; running it alone");
+            2
+        }
+        None => 1,
+    };
     // One nested host at a time: each is a TCG VM that wants both cores and gigabytes of
     // memory, so guest tests of parallel test threads (or binaries) take turns.
     let _turn = test_bed_lock();
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let kvm_host = workspace_root().join("resources/kvm-host.sh");
-    // The nested test bed (a TCG-emulated SVM host) now and then stalls a guest vCPU for
-    // good or resets the guest early in its boot (seen: a boot stopping mid-line, a triple
-    // fault 2.9 s into the kernel, a hot-added CPU never coming up), more often while the
-    // host is loaded, also under QEMU; and once in a while the outer VM's own kernel locks up
-    // (its watchdog: "soft lockup ... [plugvm]"), which the attempt's timeout ends. What is
-    // known: every boot in the bed warns "XSAVE consistency problem" (QEMU's TCG does not let
-    // the outer KVM intercept the inner guest's XSETBV, so the inner guest's XCR0 is not what
-    // KVM thinks), yet booting with `noxsave` stalled as often (2 in 6 boots); 19 boots in a
-    // row with the console on the bed's tmpfs and a watcher polling plugvm all passed, against
-    // 3 stalls in 16 with the console on a 9p-mounted file. The cause is not pinned down. A
-    // test that fails there is run again before it counts as failed; a real plugvm bug fails
-    // every time. PLUGVM_TEST_ATTEMPTS sets the number of attempts (default 4); each retry
-    // prints a WARNING, and resources/run-tests.sh ends with their count.
     let attempts: u32 = std::env::var("PLUGVM_TEST_ATTEMPTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n >= 1)
         .unwrap_or(4);
     let mut last = None;
-    for attempt in 1..=attempts {
+    for attempt in first_attempt..=attempts.max(first_attempt) {
         eprintln!("running {name} inside the nested KVM host (attempt {attempt} of {attempts})");
         // PLUGVM_TEST_ATTEMPT_TIMEOUT_S: for the long runs that are not CI tests (the soak).
         let timeout = std::env::var("PLUGVM_TEST_ATTEMPT_TIMEOUT_S")
@@ -169,6 +183,126 @@ pub fn run_here_or_in_kvm_host(name: &str) -> bool {
         last = Some(status);
     }
     panic!("{name} failed inside the nested KVM host in all {attempts} attempts ({last:?})");
+}
+
+/// Whether to run the binary's tests as one batch: not when the run was narrowed to some
+/// tests (a name filter, `--exact`, `--ignored`: the batch would run the others too), nor with
+/// `PLUGVM_TEST_BATCH=0`.
+fn batch_wanted() -> bool {
+    if std::env::var("PLUGVM_TEST_BATCH").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            // Options of libtest that take a value.
+            "--test-threads" | "--color" | "--format" | "--logfile" | "--skip" | "-Z" => {
+                let _ = args.next();
+            }
+            "--exact" | "--ignored" | "--include-ignored" => return false,
+            a if a.starts_with('-') => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Runs every (not ignored) test of this binary inside one test bed and returns which passed
+/// (`true`) and failed (`false`); a test missing from the map did not run (the bed failed or
+/// hung, or the test is not a guest test). The bed's output is shown as it comes.
+fn run_batch(binary: &Path) -> BTreeMap<String, bool> {
+    use std::os::unix::process::CommandExt;
+    let _turn = test_bed_lock();
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let kvm_host = workspace_root().join("resources/kvm-host.sh");
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    eprintln!("running every test of {name} in one nested KVM host");
+    let mut child = match Command::new(&kvm_host)
+        .args(["--timeout", BATCH_TIMEOUT_S, "--"])
+        .arg(&exe)
+        .arg("--test-threads=1")
+        .env(BIN_VAR, binary)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // Its own process group: a hung batch is killed with the bed's QEMU.
+        .process_group(0)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("cannot run {}: {e}", kvm_host.display());
+            return BTreeMap::new();
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return BTreeMap::new();
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut results = BTreeMap::new();
+    let mut last_progress = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => {
+                // Straight to the process's stderr, past the harness's capture: a failure in
+                // the batch must show in the run's output even when the retry passes.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "[batch] {line}");
+                if let Some((test, ok)) = parse_result(&line) {
+                    results.insert(test, ok);
+                    last_progress = Instant::now();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if last_progress.elapsed() > BATCH_PROGRESS_TIMEOUT {
+                    eprintln!(
+                        "the batch of {name} finished no test in {BATCH_PROGRESS_TIMEOUT:?}: cut"
+                    );
+                    if let Ok(pgid) = i32::try_from(child.id()) {
+                        // SAFETY: kill(2) with a process group id and a signal number; no
+                        // memory is involved.
+                        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    let status = child.wait();
+    let failed: Vec<&String> = results
+        .iter()
+        .filter(|(_, ok)| !**ok)
+        .map(|(t, _)| t)
+        .collect();
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "the batch of {name} ended ({status:?}): {} passed, failed: {failed:?}",
+        results.values().filter(|ok| **ok).count()
+    );
+    results
+}
+
+/// A libtest result line, `test NAME ... ok` or `test NAME ... FAILED`.
+fn parse_result(line: &str) -> Option<(String, bool)> {
+    let rest = line.strip_prefix("test ")?;
+    let (test, verdict) = rest.rsplit_once(" ... ")?;
+    match verdict.trim_end() {
+        "ok" => Some((test.to_string(), true)),
+        "FAILED" => Some((test.to_string(), false)),
+        _ => None,
+    }
 }
 
 /// Holds an exclusive lock on a file under the target directory while alive.
