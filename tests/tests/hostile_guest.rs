@@ -12,10 +12,13 @@
 //! vCPU threads and the guest agree on the CPUs present, the host still removes what it added
 //! with the guest's answers, and plugvm's file descriptors are where they started.
 //!
-//! No 64-bit accesses: in the nested test bed they take down the outer VM itself (its kernel
-//! dies, QEMU exits; 3 runs of 3), which no VMM inside it can prevent. The registers are 8-
-//! and 32-bit; the rig of `vmm/src/fuzzing.rs` and the `hotplug_registers` fuzz target feed them
-//! every width.
+//! Not a CI test in the nested test bed (`resources/bench/hostile-guest.sh` runs it): there it
+//! takes down the bed itself in about two runs of five (the outer VM's kernel dies, or hangs
+//! until the attempt's 300 s are up), which no VMM inside it can prevent and which would cost
+//! a CI run minutes or its result. With 64-bit accesses it did so 3 runs of 3, so those are
+//! left out (the registers are 8- and 32-bit; the rig of `vmm/src/fuzzing.rs` and the
+//! `hotplug_registers` fuzz target feed them every width). On a host with VT-x/AMD-V, where
+//! guest tests run directly, drop the `#[ignore]`.
 
 use std::time::{Duration, Instant};
 
@@ -130,6 +133,7 @@ fn present_cpus(s: &GuestSession) -> usize {
 }
 
 kvm_guest_test! {
+    #[ignore = "takes the nested test bed down in about 2 runs of 5: resources/bench/hostile-guest.sh"]
     fn a_hostile_guest_hurts_only_itself() {
         let s = GuestSession::start_with_args(
             "boot=2,max=4",
