@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets in fuzz/ with libFuzzer's coverage instrumentation and runs each one.
 #
-# Usage: resources/fuzz.sh [--seconds N] [--jobs N] [TARGET...]
-#   --seconds N  how long each target runs (default 10: the short run of .ci/run)
+# Usage: resources/fuzz.sh [--seconds N] [--seed N] [TARGET...]
+#   --seconds N  how long each target runs (default 10)
+#   --seed N     libFuzzer's seed (default: a new one each run); run-tests.sh passes one, so
+#                that CI's short run repeats itself
 #   TARGET       fuzz_targets/TARGET.rs (default: all of them)
 # Exit status: 0 when no target crashed; 1 when one did (its input is kept in
 # fuzz/artifacts/TARGET/, to be turned into a regression test); 2 on usage errors.
@@ -16,16 +18,18 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=10
+seed=0
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --seed) seed=${2:?--seed needs a value}; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
 done
-case "$seconds" in ''|*[!0-9]*) echo "fuzz.sh: --seconds takes a whole number" >&2; exit 2 ;; esac
+case "$seconds$seed" in ''|*[!0-9]*) echo "fuzz.sh: --seconds and --seed take whole numbers" >&2; exit 2 ;; esac
 if [ ${#targets[@]} -eq 0 ]; then
     for f in "$repo"/fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
 fi
@@ -51,7 +55,8 @@ for t in "${targets[@]}"; do
     [ -d "$seeds" ] || seeds=""
     echo "==> fuzzing $t for ${seconds}s" >&2
     # -rss_limit_mb and -timeout turn a leak or a hang into a reported failure.
-    if "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
+    # -seed=0 lets libFuzzer pick one.
+    if "$bin" -seed="$seed" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
         -print_final_stats=1 -artifact_prefix="$artifacts/" "$corpus" ${seeds:+"$seeds"} \
         > "$CARGO_TARGET_DIR/$t.log" 2>&1; then
         grep -E '^stat::(number_of_executed_units|new_units_added)' "$CARGO_TARGET_DIR/$t.log" \
