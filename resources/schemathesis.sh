@@ -7,6 +7,10 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 version=4.32.5
 venv="${CARGO_TARGET_DIR:-$repo/target}/schemathesis-$version"
 bin="$venv/bin/schemathesis"
+mkdir -p "$(dirname "$venv")"
+# One installer at a time (test binaries may ask together); the others wait, then find it.
+exec 9>"$venv.lock"
+flock 9
 if [ ! -x "$bin" ]; then
     echo "schemathesis.sh: installing schemathesis $version into $venv" >&2
     rm -rf "$venv"

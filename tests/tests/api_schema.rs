@@ -27,19 +27,28 @@ const SEED: &str = "20261129";
 /// Bounds one Schemathesis run (it takes about 15 s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Schemathesis' command, installed once per process (the tests run in parallel threads).
 fn schemathesis() -> PathBuf {
-    let script = workspace_root().join("resources/schemathesis.sh");
-    let out = Command::new(&script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    static INSTALLED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        let script = workspace_root().join("resources/schemathesis.sh");
+        let out = Command::new(&script)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    match result {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// A TCP port on loopback forwarding each connection to the API's Unix socket (Schemathesis
