@@ -27,7 +27,7 @@ echo "==> test-bed retries: $retries (a guest test that failed in the nested bed
 grep '^WARNING: test-bed retry' "$log" >&2 || true
 
 # The short fuzzing run (about a minute in all; docs/fuzzing.md has the longer one).
-echo "==> fuzzing (resources/fuzz.sh --seconds ${PLUGVM_FUZZ_SECONDS:-12})" >&2
+echo "==> fuzzing (resources/fuzz.sh --seconds ${PLUGVM_FUZZ_SECONDS:-8})" >&2
 # A fixed seed: CI's short run repeats itself; exploring is the longer runs' job.
-"$repo/resources/fuzz.sh" --seconds "${PLUGVM_FUZZ_SECONDS:-12}" --seed "${PLUGVM_FUZZ_SEED:-20261129}" || status=1
+"$repo/resources/fuzz.sh" --seconds "${PLUGVM_FUZZ_SECONDS:-8}" --seed "${PLUGVM_FUZZ_SEED:-20261129}" || status=1
 exit "$status"

@@ -96,13 +96,13 @@ pub fn guest_test_binary() -> PathBuf {
 }
 
 /// How long one attempt of a guest test may take in the test bed, in seconds. A test takes
-/// 15 s to 1.5 min there; an attempt that hangs (the bed's own kernel stalled: its tests'
+/// 15 s to 1 min there; an attempt that hangs (the bed's own kernel stalled: its tests'
 /// timeouts cannot fire) is cut here, so that a retry still fits the run's 30 minutes.
-const ATTEMPT_TIMEOUT_S: &str = "200";
+const ATTEMPT_TIMEOUT_S: &str = "150";
 
 /// How long a batch (every test of a binary in one test bed, see [`run_batch`]) may go without
-/// a test finishing before it counts as hung and is cut: the longest test takes about 1.5 min.
-const BATCH_PROGRESS_TIMEOUT: Duration = Duration::from_secs(180);
+/// a test finishing before it counts as hung and is cut: the longest test takes about 1 min.
+const BATCH_PROGRESS_TIMEOUT: Duration = Duration::from_secs(120);
 /// The bound of a whole batch, in seconds.
 const BATCH_TIMEOUT_S: &str = "1500";
 
