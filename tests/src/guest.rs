@@ -48,19 +48,7 @@ impl GuestImage {
 pub fn guest_image() -> GuestImage {
     static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
     let result = IMAGE.get_or_init(|| {
-        let script = workspace_root().join("resources/guest-image.sh");
-        let out = Command::new(&script)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed:\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = crate::resource_script_output("guest-image.sh")?;
         let get = |key: &str| {
             stdout
                 .lines()

@@ -128,6 +128,47 @@ pub fn plugvm_api_first(socket: &Path) -> Command {
     command
 }
 
+/// Runs `resources/NAME` with no input and returns what it printed on stdout, or an error
+/// naming the script with what it printed on stderr.
+pub fn resource_script_output(name: &str) -> Result<String, String> {
+    let script = workspace_root().join("resources").join(name);
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts [`plugvm_api_first`] on `api.sock` in a new scratch directory (`label` names it),
+/// output to /dev/null and stderr, with what `setup` adds to the command; waits (10 s at
+/// most) for the socket. Returns the process, the socket and the directory (keep it alive).
+pub fn spawn_api_first(
+    label: &str,
+    setup: impl FnOnce(&mut Command, &ScratchDir),
+) -> (std::process::Child, PathBuf, ScratchDir) {
+    let dir = ScratchDir::new(label);
+    let socket = dir.join("api.sock");
+    let mut command = plugvm_api_first(&socket);
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    setup(&mut command, &dir);
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start plugvm: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no API socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, socket, dir)
+}
+
 /// Runs plugvm with `args` (without argv\[0\]) and [`DEFAULT_TIMEOUT`]. See
 /// [`run_plugvm_with_timeout`].
 pub fn run_plugvm<I, S>(args: I) -> Output

@@ -15,7 +15,7 @@ use plugvm_tests::ch_clients::{
 };
 use plugvm_tests::metrics::{metric, Scrape};
 use plugvm_tests::{
-    idle_elf_kernel, kill_bounded, plugvm_api_first, plugvm_remote_binary, run_with_timeout,
+    idle_elf_kernel, kill_bounded, plugvm_remote_binary, run_with_timeout, spawn_api_first,
     ScratchDir,
 };
 use serde_json::{json, Value};
@@ -34,19 +34,7 @@ impl Vmm {
     /// Starts `plugvm --api-socket` with what `setup` adds to the command (given the
     /// scratch directory).
     fn start_with(setup: impl FnOnce(&mut Command, &ScratchDir)) -> Vmm {
-        let dir = ScratchDir::new("api-first");
-        let socket = dir.join("api.sock");
-        let mut command = plugvm_api_first(&socket);
-        command.stdout(Stdio::null()).stderr(Stdio::inherit());
-        setup(&mut command, &dir);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start plugvm: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "no API socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (child, socket, dir) = spawn_api_first("api-first", setup);
         Vmm { child, socket, dir }
     }
 

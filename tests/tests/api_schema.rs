@@ -16,10 +16,11 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plugvm_tests::{
-    idle_elf_kernel, kill_bounded, plugvm_api_first, run_with_timeout, workspace_root, ScratchDir,
+    idle_elf_kernel, kill_bounded, resource_script_output, run_with_timeout, spawn_api_first,
+    workspace_root, ScratchDir,
 };
 
 /// Fixed, so that a run is repeatable; a longer run with other seeds is in docs/fuzzing.md.
@@ -31,19 +32,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 fn schemathesis() -> PathBuf {
     static INSTALLED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let result = INSTALLED.get_or_init(|| {
-        let script = workspace_root().join("resources/schemathesis.sh");
-        let out = Command::new(&script)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed:\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        resource_script_output("schemathesis.sh").map(|out| PathBuf::from(out.trim()))
     });
     match result {
         Ok(path) => path.clone(),
@@ -98,18 +87,7 @@ struct Vmm {
 
 impl Vmm {
     fn start(label: &str) -> Vmm {
-        let dir = ScratchDir::new(label);
-        let socket = dir.join("api.sock");
-        let mut command = plugvm_api_first(&socket);
-        command.stdout(Stdio::null()).stderr(Stdio::inherit());
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start plugvm: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "no API socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (child, socket, dir) = spawn_api_first(label, |_, _| {});
         let kernel = dir.write("idle.elf", idle_elf_kernel());
         let vmm = Vmm {
             child,
