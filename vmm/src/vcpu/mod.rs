@@ -113,7 +113,6 @@ pub fn configure_vcpu(
 /// Starts the thread of vCPU `id`, in [`VcpuState::Created`]: it enters `KVM_RUN` on
 /// [`VcpuCommand::Run`]. If the thread cannot start, the vCPU's fd comes back with the error
 /// (KVM cannot destroy a vCPU: the next start of `id` must reuse it).
-#[allow(clippy::result_large_err)]
 pub fn spawn_vcpu(
     id: u32,
     fd: VcpuFd,
