@@ -17,7 +17,9 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::api::{self, ApiMessage, ApiRequest, ApiResponse, ApiServerHandle, Responder};
+use crate::api::{
+    self, ApiMessage, ApiRequest, ApiResponse, ApiServerHandle, RequestError, Responder,
+};
 use crate::config::{HostLimits, VmConfig};
 use crate::console::StdinRoute;
 use crate::events::{self, EventLog};
@@ -38,10 +40,13 @@ impl ApiEndpoint {
     /// Answers every request still queued with 503.
     fn refuse_pending(&self, why: &str) {
         for msg in self.requests.try_iter() {
-            let _ = msg.respond.send(ApiResponse::error(
-                503,
-                format!("{} was not handled: {why}", msg.request.endpoint()),
-            ));
+            let _ = msg.respond.send(
+                RequestError::VmmUnavailable(format!(
+                    "{} was not handled: {why}",
+                    msg.request.endpoint()
+                ))
+                .into(),
+            );
         }
     }
 }
@@ -225,7 +230,7 @@ impl<'k> Vmm<'k> {
         let reason = match result {
             Ok(reason) => reason,
             Err(e) => {
-                answer_all(deferred, ApiResponse::error(500, e.to_string()));
+                answer_all(deferred, RequestError::HostFailure(e.to_string()).into());
                 return Err(e);
             }
         };
@@ -297,7 +302,8 @@ impl<'k> Vmm<'k> {
         let respond = msg.respond;
         let endpoint = msg.request.endpoint();
         let not_running = |what: &str| {
-            ApiResponse::error(409, format!("{endpoint}: the VM is not running ({what})."))
+            RequestError::WrongVmState(format!("{endpoint}: the VM is not running ({what})."))
+                .into()
         };
         let state = if self.config.is_some() {
             "it is created, not booted: vm.boot boots it"
@@ -324,15 +330,16 @@ impl<'k> Vmm<'k> {
             ApiRequest::VmInfo => match &self.config {
                 Some(config) => ApiResponse::ok(info::created(config)),
                 None => {
-                    ApiResponse::error(404, "vm.info: no VM is created (vm.create creates one).")
+                    RequestError::NoVm("vm.info: no VM is created (vm.create creates one).".into())
+                        .into()
                 }
             },
             ApiRequest::Metrics => self.metrics(),
             ApiRequest::Boot => match self.config.clone() {
-                None => ApiResponse::error(
-                    404,
-                    "vm.boot: no VM is created (vm.create creates one first).",
-                ),
+                None => RequestError::NoVm(
+                    "vm.boot: no VM is created (vm.create creates one first).".into(),
+                )
+                .into(),
                 Some(config) => return self.boot(&config, respond),
             },
             ApiRequest::Shutdown
@@ -362,16 +369,16 @@ impl<'k> Vmm<'k> {
 
     fn create(&mut self, mut config: VmConfig) -> ApiResponse {
         if self.config.is_some() {
-            return ApiResponse::error(
-                409,
-                "vm.create: a VM is already created; vm.delete it first.",
-            );
+            return RequestError::WrongVmState(
+                "vm.create: a VM is already created; vm.delete it first.".into(),
+            )
+            .into();
         }
         config.api_socket = None;
         config.guest_eject = self.launch.guest_eject;
         config.event_monitor = None;
         if let Err(e) = config.validate(&self.host) {
-            return ApiResponse::error(400, format!("vm.create: {e}."));
+            return RequestError::InvalidVmConfig(format!("vm.create: {e}.")).into();
         }
         tracing::info!(
             vcpus = config.cpus.boot,
@@ -387,7 +394,7 @@ impl<'k> Vmm<'k> {
     fn boot(&mut self, config: &VmConfig, respond: Responder) -> Option<Step> {
         // The files may have changed since vm.create.
         if let Err(e) = config.validate_files() {
-            let _ = respond.send(ApiResponse::error(400, format!("vm.boot: {e}.")));
+            let _ = respond.send(RequestError::InvalidVmConfig(format!("vm.boot: {e}.")).into());
             return None;
         }
         match self.start_vm(config) {
@@ -402,8 +409,13 @@ impl<'k> Vmm<'k> {
                     "boot_failed",
                     serde_json::json!({ "error": e.to_string() }),
                 );
-                let status = if e.is_config_error() { 400 } else { 500 };
-                let _ = respond.send(ApiResponse::error(status, format!("vm.boot: {e}.")));
+                let message = format!("vm.boot: {e}.");
+                let cause = if e.is_config_error() {
+                    RequestError::InvalidVmConfig(message)
+                } else {
+                    RequestError::HostFailure(message)
+                };
+                let _ = respond.send(cause.into());
                 None
             }
         }

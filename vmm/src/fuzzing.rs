@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::http::{self, HeadError};
 use crate::api::routing::{self, Action};
-use crate::api::{ApiResponse, MAX_BODY_BYTES};
+use crate::api::{ApiResponse, RequestError, MAX_BODY_BYTES};
 use crate::cpu_manager::CpuControllerParticipant;
 use crate::hotplug_service::{self, HotplugService};
 use crate::memory::GuestRange;
@@ -40,9 +40,9 @@ pub fn serve_bytes(input: &[u8]) -> Vec<u16> {
         }
         let head = match http::read_head(&mut reader) {
             Ok(head) => head,
-            Err(HeadError::Reject(status, message)) => {
-                check_error_answer(status, &message);
-                statuses.push(status);
+            Err(HeadError::Reject(e)) => {
+                statuses.push(e.status());
+                check_error_answer(e);
                 break;
             }
             Err(_) => break,
@@ -82,21 +82,22 @@ pub fn route_request(method: &str, target: &str, body: &[u8]) -> u16 {
         }
         Ok(Action::Stream(_)) => 200,
         Err(e) => {
-            let (status, message, _allow) = e.into_parts();
-            check_error_answer(status, &message);
+            let status = e.status();
+            check_error_answer(e);
             status
         }
     }
 }
 
-fn check_error_answer(status: u16, message: &str) {
+fn check_error_answer(error: RequestError) {
+    let status = error.status();
     // 505 (HTTP Version Not Supported) is the one 5xx status that names the client's fault.
     assert!(
         (400..500).contains(&status) || status == 505,
-        "bad input answered {status}: {message}"
+        "bad input answered {status}: {error}"
     );
-    assert!(!message.is_empty(), "an error without a message");
-    check_wire(&ApiResponse::error(status, message));
+    assert!(!error.to_string().is_empty(), "an error without a message");
+    check_wire(&ApiResponse::from(error));
 }
 
 fn check_wire(response: &ApiResponse) {

@@ -11,13 +11,10 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
-use hotplug::{
-    Clock, Completion, Directive, Engine, FailureReason, GuestEvent, Report, Request, TxId,
-    TxStatus,
-};
+use hotplug::{Clock, Completion, Directive, Engine, GuestEvent, Report, Request, TxId, TxStatus};
 use serde_json::json;
 
-use crate::api::ApiResponse;
+use crate::api::{ApiResponse, RequestError};
 use crate::counters::HotplugCounters;
 use crate::events::EventLog;
 pub use crate::guest_observations::{
@@ -146,10 +143,12 @@ impl HotplugService {
         tracing::info!(?request, "hotplug request");
         if self.paused {
             self.count_refused(&request, Refusal::Paused);
-            let _ = respond.send(ApiResponse::error(
-                409,
-                "The VM is paused: resume it (vm.resume) before hotplugging.",
-            ));
+            let _ = respond.send(
+                RequestError::WrongVmState(
+                    "The VM is paused: resume it (vm.resume) before hotplugging.".into(),
+                )
+                .into(),
+            );
             return;
         }
         let begun = match self.engine.begin(request.clone()) {
@@ -163,14 +162,7 @@ impl HotplugService {
                     None,
                     json!({ "request": request, "error": e.to_string() }),
                 );
-                let status = match e {
-                    // Cloud Hypervisor's answer to a resize while a change is pending, and the
-                    // one Kata Containers retries on.
-                    hotplug::Error::Conflict { .. } => 429,
-                    hotplug::Error::Invalid(_) => 422,
-                    hotplug::Error::RegisterInFlight { .. } => 500,
-                };
-                let _ = respond.send(ApiResponse::error(status, e.to_string()));
+                let _ = respond.send(RequestError::HotplugRefused(e).into());
                 return;
             }
         };
@@ -249,7 +241,8 @@ impl HotplugService {
     /// transaction's record as it stands.
     pub fn abandon_waiters(&mut self, why: &str) {
         for (id, waiters) in std::mem::take(&mut self.waiters) {
-            let mut response = ApiResponse::error(503, format!("{id} did not finish: {why}"));
+            let mut response: ApiResponse =
+                RequestError::VmmUnavailable(format!("{id} did not finish: {why}")).into();
             if let Some(body) = response.body.as_object_mut() {
                 body.insert("transaction".into(), self.record_json(id));
             }
@@ -317,14 +310,17 @@ impl HotplugService {
                 ApiResponse::ok(json!({ "transaction": record }))
             }
             TxStatus::RolledBack | TxStatus::Rejected => {
-                let (status, message) = match failure(&done.outcome) {
-                    Some((device, reason)) => (
-                        status_for(reason),
-                        format!("{} {device}: {reason}", done.id),
-                    ),
-                    None => (500, format!("{} ended without committing", done.id)),
+                let error = match failure(&done.outcome) {
+                    Some((device, reason)) => RequestError::HotplugFailed {
+                        reason: Some(reason.clone()),
+                        message: format!("{} {device}: {reason}", done.id),
+                    },
+                    None => RequestError::HotplugFailed {
+                        reason: None,
+                        message: format!("{} ended without committing", done.id),
+                    },
                 };
-                let mut response = ApiResponse::error(status, message);
+                let mut response = ApiResponse::from(error);
                 if let Some(body) = response.body.as_object_mut() {
                     body.insert("transaction".into(), record);
                 }
@@ -347,21 +343,9 @@ impl HotplugService {
     pub fn transaction(&self, id: u64) -> ApiResponse {
         match self.engine.transaction(TxId(id)) {
             Some(r) => ApiResponse::ok(json!({ "transaction": r })),
-            None => ApiResponse::error(404, format!("no transaction {id} in the journal")),
+            None => RequestError::NoSuchTransaction(format!("no transaction {id} in the journal"))
+                .into(),
         }
-    }
-}
-
-/// The HTTP status that tells the caller why a device did not commit.
-pub fn status_for(reason: &FailureReason) -> u16 {
-    match reason {
-        FailureReason::Invalid { .. }
-        | FailureReason::Vetoed { .. }
-        | FailureReason::GuestEjectDenied => 422,
-        FailureReason::GuestRefused { .. } | FailureReason::GuestEjectedDuringAdd => 502,
-        FailureReason::Timeout { .. } => 504,
-        FailureReason::PrepareFailed { .. } | FailureReason::PublishFailed { .. } => 500,
-        FailureReason::BatchAborted { .. } => 409,
     }
 }
 

@@ -10,7 +10,7 @@ use devices::{
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::api::{ApiMessage, ApiRequest, ApiResponse, Responder};
+use crate::api::{ApiMessage, ApiRequest, ApiResponse, RequestError, Responder};
 use crate::config::VmConfig;
 use crate::console::QueuedOutput;
 use crate::control::{ApiEndpoint, VmmLinks};
@@ -118,14 +118,17 @@ impl RequestHandler {
             ApiRequest::Delete => return self.end_vm(ExitReason::Delete, respond),
             ApiRequest::VmmShutdown => return self.end_vm(ExitReason::VmmShutdown, respond),
             ApiRequest::Create(_) => {
-                let _ = respond.send(ApiResponse::error(
-                    409,
-                    "A VM already exists and is running; vm.delete it first.",
-                ));
+                let _ = respond.send(
+                    RequestError::WrongVmState(
+                        "A VM already exists and is running; vm.delete it first.".into(),
+                    )
+                    .into(),
+                );
                 return;
             }
             ApiRequest::Boot => {
-                let _ = respond.send(ApiResponse::error(409, "The VM is already booted."));
+                let _ = respond
+                    .send(RequestError::WrongVmState("The VM is already booted.".into()).into());
                 return;
             }
             ApiRequest::PowerButton => {
@@ -187,7 +190,7 @@ impl RequestHandler {
         match self.hotplug.lock() {
             Ok(mut h) => h.request(request, wait, respond),
             Err(_) => {
-                let _ = respond.send(ApiResponse::error(500, "The hotplug service failed."));
+                let _ = respond.send(hotplug_service_failed());
             }
         }
     }
@@ -195,26 +198,26 @@ impl RequestHandler {
     fn with_hotplug(&self, f: impl FnOnce(&HotplugService) -> ApiResponse) -> ApiResponse {
         match self.hotplug.lock() {
             Ok(h) => f(&h),
-            Err(_) => ApiResponse::error(500, "The hotplug service failed."),
+            Err(_) => hotplug_service_failed(),
         }
     }
 
     fn pause(&mut self) -> ApiResponse {
         if self.paused {
-            return ApiResponse::error(409, "The VM is already paused.");
+            return RequestError::WrongVmState("The VM is already paused.".into()).into();
         }
         let Ok(mut hotplug) = self.hotplug.lock() else {
-            return ApiResponse::error(500, "The hotplug service failed.");
+            return hotplug_service_failed();
         };
         // The guest could not answer a transaction while paused; its deadline would expire.
         if hotplug.in_flight() {
-            return ApiResponse::error(
-                429,
-                "A hotplug transaction is waiting for the guest; pause once it has ended.",
-            );
+            return RequestError::TransactionWaiting(
+                "A hotplug transaction is waiting for the guest; pause once it has ended.".into(),
+            )
+            .into();
         }
         let Ok(vcpus) = self.vcpus.lock() else {
-            return ApiResponse::error(500, "The vCPU set failed.");
+            return RequestError::HostFailure("The vCPU set failed.".into()).into();
         };
         hotplug.set_paused(true);
         self.paused = true;
@@ -222,7 +225,7 @@ impl RequestHandler {
             // pause_all has told every vCPU to run again: the VM is not paused.
             hotplug.set_paused(false);
             self.paused = false;
-            return ApiResponse::error(500, format!("Cannot pause the VM: {e}."));
+            return RequestError::HostFailure(format!("Cannot pause the VM: {e}.")).into();
         }
         tracing::info!("VM paused");
         self.events
@@ -232,11 +235,11 @@ impl RequestHandler {
 
     fn resume(&mut self) -> ApiResponse {
         if !self.paused {
-            return ApiResponse::error(409, "The VM is not paused.");
+            return RequestError::WrongVmState("The VM is not paused.".into()).into();
         }
         if let Ok(vcpus) = self.vcpus.lock() {
             if let Err(e) = vcpus.resume_all(VCPU_ACK_TIMEOUT) {
-                return ApiResponse::error(500, format!("Cannot resume the VM: {e}."));
+                return RequestError::HostFailure(format!("Cannot resume the VM: {e}.")).into();
             }
         }
         if let Ok(mut hotplug) = self.hotplug.lock() {
@@ -252,10 +255,10 @@ impl RequestHandler {
     /// Presses the ACPI power button: the GED tells the guest, which decides what to do.
     fn power_button(&self) -> ApiResponse {
         if self.paused {
-            return ApiResponse::error(
-                409,
-                "vm.power-button: the VM is paused; vm.resume it first.",
-            );
+            return RequestError::WrongVmState(
+                "vm.power-button: the VM is paused; vm.resume it first.".into(),
+            )
+            .into();
         }
         match self.ged.notify(GedEvent::PowerButton) {
             Ok(()) => {
@@ -264,7 +267,7 @@ impl RequestHandler {
                     .publish("vm", "power_button", None, serde_json::json!({}));
                 ApiResponse::no_content()
             }
-            Err(e) => ApiResponse::error(500, format!("vm.power-button: {e}.")),
+            Err(e) => RequestError::HostFailure(format!("vm.power-button: {e}.")).into(),
         }
     }
 
@@ -467,4 +470,9 @@ impl MutEventSubscriber for RequestHandler {
             tracing::error!("cannot watch the API wake-up event: {e:?}");
         }
     }
+}
+
+/// The hotplug service's lock is poisoned: a thread panicked while holding it.
+fn hotplug_service_failed() -> ApiResponse {
+    RequestError::HostFailure("The hotplug service failed.".into()).into()
 }

@@ -20,7 +20,8 @@ const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// log's capacity gets a `dropped` event saying how many it missed.
 pub(super) fn stream_events(shared: &Shared, writer: &mut UnixStream, from: Option<u64>) {
     let Some(log) = shared.events.get().cloned() else {
-        return fail(writer, 503, "The event stream is not available.");
+        let gone = super::RequestError::VmmUnavailable("The event stream is not available.".into());
+        return fail(writer, &gone);
     };
     let _ = writer.set_write_timeout(Some(STREAM_WRITE_TIMEOUT));
     // Counted as an answer in progress, so that a stop lets the last events out.

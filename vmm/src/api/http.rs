@@ -8,6 +8,8 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use super::RequestError;
+
 /// Largest request line plus headers, in bytes; more gets 431.
 pub(crate) const MAX_HEAD_BYTES: u64 = 8 * 1024;
 /// Most header fields in one request; more gets 431.
@@ -42,12 +44,12 @@ pub(crate) enum HeadError {
     Broken,
     /// The request timed out after it began: 408.
     Timeout,
-    /// An answerable protocol error: status and one-sentence message.
-    Reject(u16, String),
+    /// An answerable protocol error.
+    Reject(RequestError),
 }
 
-fn reject(status: u16, message: impl Into<String>) -> HeadError {
-    HeadError::Reject(status, message.into())
+fn reject(cause: fn(String) -> RequestError, message: impl Into<String>) -> HeadError {
+    HeadError::Reject(cause(message.into()))
 }
 
 /// Maps an I/O error while reading a started request.
@@ -94,7 +96,7 @@ impl Read for DeadlineReader {
 
 fn head_too_large() -> HeadError {
     reject(
-        431,
+        RequestError::HeadTooLarge,
         format!("Request line and headers exceed {MAX_HEAD_BYTES} bytes."),
     )
 }
@@ -129,7 +131,10 @@ fn read_line<R: BufRead>(reader: &mut R, budget: &mut u64) -> Result<Option<Stri
         line.pop();
     }
     if !line.is_ascii() {
-        return Err(reject(400, "Request line and headers must be ASCII text."));
+        return Err(reject(
+            RequestError::MalformedRequest,
+            "Request line and headers must be ASCII text.",
+        ));
     }
     Ok(Some(String::from_utf8_lossy(&line).into_owned()))
 }
@@ -172,8 +177,7 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
             Some(line) if line.is_empty() => {
                 empty_lines += 1;
                 if empty_lines > MAX_LEADING_EMPTY_LINES {
-                    return Err(reject(
-                        400,
+                    return Err(reject(RequestError::MalformedRequest,
                         format!(
                             "More than {MAX_LEADING_EMPTY_LINES} empty lines before the request line."
                         ),
@@ -186,13 +190,13 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
     let parts: Vec<&str> = request_line.split(' ').collect();
     let [method, target, version] = parts[..] else {
         return Err(reject(
-            400,
+            RequestError::MalformedRequest,
             "Malformed request line; expected `METHOD /path HTTP/1.1`.",
         ));
     };
     if !is_token(method) || !target.starts_with('/') {
         return Err(reject(
-            400,
+            RequestError::MalformedRequest,
             "Malformed request line; expected `METHOD /path HTTP/1.1`.",
         ));
     }
@@ -202,11 +206,14 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
         v if matches!(v.as_bytes(), [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit()) =>
         {
-            return Err(reject(505, "Only HTTP/1.0 and HTTP/1.1 are supported."))
+            return Err(reject(
+                RequestError::UnsupportedHttpVersion,
+                "Only HTTP/1.0 and HTTP/1.1 are supported.",
+            ))
         }
         _ => {
             return Err(reject(
-                400,
+                RequestError::MalformedRequest,
                 "Malformed request line; expected `METHOD /path HTTP/1.1`.",
             ))
         }
@@ -231,18 +238,21 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
         count += 1;
         if count > MAX_HEADERS {
             return Err(reject(
-                431,
+                RequestError::HeadTooLarge,
                 format!("More than {MAX_HEADERS} header fields."),
             ));
         }
         let Some((name, value)) = line.split_once(':') else {
             return Err(reject(
-                400,
+                RequestError::MalformedRequest,
                 "Malformed header line; expected `Name: value`.",
             ));
         };
         if !is_token(name) {
-            return Err(reject(400, "Malformed header name."));
+            return Err(reject(
+                RequestError::MalformedRequest,
+                "Malformed header name.",
+            ));
         }
         let value = value.trim_matches(|c| c == ' ' || c == '\t');
         match name.to_ascii_lowercase().as_str() {
@@ -252,15 +262,23 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
                     .all(|b| b.is_ascii_digit())
                     .then(|| value.parse::<u64>().ok())
                     .flatten()
-                    .ok_or_else(|| reject(400, "Content-Length must be a non-negative integer."))?;
+                    .ok_or_else(|| {
+                        reject(
+                            RequestError::MalformedRequest,
+                            "Content-Length must be a non-negative integer.",
+                        )
+                    })?;
                 if content_length.is_some_and(|old| old != parsed) {
-                    return Err(reject(400, "Conflicting Content-Length headers."));
+                    return Err(reject(
+                        RequestError::MalformedRequest,
+                        "Conflicting Content-Length headers.",
+                    ));
                 }
                 content_length = Some(parsed);
             }
             "transfer-encoding" => {
                 return Err(reject(
-                    501,
+                    RequestError::UnsupportedTransferCoding,
                     "Transfer-Encoding is not supported; send Content-Length.",
                 ))
             }
@@ -275,7 +293,12 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> Result<RequestHead, HeadE
                 }
             }
             "expect" if value.eq_ignore_ascii_case("100-continue") => head.expect_continue = true,
-            "expect" => return Err(reject(417, "Only `Expect: 100-continue` is supported.")),
+            "expect" => {
+                return Err(reject(
+                    RequestError::UnsupportedExpectation,
+                    "Only `Expect: 100-continue` is supported.",
+                ))
+            }
             _ => {}
         }
     }
@@ -338,7 +361,7 @@ mod tests {
 
     fn status(raw: &str) -> u16 {
         match head(raw) {
-            Err(HeadError::Reject(status, _)) => status,
+            Err(HeadError::Reject(e)) => e.status(),
             other => panic!("{raw:?}: {other:?}"),
         }
     }

@@ -35,6 +35,7 @@
 
 mod bodies;
 pub(crate) mod encode;
+mod error;
 mod event_stream;
 pub(crate) mod http;
 pub(crate) mod routing;
@@ -61,6 +62,7 @@ use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
 
 // The wire types live with the client, so that both ends share one definition.
+pub use error::RequestError;
 pub use plugvm_remote::wire::{
     AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX,
     METRICS_PATH,
@@ -216,8 +218,8 @@ impl ApiResponse {
         }
     }
 
-    /// `status` with the body `{"error": message}`.
-    pub fn error(status: u16, message: impl Into<String>) -> Self {
+    /// `status` with the body `{"error": message}`; only [`RequestError`] picks the status.
+    fn error(status: u16, message: impl Into<String>) -> Self {
         ApiResponse {
             status,
             body: json!({ "error": message.into() }),
@@ -239,10 +241,8 @@ impl ApiResponse {
 
     /// 501 naming the endpoint of `request`.
     pub fn not_implemented(request: &ApiRequest) -> Self {
-        Self::error(
-            501,
-            format!("{} is not implemented yet.", request.endpoint()),
-        )
+        RequestError::NotImplemented(format!("{} is not implemented yet.", request.endpoint()))
+            .into()
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::bodies::{self, field_names};
 use super::vm_create;
-use super::{ping_body, ApiRequest, ApiResponse, API_PREFIX, METRICS_PATH};
+use super::{ping_body, ApiRequest, ApiResponse, RequestError, API_PREFIX, METRICS_PATH};
 use super::{AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody};
 
 /// The HTTP methods the API uses.
@@ -87,28 +87,6 @@ pub(crate) const TRANSPORT_STATUSES: &[u16] = &[400, 408, 413, 417, 431, 501, 50
 /// (409 no VM running, paused or batch aborted; 422 invalid; 429 a device busy), failed on the
 /// host (500), refused by the guest (502), no answer from the guest (504).
 const HOTPLUG: &[u16] = &[200, 202, 400, 409, 422, 429, 500, 502, 504];
-
-/// Why a request was not routed; every variant is a 4xx.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum RouteError {
-    /// 404.
-    NotFound(String),
-    /// 405 with the `Allow` header value.
-    MethodNotAllowed { message: String, allow: String },
-    /// 400.
-    BadRequest(String),
-}
-
-impl RouteError {
-    /// The HTTP status, message and `Allow` header value of this error.
-    pub(crate) fn into_parts(self) -> (u16, String, Option<String>) {
-        match self {
-            RouteError::NotFound(m) => (404, m, None),
-            RouteError::MethodNotAllowed { message, allow } => (405, message, Some(allow)),
-            RouteError::BadRequest(m) => (400, m, None),
-        }
-    }
-}
 
 const fn schema(
     name: &'static str,
@@ -303,12 +281,12 @@ fn parse_query(route: &Route, query: Option<&str>) -> Result<bool, String> {
 }
 
 /// Routes one request. `target` is the request-target (path and query).
-pub(crate) fn route(method: &str, target: &str, body: &[u8]) -> Result<Action, RouteError> {
+pub(crate) fn route(method: &str, target: &str, body: &[u8]) -> Result<Action, RequestError> {
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    let not_found = || RouteError::NotFound(format!("No endpoint at {}.", printable(path)));
+    let not_found = || RequestError::NoSuchEndpoint(format!("No endpoint at {}.", printable(path)));
     let (relative, root) = match path.strip_prefix(API_PREFIX) {
         Some(relative) => (relative, false),
         None => (path, true),
@@ -330,7 +308,7 @@ pub(crate) fn route(method: &str, target: &str, body: &[u8]) -> Result<Action, R
             .map(|m| m.as_str())
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(RouteError::MethodNotAllowed {
+        return Err(RequestError::MethodNotAllowed {
             message: format!(
                 "{} does not accept {}; use {allow}.",
                 printable(relative.trim_start_matches('/')),
@@ -340,25 +318,25 @@ pub(crate) fn route(method: &str, target: &str, body: &[u8]) -> Result<Action, R
         });
     };
     if route.path == "/events" {
-        let since = parse_since(query).map_err(RouteError::BadRequest)?;
+        let since = parse_since(query).map_err(RequestError::MalformedRequest)?;
         return Ok(Action::Stream(since.map(|id| id.saturating_add(1))));
     }
-    let wait = parse_query(route, query).map_err(RouteError::BadRequest)?;
+    let wait = parse_query(route, query).map_err(RequestError::MalformedRequest)?;
     if route.body.is_none() && !body.iter().all(u8::is_ascii_whitespace) {
-        return Err(RouteError::BadRequest(format!(
+        return Err(RequestError::MalformedRequest(format!(
             "{} takes no request body.",
             route.path.trim_start_matches('/')
         )));
     }
     let empty = body.iter().all(u8::is_ascii_whitespace);
     if route.body.is_some_and(|schema| schema.required) && empty {
-        return Err(RouteError::BadRequest(format!(
+        return Err(RequestError::MalformedRequest(format!(
             "{} needs a JSON object as request body, got an empty body.",
             route.path.trim_start_matches('/')
         )));
     }
     let input = RouteInput { param, body, wait };
-    (route.parse)(&input).map_err(RouteError::BadRequest)
+    (route.parse)(&input).map_err(RequestError::MalformedRequest)
 }
 
 #[cfg(test)]
@@ -374,7 +352,7 @@ mod tests {
 
     fn bad(method: &str, target: &str, body: &str) -> (u16, String, Option<String>) {
         match route(method, target, body.as_bytes()) {
-            Err(e) => e.into_parts(),
+            Err(e) => (e.status(), e.to_string(), e.allow().map(str::to_string)),
             Ok(a) => panic!("{method} {target} was routed: {a:?}"),
         }
     }

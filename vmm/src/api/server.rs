@@ -20,10 +20,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::encode::{encode_body, error_body};
 use super::event_stream::stream_events;
 use super::http::{self, DeadlineReader, HeadError};
-use super::routing::{self, Action, RouteError};
+use super::routing::{self, Action};
 use super::socket::{bind, remove_if_ours, FileId};
 use super::socket_lock::SocketLock;
-use super::{ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, MAX_BODY_BYTES};
+use super::{
+    ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, RequestError, MAX_BODY_BYTES,
+};
 use crate::events::EventLog;
 
 /// How long a stop waits for answers already given by the VMM to reach their clients (the
@@ -355,8 +357,15 @@ fn spawn_connection(shared: &Arc<Shared>, stream: UnixStream) {
 /// answer (see [`linger`]). A request written after this fails to send; `plugvm-remote` still
 /// reads this answer then, and retries.
 fn refuse_at_once(stream: &UnixStream) {
-    let body = error_body(TOO_MANY_CONNECTIONS);
-    let _ = http::write_response(&mut &*stream, 503, Some((http::JSON, &body)), None, false);
+    let full = RequestError::VmmUnavailable(TOO_MANY_CONNECTIONS.to_string());
+    let body = error_body(&full.to_string());
+    let _ = http::write_response(
+        &mut &*stream,
+        full.status(),
+        Some((http::JSON, &body)),
+        None,
+        false,
+    );
     let _ = stream.shutdown(Shutdown::Write);
     if stream.set_nonblocking(true).is_ok() {
         let _ = io::copy(&mut stream.take(LINGER_BYTES), &mut io::sink());
@@ -378,22 +387,18 @@ fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
         }
         if !shared.set_activity(id, Activity::Busy) {
             // Evicted as idle while this request was on its way: its place is gone.
-            return refuse(&mut reader, &mut writer, 503, TOO_MANY_CONNECTIONS);
+            let full = RequestError::VmmUnavailable(TOO_MANY_CONNECTIONS.to_string());
+            return refuse(&mut reader, &mut writer, &full);
         }
         let head = match http::read_head(&mut reader) {
             Ok(head) => head,
             Err(HeadError::Idle | HeadError::Broken) => return,
             Err(HeadError::Timeout) => {
-                return refuse(
-                    &mut reader,
-                    &mut writer,
-                    408,
-                    "The request was not received in time.",
-                )
+                let late =
+                    RequestError::RequestTimeout("The request was not received in time.".into());
+                return refuse(&mut reader, &mut writer, &late);
             }
-            Err(HeadError::Reject(status, message)) => {
-                return refuse(&mut reader, &mut writer, status, &message)
-            }
+            Err(HeadError::Reject(e)) => return refuse(&mut reader, &mut writer, &e),
         };
         let len = match usize::try_from(head.content_length) {
             Ok(len) if len <= MAX_BODY_BYTES => len,
@@ -402,7 +407,11 @@ fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
                     "Request body of {} bytes exceeds the {MAX_BODY_BYTES}-byte limit.",
                     head.content_length
                 );
-                return refuse(&mut reader, &mut writer, 413, &message);
+                return refuse(
+                    &mut reader,
+                    &mut writer,
+                    &RequestError::BodyTooLarge(message),
+                );
             }
         };
         let body = {
@@ -415,12 +424,10 @@ fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
             match http::read_body(&mut reader, len) {
                 Ok(body) => body,
                 Err(HeadError::Timeout) => {
-                    return refuse(
-                        &mut reader,
-                        &mut writer,
-                        408,
-                        "The request body was not received in time.",
-                    )
+                    let late = RequestError::RequestTimeout(
+                        "The request body was not received in time.".into(),
+                    );
+                    return refuse(&mut reader, &mut writer, &late);
                 }
                 Err(_) => return,
             }
@@ -434,7 +441,11 @@ fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
                     "Too many open event streams (at most {}); retry later.",
                     max_streams(shared.config.max_connections)
                 );
-                return refuse(&mut reader, &mut writer, 503, &message);
+                return refuse(
+                    &mut reader,
+                    &mut writer,
+                    &RequestError::VmmUnavailable(message),
+                );
             }
             let from = from.or(head.last_event_id.map(|id| id.saturating_add(1)));
             return stream_events(shared, &mut writer, from);
@@ -466,20 +477,21 @@ fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
     }
 }
 
-/// Answers `status` with an error body (the connection then closes).
-pub(super) fn fail(writer: &mut UnixStream, status: u16, message: &str) {
-    let body = error_body(message);
-    let _ = http::write_response(writer, status, Some((http::JSON, &body)), None, false);
+/// Answers `error` (the connection then closes).
+pub(super) fn fail(writer: &mut UnixStream, error: &RequestError) {
+    let body = error_body(&error.to_string());
+    let _ = http::write_response(
+        writer,
+        error.status(),
+        Some((http::JSON, &body)),
+        None,
+        false,
+    );
 }
 
 /// [`fail`], then [`linger`]: for an answer given before the whole request was read.
-fn refuse(
-    reader: &mut BufReader<DeadlineReader>,
-    writer: &mut UnixStream,
-    status: u16,
-    message: &str,
-) {
-    fail(writer, status, message);
+fn refuse(reader: &mut BufReader<DeadlineReader>, writer: &mut UnixStream, error: &RequestError) {
+    fail(writer, error);
     linger(reader, writer);
 }
 
@@ -498,17 +510,17 @@ fn linger(reader: &mut BufReader<DeadlineReader>, writer: &UnixStream) {
 }
 
 /// Gets the answer to a routed request: the server's own, or the VMM's.
-fn handle(shared: &Shared, action: Result<Action, RouteError>) -> (ApiResponse, Option<String>) {
+fn handle(shared: &Shared, action: Result<Action, RequestError>) -> (ApiResponse, Option<String>) {
     match action {
         Ok(Action::Reply(response)) => (response, None),
         Ok(Action::Forward(request)) => (ask_vmm(shared, request), None),
         Ok(Action::Stream(_)) => (
-            ApiResponse::error(500, "The event stream cannot be answered here."),
+            RequestError::HostFailure("The event stream cannot be answered here.".into()).into(),
             None,
         ),
         Err(e) => {
-            let (status, message, allow) = e.into_parts();
-            (ApiResponse::error(status, message), allow)
+            let allow = e.allow().map(str::to_string);
+            (e.into(), allow)
         }
     }
 }
@@ -518,34 +530,30 @@ fn ask_vmm(shared: &Shared, request: ApiRequest) -> ApiResponse {
     let endpoint = request.endpoint();
     let (respond, answer) = mpsc::channel();
     if shared.to_vmm.send(ApiMessage { request, respond }).is_err() {
-        return ApiResponse::error(503, "The VMM is not running.");
+        return RequestError::VmmUnavailable("The VMM is not running.".into()).into();
     }
     if let Err(e) = shared.wake.write(1) {
-        return ApiResponse::error(503, format!("Cannot wake the VMM: {e}."));
+        return RequestError::VmmUnavailable(format!("Cannot wake the VMM: {e}.")).into();
     }
     let timeout = shared.config.vmm_timeout;
     match answer.recv_timeout(timeout) {
         Ok(response) if (200..=599).contains(&response.status) => response,
-        Ok(response) => ApiResponse::error(
-            500,
-            format!(
-                "The VMM answered {endpoint} with invalid status {}.",
-                response.status
-            ),
-        ),
+        Ok(response) => RequestError::HostFailure(format!(
+            "The VMM answered {endpoint} with invalid status {}.",
+            response.status
+        ))
+        .into(),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             tracing::warn!("the VMM did not answer {endpoint} within {timeout:?}");
-            ApiResponse::error(
-                503,
-                format!(
-                    "The VMM did not answer {endpoint} within {} s.",
-                    timeout.as_secs_f64()
-                ),
-            )
+            RequestError::VmmUnavailable(format!(
+                "The VMM did not answer {endpoint} within {} s.",
+                timeout.as_secs_f64()
+            ))
+            .into()
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => ApiResponse::error(
-            503,
-            format!("The VMM dropped the {endpoint} request unanswered."),
-        ),
+        Err(mpsc::RecvTimeoutError::Disconnected) => RequestError::VmmUnavailable(format!(
+            "The VMM dropped the {endpoint} request unanswered."
+        ))
+        .into(),
     }
 }
