@@ -4,8 +4,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::connection::fail;
 use super::encode::ascii_json;
-use super::server::{fail, Shared};
+use super::server::Shared;
 use crate::events::EventLog;
 
 /// How long an event-stream connection may stay silent before a keep-alive comment, which

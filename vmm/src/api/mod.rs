@@ -34,6 +34,7 @@
 //! ```
 
 mod bodies;
+mod connection;
 pub(crate) mod encode;
 mod error;
 mod event_stream;

@@ -1,9 +1,10 @@
-//! The server: the accept thread, one thread per connection (with the connection limit and
-//! idle eviction), and the round trip to the VMM. The socket itself is `socket.rs`'s, the
-//! event stream `event_stream.rs`'s, the wire bodies `encode.rs`'s.
+//! The server: the accept thread and one thread per connection, with the connection limit
+//! and idle eviction. What a connection's thread does with its requests (and the round trip
+//! to the VMM) is `connection.rs`'s, the socket itself `socket.rs`'s, the event stream
+//! `event_stream.rs`'s, the wire bodies `encode.rs`'s.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, ErrorKind, Read};
+use std::io::{self, ErrorKind, Read};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,15 +18,12 @@ use plugvm_remote::wire::TOO_MANY_CONNECTIONS;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::encode::{encode_body, error_body};
-use super::event_stream::stream_events;
-use super::http::{self, DeadlineReader, HeadError};
-use super::routing::{self, Action};
+use super::connection::serve_connection;
+use super::encode::error_body;
+use super::http::{self};
 use super::socket::{bind, remove_if_ours, FileId};
 use super::socket_lock::SocketLock;
-use super::{
-    ApiConfig, ApiError, ApiMessage, ApiRequest, ApiResponse, RequestError, MAX_BODY_BYTES,
-};
+use super::{ApiConfig, ApiError, ApiMessage, RequestError};
 use crate::events::EventLog;
 
 /// How long a stop waits for answers already given by the VMM to reach their clients (the
@@ -34,8 +32,8 @@ const ANSWER_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long, and for how many bytes, a refused connection's input is still read (and thrown
 /// away) after the answer: see [`linger`].
-const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
-const LINGER_BYTES: u64 = 1024 * 1024;
+pub(super) const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const LINGER_BYTES: u64 = 1024 * 1024;
 
 const LISTENER_TOKEN: u64 = 0;
 const STOP_TOKEN: u64 = 1;
@@ -43,7 +41,7 @@ const STOP_TOKEN: u64 = 1;
 /// What an open connection is doing: whether it may give its place to a new one when the
 /// server is at `max_connections`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activity {
+pub(super) enum Activity {
     /// Waiting for the first byte of a request, since then: a new connection, or a kept-alive
     /// one between requests. It holds a place and promises nothing, so at the limit the one
     /// that has waited longest is evicted for a new connection: a flood of idle connections
@@ -66,15 +64,15 @@ struct Connection {
 
 /// How many connections may be event streams at once: half of them (at least one), so that
 /// streams, which are never evicted, always leave room for requests.
-fn max_streams(max_connections: usize) -> usize {
+pub(super) fn max_streams(max_connections: usize) -> usize {
     (max_connections / 2).max(1)
 }
 
 /// State shared by the accept thread and the connection threads.
 pub(super) struct Shared {
-    to_vmm: mpsc::Sender<ApiMessage>,
-    wake: EventFd,
-    config: ApiConfig,
+    pub(super) to_vmm: mpsc::Sender<ApiMessage>,
+    pub(super) wake: EventFd,
+    pub(super) config: ApiConfig,
     /// The open connections, to apply the limit and to shut them down on stop.
     connections: Mutex<HashMap<u64, Connection>>,
     next_connection: AtomicU64,
@@ -126,7 +124,7 @@ impl Shared {
     }
 
     /// Records what connection `id` does now; `false` once it was evicted.
-    fn set_activity(&self, id: u64, activity: Activity) -> bool {
+    pub(super) fn set_activity(&self, id: u64, activity: Activity) -> bool {
         match self.connections().get_mut(&id) {
             Some(connection) => {
                 connection.activity = activity;
@@ -138,7 +136,7 @@ impl Shared {
 
     /// Makes connection `id` an event stream, unless streams already fill their share of the
     /// places ([`max_streams`]).
-    fn start_stream(&self, id: u64) -> bool {
+    pub(super) fn start_stream(&self, id: u64) -> bool {
         let mut connections = self.connections();
         let streams = connections
             .values()
@@ -369,191 +367,5 @@ fn refuse_at_once(stream: &UnixStream) {
     let _ = stream.shutdown(Shutdown::Write);
     if stream.set_nonblocking(true).is_ok() {
         let _ = io::copy(&mut stream.take(LINGER_BYTES), &mut io::sink());
-    }
-}
-
-/// Serves requests on connection `id` until it closes, fails, times out or is evicted.
-fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
-    let mut writer = match stream.try_clone() {
-        Ok(writer) => writer,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::new(DeadlineReader::new(stream));
-    let timeout = shared.config.request_timeout;
-    while !shared.stopping.load(Ordering::SeqCst) {
-        reader.get_mut().set_budget(timeout);
-        if http::await_request(&mut reader).is_err() {
-            return;
-        }
-        if !shared.set_activity(id, Activity::Busy) {
-            // Evicted as idle while this request was on its way: its place is gone.
-            let full = RequestError::VmmUnavailable(TOO_MANY_CONNECTIONS.to_string());
-            return refuse(&mut reader, &mut writer, &full);
-        }
-        let head = match http::read_head(&mut reader) {
-            Ok(head) => head,
-            Err(HeadError::Idle | HeadError::Broken) => return,
-            Err(HeadError::Timeout) => {
-                let late =
-                    RequestError::RequestTimeout("The request was not received in time.".into());
-                return refuse(&mut reader, &mut writer, &late);
-            }
-            Err(HeadError::Reject(e)) => return refuse(&mut reader, &mut writer, &e),
-        };
-        let len = match usize::try_from(head.content_length) {
-            Ok(len) if len <= MAX_BODY_BYTES => len,
-            _ => {
-                let message = format!(
-                    "Request body of {} bytes exceeds the {MAX_BODY_BYTES}-byte limit.",
-                    head.content_length
-                );
-                return refuse(
-                    &mut reader,
-                    &mut writer,
-                    &RequestError::BodyTooLarge(message),
-                );
-            }
-        };
-        let body = {
-            if head.expect_continue && len > 0 {
-                use std::io::Write;
-                if writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
-                    return;
-                }
-            }
-            match http::read_body(&mut reader, len) {
-                Ok(body) => body,
-                Err(HeadError::Timeout) => {
-                    let late = RequestError::RequestTimeout(
-                        "The request body was not received in time.".into(),
-                    );
-                    return refuse(&mut reader, &mut writer, &late);
-                }
-                Err(_) => return,
-            }
-        };
-        // The request is in: the VMM's time for it runs from here to the answer's last byte.
-        let received = std::time::Instant::now();
-        let action = routing::route(&head.method, &head.target, &body);
-        if let Ok(Action::Stream(from)) = action {
-            if !shared.start_stream(id) {
-                let message = format!(
-                    "Too many open event streams (at most {}); retry later.",
-                    max_streams(shared.config.max_connections)
-                );
-                return refuse(
-                    &mut reader,
-                    &mut writer,
-                    &RequestError::VmmUnavailable(message),
-                );
-            }
-            let from = from.or(head.last_event_id.map(|id| id.saturating_add(1)));
-            return stream_events(shared, &mut writer, from);
-        }
-        shared.answering.fetch_add(1, Ordering::SeqCst);
-        let (response, allow) = handle(shared, action);
-        let body = encode_body(&response);
-        let written = http::write_response(
-            &mut writer,
-            response.status,
-            body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
-            allow.as_deref(),
-            head.keep_alive,
-        );
-        shared.answering.fetch_sub(1, Ordering::SeqCst);
-        // Benchmarks subtract the guest's share (the journal's await_guest) from this.
-        tracing::info!(
-            method = %head.method,
-            target = %head.target,
-            status = response.status,
-            served_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "API request served"
-        );
-        if written.is_err() || !head.keep_alive {
-            return;
-        }
-        // Kept alive: idle again, and so the first to give way when the server is full.
-        shared.set_activity(id, Activity::Waiting(Instant::now()));
-    }
-}
-
-/// Answers `error` (the connection then closes).
-pub(super) fn fail(writer: &mut UnixStream, error: &RequestError) {
-    let body = error_body(&error.to_string());
-    let _ = http::write_response(
-        writer,
-        error.status(),
-        Some((http::JSON, &body)),
-        None,
-        false,
-    );
-}
-
-/// [`fail`], then [`linger`]: for an answer given before the whole request was read.
-fn refuse(reader: &mut BufReader<DeadlineReader>, writer: &mut UnixStream, error: &RequestError) {
-    fail(writer, error);
-    linger(reader, writer);
-}
-
-/// Ends a connection whose client may still be sending, so that the client reads the answer.
-///
-/// A Unix socket closed with unread input resets the connection (the peer's next read fails
-/// with `ECONNRESET`, as after a TCP reset), and many clients then report the reset rather
-/// than the answer: a head over the size limit or a flood of empty lines got "connection
-/// reset" instead of its 431 or 400. So the write side is shut first (the client reads the
-/// answer, then its end), and what the client still sends is read and dropped until it
-/// closes, for at most [`LINGER_TIMEOUT`] and [`LINGER_BYTES`].
-fn linger(reader: &mut BufReader<DeadlineReader>, writer: &UnixStream) {
-    let _ = writer.shutdown(Shutdown::Write);
-    reader.get_mut().set_budget(LINGER_TIMEOUT);
-    let _ = io::copy(&mut reader.by_ref().take(LINGER_BYTES), &mut io::sink());
-}
-
-/// Gets the answer to a routed request: the server's own, or the VMM's.
-fn handle(shared: &Shared, action: Result<Action, RequestError>) -> (ApiResponse, Option<String>) {
-    match action {
-        Ok(Action::Reply(response)) => (response, None),
-        Ok(Action::Forward(request)) => (ask_vmm(shared, request), None),
-        Ok(Action::Stream(_)) => (
-            RequestError::HostFailure("The event stream cannot be answered here.".into()).into(),
-            None,
-        ),
-        Err(e) => {
-            let allow = e.allow().map(str::to_string);
-            (e.into(), allow)
-        }
-    }
-}
-
-/// Sends `request` to the VMM, wakes it, and waits for the answer.
-fn ask_vmm(shared: &Shared, request: ApiRequest) -> ApiResponse {
-    let endpoint = request.endpoint();
-    let (respond, answer) = mpsc::channel();
-    if shared.to_vmm.send(ApiMessage { request, respond }).is_err() {
-        return RequestError::VmmUnavailable("The VMM is not running.".into()).into();
-    }
-    if let Err(e) = shared.wake.write(1) {
-        return RequestError::VmmUnavailable(format!("Cannot wake the VMM: {e}.")).into();
-    }
-    let timeout = shared.config.vmm_timeout;
-    match answer.recv_timeout(timeout) {
-        Ok(response) if (200..=599).contains(&response.status) => response,
-        Ok(response) => RequestError::HostFailure(format!(
-            "The VMM answered {endpoint} with invalid status {}.",
-            response.status
-        ))
-        .into(),
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            tracing::warn!("the VMM did not answer {endpoint} within {timeout:?}");
-            RequestError::VmmUnavailable(format!(
-                "The VMM did not answer {endpoint} within {} s.",
-                timeout.as_secs_f64()
-            ))
-            .into()
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => RequestError::VmmUnavailable(format!(
-            "The VMM dropped the {endpoint} request unanswered."
-        ))
-        .into(),
     }
 }
