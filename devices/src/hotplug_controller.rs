@@ -292,6 +292,13 @@ impl<L: ControllerLayout> HotplugController<L> {
         found.then_some(reinsert)
     }
 
+    /// Where memory slot `uid` lies, as the guest reads it; `None` if unset or no such slot.
+    pub fn range(&self, uid: u32) -> Option<SlotRange> {
+        let state = self.state.lock().ok()?;
+        let i = usize::try_from(uid.checked_sub(state.first_uid)?).ok()?;
+        state.ranges.get(i).copied().flatten()
+    }
+
     /// Sets (or clears) where memory slot `uid` lies; `false` if there is no such slot.
     pub fn set_range(&self, uid: u32, range: Option<SlotRange>) -> bool {
         let Ok(mut state) = self.state.lock() else {

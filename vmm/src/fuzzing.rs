@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use devices::{CpuHotplugController, Ged, MemoryHotplugController};
 use hotplug::{
-    DeviceId, Engine, EngineConfig, FakeClock, GuestEjectPolicy, MachineConfig, Orders, Presence,
-    Request, Role, MAX_GUEST_EVENTS, MAX_GUEST_RECORDS, MAX_NOTES,
+    DeviceId, Engine, EngineConfig, FakeClock, GuestEjectPolicy, MachineConfig, Orders, Request,
+    Role, MAX_GUEST_EVENTS, MAX_GUEST_RECORDS, MAX_NOTES,
 };
 use vm_device::bus::MmioAddress;
 use vm_device::DeviceMmio;
@@ -24,6 +24,7 @@ use crate::api::routing::{self, Action};
 use crate::api::{ApiResponse, RequestError, MAX_BODY_BYTES};
 use crate::cpu_manager::CpuControllerParticipant;
 use crate::hotplug_service::{self, HotplugService};
+use crate::info::DeviceView;
 use crate::memory::GuestRange;
 use crate::memory_manager::MemoryControllerParticipant;
 
@@ -144,6 +145,7 @@ pub struct HotplugRig {
     service: HotplugService,
     cpu: Arc<CpuHotplugController>,
     memory: Arc<MemoryHotplugController>,
+    region: GuestRange,
     clock: Arc<FakeClock>,
     respond: Sender<ApiResponse>,
     answers: Receiver<ApiResponse>,
@@ -229,6 +231,7 @@ impl HotplugRig {
             service,
             cpu,
             memory,
+            region,
             clock,
             respond,
             answers,
@@ -313,35 +316,54 @@ impl HotplugRig {
     pub fn check(&self) {
         let engine = self.service.engine();
         let machine = engine.machine();
-        for id in 0..RIG_MAX_CPUS {
-            let device = DeviceId::cpu(id);
+        // What vm.info reports (its device part) against what the guest reads.
+        let view = DeviceView::of(machine);
+        let mut enabled_cpus = 0;
+        for (id, state) in (0..RIG_MAX_CPUS).zip(&view.cpus) {
             let slot = self.cpu.slot(id).unwrap_or_default();
-            match machine.presence(device) {
-                Some(Presence::Present) => assert!(
+            enabled_cpus += u32::from(slot.enabled);
+            match *state {
+                "present" => assert!(
                     slot.enabled && !slot.removing,
-                    "CPU {id} is present in the engine but reads {slot:?}"
+                    "vm.info has CPU {id} present but the guest reads {slot:?}"
                 ),
-                Some(Presence::Absent) => assert!(
+                "absent" => assert!(
                     !slot.enabled,
-                    "CPU {id} is absent in the engine but reads {slot:?}"
+                    "vm.info has CPU {id} absent but the guest reads {slot:?}"
                 ),
                 _ => {}
             }
         }
-        for uid in 1..=RIG_MEMORY_SLOTS {
-            let device = DeviceId::memory_slot(uid);
+        let mut enabled_ram = machine.config().boot_memory;
+        for (uid, (state, placement)) in (1..=RIG_MEMORY_SLOTS).zip(&view.slots) {
             let slot = self.memory.slot(uid).unwrap_or_default();
-            match machine.presence(device) {
-                Some(Presence::Present) => assert!(
-                    slot.enabled && !slot.removing,
-                    "memory slot {uid} is present in the engine but reads {slot:?}"
-                ),
-                Some(Presence::Absent) | None => assert!(
+            let range = self.memory.range(uid);
+            if slot.enabled {
+                enabled_ram += range.map_or(0, |r| r.length);
+            }
+            match *state {
+                "present" => {
+                    assert!(
+                        slot.enabled && !slot.removing,
+                        "vm.info has memory slot {uid} present but the guest reads {slot:?}"
+                    );
+                    let seen = range.map(|r| (r.base, r.length));
+                    let placed = placement.map(|p| (self.region.base + p.offset, p.size));
+                    assert_eq!(seen, placed, "memory slot {uid}: guest's range, engine's");
+                }
+                "absent" => assert!(
                     !slot.enabled,
-                    "memory slot {uid} is absent in the engine but reads {slot:?}"
+                    "vm.info has memory slot {uid} absent but the guest reads {slot:?}"
                 ),
                 _ => {}
             }
+        }
+        if engine.in_flight().next().is_none() {
+            assert_eq!(
+                view.present.vcpus, enabled_cpus,
+                "vm.info's vCPUs, the guest's"
+            );
+            assert_eq!(view.present.ram, enabled_ram, "vm.info's RAM, the guest's");
         }
         let stats = engine.journal().stats();
         assert!(stats.host_records <= stats.host_capacity, "{stats:?}");

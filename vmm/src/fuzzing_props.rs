@@ -1,6 +1,8 @@
 //! Property: whatever the host asks and the guest writes to the hotplug registers (Linux's
-//! sequences with made-up values, and stray accesses), after every turn of the event loop the
-//! engine and both controllers agree on every device no transaction holds, the journal keeps
+//! sequences with made-up values, and stray accesses), after every turn of the event loop
+//! `vm.info`'s view of the devices (read from the engine) and both controllers agree on every
+//! device no transaction holds (state, and each memory slot's range), its vCPU and RAM totals
+//! are what the guest can see whenever nothing is in flight, the journal keeps
 //! its bounds, and in the end every request got exactly one answer (checked by
 //! [`HotplugRig`]). The fuzz target `hotplug_registers` explores the same space unguided.
 

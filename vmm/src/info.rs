@@ -5,6 +5,7 @@
 //! `config` describes what the guest has now: `cpus.boot_vcpus` counts the vCPUs present and
 //! `memory.size` the RAM present, as Cloud Hypervisor's own answer does after a resize.
 
+use hotplug::{DeviceId, Machine, MemoryPlacement, Presence};
 use serde_json::{json, Value};
 
 use crate::config::{SerialConfig, VmConfig};
@@ -38,6 +39,60 @@ pub struct Present {
     pub vcpus: u32,
     /// RAM present, in bytes (boot RAM plus plugged slots).
     pub ram: u64,
+}
+
+/// What `vm.info` says of the hotpluggable devices, read from the engine's machine alone: the
+/// one authority on device state. The vCPU threads and the memory backing are reported beside
+/// it as the host's details, never as what is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceView {
+    /// Each possible vCPU's state, by id.
+    pub cpus: Vec<&'static str>,
+    /// Each hotplug slot's state and place in the hotplug region, slot 1 first.
+    pub slots: Vec<(&'static str, Option<MemoryPlacement>)>,
+    /// What is present: every device that is not absent (a device being added or removed
+    /// counts, as the guest may already or still use it).
+    pub present: Present,
+}
+
+impl DeviceView {
+    /// The view of `machine`.
+    pub fn of(machine: &Machine) -> Self {
+        let config = machine.config();
+        let cpus: Vec<&'static str> = (0..config.max_cpus)
+            .map(|id| presence_name(machine.presence(DeviceId::cpu(id))))
+            .collect();
+        let slots: Vec<(&'static str, Option<MemoryPlacement>)> = machine
+            .slots()
+            .map(|(_, s)| (presence_name(Some(s.presence)), s.placement))
+            .collect();
+        let vcpus = cpus.iter().filter(|s| **s != ABSENT).count();
+        let plugged: u64 = slots
+            .iter()
+            .filter(|(state, _)| *state != ABSENT)
+            .filter_map(|(_, placement)| placement.map(|p| p.size))
+            .sum();
+        DeviceView {
+            present: Present {
+                vcpus: u32::try_from(vcpus).unwrap_or(u32::MAX),
+                ram: config.boot_memory.saturating_add(plugged),
+            },
+            cpus,
+            slots,
+        }
+    }
+}
+
+const ABSENT: &str = "absent";
+
+/// A device's state as `vm.info` spells it.
+fn presence_name(presence: Option<Presence>) -> &'static str {
+    match presence {
+        Some(Presence::Present) => "present",
+        Some(Presence::Adding(_)) => "adding",
+        Some(Presence::Removing(_)) => "removing",
+        Some(Presence::Absent) | None => ABSENT,
+    }
 }
 
 /// Cloud Hypervisor's `ConsoleConfig` for the serial port.

@@ -18,7 +18,7 @@ use crate::counters::{DeviceCounters, HotplugCounters};
 use crate::cpu_manager::{VcpuSet, VCPU_ACK_TIMEOUT};
 use crate::events::EventLog;
 use crate::hotplug_service::HotplugService;
-use crate::info::{self, Present, VmState};
+use crate::info::{self, DeviceView, Present, VmState};
 use crate::memory::{self, MemoryLayout};
 use crate::memory_manager::HotplugMemory;
 use crate::metrics::{self, SharedMetrics, VmCounters, VmSample};
@@ -303,19 +303,22 @@ impl RequestHandler {
     /// What is present in the guest now: vCPUs not absent (adding and removing ones count,
     /// as the engine has them) and boot RAM plus plugged slots.
     fn present(&self) -> Present {
-        let view = &self.view;
-        let presence = self.presence();
-        let vcpus = (0..view.config.cpus.max)
-            .filter(|id| presence(hotplug::DeviceId::cpu(*id)) != "absent")
-            .count();
-        let plugged = view
-            .hotplug_memory
-            .as_ref()
-            .and_then(|m| m.lock().ok())
-            .map_or(0, |m| m.plugged_bytes());
-        Present {
-            vcpus: u32::try_from(vcpus).unwrap_or(u32::MAX),
-            ram: view.config.memory.size.saturating_add(plugged),
+        self.devices().present
+    }
+
+    /// The devices as the engine, the one authority, has them (all absent if its lock is
+    /// poisoned, which only a panic elsewhere can do).
+    fn devices(&self) -> DeviceView {
+        match self.hotplug.lock() {
+            Ok(h) => DeviceView::of(h.engine().machine()),
+            Err(_) => DeviceView {
+                cpus: Vec::new(),
+                slots: Vec::new(),
+                present: Present {
+                    vcpus: 0,
+                    ram: self.view.config.memory.size,
+                },
+            },
         }
     }
 
@@ -352,10 +355,10 @@ impl RequestHandler {
     pub fn info(&self) -> serde_json::Value {
         let view = &self.view;
         let threads = self.vcpus.lock().map(|s| s.states()).unwrap_or_default();
-        let presence = self.presence();
+        let devices = self.devices();
         let vcpus: Vec<serde_json::Value> = (0..view.config.cpus.max)
             .map(|id| {
-                let state = presence(hotplug::DeviceId::cpu(id));
+                let state = devices.cpus.get(id as usize).copied().unwrap_or("absent");
                 serde_json::json!({ "id": id, "state": state, "thread": threads.get(&id) })
             })
             .collect();
@@ -369,7 +372,7 @@ impl RequestHandler {
         let layout = &view.layout;
         let in_flight = self.hotplug.lock().is_ok_and(|h| h.in_flight());
         let counters = self.vm_counters();
-        let present = self.present();
+        let present = devices.present;
         let plugged = present.ram.saturating_sub(view.config.memory.size);
         let state = self.state();
         let plugvm = serde_json::json!({
@@ -388,7 +391,7 @@ impl RequestHandler {
                 "boot_ram": view.config.memory.size,
                 "ram_ranges": layout.ram.iter().map(|r| serde_json::json!({"base": r.base, "size": r.size})).collect::<Vec<_>>(),
                 "hotplug_region": layout.hotplug.map(|r| serde_json::json!({"base": r.base, "size": r.size})),
-                "hotplug_slots": self.memory_slots_info(),
+                "hotplug_slots": self.memory_slots_info(&devices),
                 "plugged": plugged,
             },
             "register_accesses": {
@@ -403,30 +406,8 @@ impl RequestHandler {
         info::document(&view.config, state, present, plugvm)
     }
 
-    /// The state of each device as the engine, the one authority, has it.
-    fn presence(&self) -> impl Fn(hotplug::DeviceId) -> &'static str {
-        let machine: std::collections::BTreeMap<hotplug::DeviceId, hotplug::Presence> = self
-            .hotplug
-            .lock()
-            .map(|h| {
-                let m = h.engine().machine();
-                let cpus = (0..self.view.config.cpus.max).map(hotplug::DeviceId::cpu);
-                let slots =
-                    (1..=self.view.config.memory.hotplug_slots).map(hotplug::DeviceId::memory_slot);
-                cpus.chain(slots)
-                    .filter_map(|d| m.presence(d).map(|p| (d, p)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        move |device| match machine.get(&device) {
-            Some(hotplug::Presence::Present) => "present",
-            Some(hotplug::Presence::Adding(_)) => "adding",
-            Some(hotplug::Presence::Removing(_)) => "removing",
-            Some(hotplug::Presence::Absent) | None => "absent",
-        }
-    }
-
-    fn memory_slots_info(&self) -> Vec<serde_json::Value> {
+    /// Each hotplug slot: its state (the engine's) and the range the host backs it with.
+    fn memory_slots_info(&self, devices: &DeviceView) -> Vec<serde_json::Value> {
         let view = &self.view;
         let (Some(_), Some(memory)) = (&view.memory_hotplug, &view.hotplug_memory) else {
             return Vec::new();
@@ -435,10 +416,12 @@ impl RequestHandler {
             .lock()
             .map(|m| m.backed_slots().into_iter().collect())
             .unwrap_or_default();
-        let presence = self.presence();
         (1..=view.config.memory.hotplug_slots)
             .map(|slot| {
-                let state = presence(hotplug::DeviceId::memory_slot(slot));
+                let state = slot
+                    .checked_sub(1)
+                    .and_then(|i| devices.slots.get(i as usize))
+                    .map_or("absent", |(state, _)| *state);
                 let range = backed.get(&slot);
                 serde_json::json!({
                     "slot": slot,
