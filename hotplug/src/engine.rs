@@ -11,6 +11,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::config::{EngineConfig, GuestEjectPolicy};
 use crate::device::DeviceId;
 use crate::journal::{GuestEventKind, Journal, Target, TxRecord};
+use crate::kind::{DeviceKind, DeviceParticipant, ForKind};
 use crate::machine::{
     ConfigError, Machine, MachineConfig, PlanError, PlannedOp, Presence, ValidationError,
 };
@@ -109,6 +110,17 @@ impl Engine {
             return Err(Error::RegisterInFlight { tx });
         }
         Ok(self.registry.register(name.into(), orders, participant))
+    }
+
+    /// Registers a participant of one device kind under `name` with its order numbers: it is
+    /// called only for ops on devices of kind `K`, as a [`KindOp<K>`](crate::KindOp).
+    pub fn register_for<K: DeviceKind>(
+        &mut self,
+        name: impl Into<String>,
+        orders: Orders,
+        participant: impl DeviceParticipant<K> + 'static,
+    ) -> Result<ParticipantId, Error> {
+        self.register(name, orders, Box::new(ForKind::new(participant)))
     }
 
     /// The configuration.

@@ -3,7 +3,10 @@
 //! verdict.
 //!
 //! The crate knows nothing of KVM, AML, HTTP, threads or I/O. The VMM owns an [`Engine`],
-//! registers its [`HotplugParticipant`]s, and drives it from its event loop:
+//! registers its participants, and drives it from its event loop. A participant serves one
+//! [`DeviceKind`] ([`CpuKind`], [`MemoryKind`]) as a [`DeviceParticipant`], registered with
+//! [`Engine::register_for`] and called only for that kind's ops; one that must see every op
+//! is a [`HotplugParticipant`], registered with [`Engine::register`]. The engine is driven like this:
 //!
 //! - [`Engine::begin`] plans a [`Request`] on the [`Machine`] model and runs phases 1-3
 //!   (Validate, Prepare, Publish) through the participants; the transaction then waits for
@@ -16,12 +19,12 @@
 //! ```
 //! use std::sync::Arc;
 //! use hotplug::{
-//!     DeviceId, Engine, EngineConfig, FakeClock, GuestEvent, HotplugParticipant,
+//!     CpuKind, DeviceId, DeviceParticipant, Engine, EngineConfig, FakeClock, GuestEvent,
 //!     MachineConfig, Orders, Request, Role, TxStatus,
 //! };
 //!
 //! struct Vcpus;
-//! impl HotplugParticipant for Vcpus {}
+//! impl DeviceParticipant<CpuKind> for Vcpus {}
 //!
 //! let machine = MachineConfig {
 //!     max_cpus: 4,
@@ -34,7 +37,7 @@
 //! let clock = FakeClock::new();
 //! let mut engine = Engine::new(machine, EngineConfig::default(), Arc::new(clock)).unwrap();
 //! engine
-//!     .register("vcpus", Orders::standard(Role::Cpu), Box::new(Vcpus))
+//!     .register_for::<CpuKind>("vcpus", Orders::standard(Role::Cpu), Vcpus)
 //!     .unwrap();
 //!
 //! let begun = engine.begin(Request::AddCpu { id: None }).unwrap();
@@ -52,6 +55,7 @@ mod config;
 mod device;
 mod engine;
 mod journal;
+mod kind;
 mod machine;
 mod ops;
 mod ost;
@@ -69,6 +73,7 @@ pub use journal::{
     ErrorRecord, GuestEventKind, GuestEventRecord, Journal, JournalStats, Phase, PhaseRecord,
     RecordStatus, Target, TxRecord, MAX_GUEST_EVENTS, MAX_GUEST_RECORDS,
 };
+pub use kind::{CpuKind, DeviceKind, DeviceParticipant, KindOp, MemoryKind};
 pub use machine::{
     ConfigError, Machine, MachineConfig, PlanError, PlannedOp, Presence, SlotState, ValidationError,
 };

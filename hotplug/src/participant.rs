@@ -111,7 +111,8 @@ impl<T: HotplugParticipant + ?Sized> HotplugParticipant for Box<T> {
     }
 }
 
-fn locked<T: ?Sized, R>(
+/// Runs `f` on the participant behind `m`; a poisoned lock is the participant's failure.
+pub(crate) fn locked<T: ?Sized, R>(
     m: &Mutex<T>,
     f: impl FnOnce(&mut T) -> Result<R, ParticipantError>,
 ) -> Result<R, ParticipantError> {

@@ -21,13 +21,11 @@ use crate::config::{SerialConfig, VmConfig};
 use crate::console::TerminalGuard;
 use crate::console::{self, QueuedOutput, SocketConsole, StdoutWriter};
 use crate::control::{ApiEndpoint, VmmLinks};
-use crate::cpu_manager::{CpuControllerParticipant, VcpuParticipant, VcpuSet, SPARE_VCPUS};
+use crate::cpu_manager::{self, CpuParts, VcpuSet, SPARE_VCPUS};
 use crate::host_faults::HostFaults;
 use crate::hotplug_service::{self, HotplugService, ObservationReceiver, ObservationSender};
 use crate::memory::{self, MemoryLayout};
-use crate::memory_manager::{
-    GuestMemoryMap, HotplugMemory, MemoryBackingParticipant, MemoryControllerParticipant,
-};
+use crate::memory_manager::{self, GuestMemoryMap, HotplugMemory, MemoryParts};
 use crate::request_handler::{RequestHandler, VmView};
 use crate::vcpu;
 use crate::vm::{Vm, VmError};
@@ -189,7 +187,7 @@ fn create_hotplug_service(
     observations: ObservationReceiver,
     links: &VmmLinks,
 ) -> Result<HotplugService, VmError> {
-    use hotplug::{Engine, EngineConfig, MachineConfig, Orders, Role};
+    use hotplug::{Engine, EngineConfig, MachineConfig};
     let machine = MachineConfig {
         max_cpus: config.cpus.max,
         boot_cpus: config.cpus.boot,
@@ -206,46 +204,29 @@ fn create_hotplug_service(
     };
     let mut engine = Engine::new(machine, engine_config, clock.clone())
         .map_err(|e| VmError::Hotplug(e.to_string()))?;
-    engine
-        .register(
-            "cpu-controller",
-            Orders::standard(Role::AcpiBus),
-            Box::new(CpuControllerParticipant::new(
-                devices.cpu_hotplug.clone(),
-                devices.ged.clone(),
-                config.guest_eject,
-            )),
-        )
-        .map_err(|e| VmError::Hotplug(e.to_string()))?;
-    engine
-        .register(
-            "vcpus",
-            Orders::standard(Role::Cpu),
-            Box::new(VcpuParticipant::new(vcpus.clone())),
-        )
-        .map_err(|e| VmError::Hotplug(e.to_string()))?;
+    let failed = |e: hotplug::Error| VmError::Hotplug(e.to_string());
+    cpu_manager::register(
+        &mut engine,
+        CpuParts {
+            controller: devices.cpu_hotplug.clone(),
+            ged: devices.ged.clone(),
+            vcpus: Some(vcpus.clone()),
+        },
+    )
+    .map_err(failed)?;
     if let (Some(controller), Some(memory), Some(region)) =
         (&devices.memory_hotplug, memory, layout.hotplug)
     {
-        engine
-            .register(
-                "memory-controller",
-                Orders::standard(Role::AcpiResources),
-                Box::new(MemoryControllerParticipant::new(
-                    controller.clone(),
-                    devices.ged.clone(),
-                    region,
-                    config.guest_eject,
-                )),
-            )
-            .map_err(|e| VmError::Hotplug(e.to_string()))?;
-        engine
-            .register(
-                "memory",
-                Orders::standard(Role::Memory),
-                Box::new(MemoryBackingParticipant::new(memory.clone())),
-            )
-            .map_err(|e| VmError::Hotplug(e.to_string()))?;
+        memory_manager::register(
+            &mut engine,
+            MemoryParts {
+                controller: controller.clone(),
+                ged: devices.ged.clone(),
+                region,
+                backing: Some(memory.clone()),
+            },
+        )
+        .map_err(failed)?;
     }
     let mut service = HotplugService::new(engine, clock, observations)
         .map_err(|e| VmError::EventLoop(format!("timerfd: {e}")))?;

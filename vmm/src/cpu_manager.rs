@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::{CpuHotplugController, CpuLayout, ExitSignal, Ged, GedEvent};
-use hotplug::{DeviceId, DeviceOp, Direction, HotplugParticipant, ParticipantError};
+use hotplug::{
+    CpuKind, DeviceId, DeviceParticipant, Direction, Engine, GuestEjectPolicy, KindOp, Orders,
+    Origin, ParticipantError, Role,
+};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_device::device_manager::IoManager;
@@ -235,12 +238,8 @@ impl Drop for VcpuSet {
 /// a hot-add did before spares existed, at about half a millisecond more.
 pub const SPARE_VCPUS: u32 = 8;
 
-fn cpu_of(op: &DeviceOp) -> Result<u32, ParticipantError> {
-    match op.device {
-        DeviceId::Cpu(id) => Ok(id.0),
-        other => Err(ParticipantError::new(format!("{other} is not a CPU"))),
-    }
-}
+/// A CPU's part of a transaction.
+type CpuOp = KindOp<CpuKind>;
 
 fn locked<R>(
     set: &Mutex<VcpuSet>,
@@ -250,6 +249,37 @@ fn locked<R>(
         .lock()
         .map_err(|_| ParticipantError::new("vCPU set lock poisoned"))?;
     f(&mut guard)
+}
+
+/// What the CPU participants work on, for [`register`].
+pub struct CpuParts {
+    /// The CPU hotplug controller the guest's AML reads.
+    pub controller: Arc<CpuHotplugController>,
+    /// The GED whose CPU event tells the guest to scan the controller.
+    pub ged: Arc<Ged>,
+    /// The vCPU threads; `None` where there is no KVM (the fuzz rig), which leaves the
+    /// controller alone to carry CPU hotplugs.
+    pub vcpus: Option<Arc<Mutex<VcpuSet>>>,
+}
+
+/// Registers the CPU participants with `engine`: `cpu-controller` (ACPI bus order) and,
+/// given vCPUs, `vcpus` (CPU order). The controller carries out the engine's guest-eject
+/// policy at the guest's `_EJ0`.
+pub fn register(engine: &mut Engine, parts: CpuParts) -> Result<(), hotplug::Error> {
+    let guest_eject = engine.config().guest_eject;
+    engine.register_for::<CpuKind>(
+        "cpu-controller",
+        Orders::standard(Role::AcpiBus),
+        CpuControllerParticipant::new(parts.controller, parts.ged, guest_eject),
+    )?;
+    if let Some(vcpus) = parts.vcpus {
+        engine.register_for::<CpuKind>(
+            "vcpus",
+            Orders::standard(Role::Cpu),
+            VcpuParticipant::new(vcpus),
+        )?;
+    }
+    Ok(())
 }
 
 /// Host resources of a CPU: its KVM vCPU and thread.
@@ -265,15 +295,12 @@ impl VcpuParticipant {
     }
 }
 
-impl HotplugParticipant for VcpuParticipant {
-    fn prepare(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let DeviceId::Cpu(_) = op.device else {
-            return Ok(());
-        };
-        if op.direction() != Direction::Add {
+impl DeviceParticipant<CpuKind> for VcpuParticipant {
+    fn prepare(&mut self, op: &CpuOp) -> Result<(), ParticipantError> {
+        if op.direction != Direction::Add {
             return Ok(());
         }
-        let id = cpu_of(op)?;
+        let id = op.id.0;
         locked(&self.set, |set| {
             match set.states().get(&id) {
                 Some(VcpuState::Running | VcpuState::Paused) => {
@@ -289,12 +316,9 @@ impl HotplugParticipant for VcpuParticipant {
         })
     }
 
-    fn rollback_prepare(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let DeviceId::Cpu(_) = op.device else {
-            return Ok(());
-        };
-        let id = cpu_of(op)?;
-        locked(&self.set, |set| match op.direction() {
+    fn rollback_prepare(&mut self, op: &CpuOp) -> Result<(), ParticipantError> {
+        let id = op.id.0;
+        locked(&self.set, |set| match op.direction {
             Direction::Add => set
                 .park(id, VCPU_ACK_TIMEOUT)
                 .map_err(|e| ParticipantError::with_source(format!("cannot park vCPU {id}"), e)),
@@ -314,22 +338,18 @@ impl HotplugParticipant for VcpuParticipant {
         })
     }
 
-    fn commit(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let DeviceId::Cpu(_) = op.device else {
+    fn commit(&mut self, op: &CpuOp) -> Result<(), ParticipantError> {
+        if op.direction != Direction::Remove {
             return Ok(());
-        };
-        if op.direction() == Direction::Remove {
-            let id = cpu_of(op)?;
-            locked(&self.set, |set| {
-                // Usually acknowledged long ago: the park began at the guest's _EJ0.
-                set.park(id, VCPU_ACK_TIMEOUT).map_err(|e| {
-                    ParticipantError::with_source(format!("vCPU {id} did not park"), e)
-                })?;
-                tracing::info!(vcpu = id, "vCPU parked");
-                Ok(())
-            })?;
         }
-        Ok(())
+        let id = op.id.0;
+        locked(&self.set, |set| {
+            // Usually acknowledged long ago: the park began at the guest's _EJ0.
+            set.park(id, VCPU_ACK_TIMEOUT)
+                .map_err(|e| ParticipantError::with_source(format!("vCPU {id} did not park"), e))?;
+            tracing::info!(vcpu = id, "vCPU parked");
+            Ok(())
+        })
     }
 }
 
@@ -345,44 +365,41 @@ impl CpuControllerParticipant {
     pub fn new(
         controller: Arc<CpuHotplugController>,
         ged: Arc<Ged>,
-        guest_eject: hotplug::GuestEjectPolicy,
+        guest_eject: GuestEjectPolicy,
     ) -> Self {
-        controller.set_guest_eject(guest_eject == hotplug::GuestEjectPolicy::Allow);
+        controller.set_guest_eject(guest_eject == GuestEjectPolicy::Allow);
         CpuControllerParticipant {
             slots: SlotPublisher::new(controller, ged, GedEvent::Cpu, DeviceId::cpu),
         }
     }
 }
 
-impl HotplugParticipant for CpuControllerParticipant {
-    fn validate(&self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let DeviceId::Cpu(_) = op.device else {
-            return Ok(());
-        };
-        let id = cpu_of(op)?;
+impl DeviceParticipant<CpuKind> for CpuControllerParticipant {
+    fn validate(&self, op: &CpuOp) -> Result<(), ParticipantError> {
+        let id = op.id.0;
         let slot = self
             .slots
             .controller()
             .slot(id)
             .ok_or_else(|| ParticipantError::new(format!("CPU {id} is beyond max")))?;
-        match op.direction() {
+        match op.direction {
             Direction::Add if slot.enabled => Err(ParticipantError::new(format!(
                 "CPU {id} is still present in the controller"
             ))),
-            Direction::Remove if !slot.enabled && op.origin == hotplug::Origin::Host => Err(
+            Direction::Remove if !slot.enabled && op.origin == Origin::Host => Err(
                 ParticipantError::new(format!("CPU {id} is not present in the controller")),
             ),
             _ => Ok(()),
         }
     }
 
-    fn publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+    fn publish(&mut self, op: &CpuOp) -> Result<(), ParticipantError> {
         // A guest-initiated eject has nothing to tell the guest.
-        let (DeviceId::Cpu(_), hotplug::Origin::Host) = (op.device, op.origin) else {
+        if op.origin == Origin::Guest {
             return Ok(());
-        };
-        let id = cpu_of(op)?;
-        match op.direction() {
+        }
+        let id = op.id.0;
+        match op.direction {
             Direction::Add => self.slots.update(id, |s| {
                 s.enabled = true;
                 s.inserting = true;
@@ -397,12 +414,12 @@ impl HotplugParticipant for CpuControllerParticipant {
         self.slots.notify()
     }
 
-    fn rollback_publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let (DeviceId::Cpu(_), hotplug::Origin::Host) = (op.device, op.origin) else {
+    fn rollback_publish(&mut self, op: &CpuOp) -> Result<(), ParticipantError> {
+        if op.origin == Origin::Guest {
             return Ok(());
-        };
-        let id = cpu_of(op)?;
-        match op.direction() {
+        }
+        let id = op.id.0;
+        match op.direction {
             // Withdrawn: the CPU reads absent again; a guest that scans later finds nothing.
             Direction::Add => self
                 .slots
@@ -411,12 +428,9 @@ impl HotplugParticipant for CpuControllerParticipant {
         }
     }
 
-    fn commit(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        let DeviceId::Cpu(_) = op.device else {
-            return Ok(());
-        };
-        let id = cpu_of(op)?;
-        match op.direction() {
+    fn commit(&mut self, op: &CpuOp) -> Result<(), ParticipantError> {
+        let id = op.id.0;
+        match op.direction {
             Direction::Add => self.slots.update(id, |s| s.inserting = false),
             Direction::Remove => self
                 .slots
@@ -428,16 +442,16 @@ impl HotplugParticipant for CpuControllerParticipant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hotplug::{Clock, CpuId as HpCpu, OpKind, Origin, TxId};
+    use hotplug::{Clock, CpuId as HpCpu, TxId};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    fn op(kind: OpKind, id: u32) -> DeviceOp {
-        DeviceOp {
+    fn op(direction: Direction, id: u32) -> CpuOp {
+        KindOp {
             tx: TxId(1),
-            kind,
-            device: DeviceId::Cpu(HpCpu(id)),
-            memory: None,
+            id: HpCpu(id),
+            direction,
             origin: Origin::Host,
+            detail: (),
         }
     }
 
@@ -446,13 +460,9 @@ mod tests {
         let ctl = Arc::new(CpuHotplugController::for_cpus(1, 4));
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let ged = Arc::new(Ged::new(irq.try_clone().unwrap()));
-        let mut p = CpuControllerParticipant::new(
-            ctl.clone(),
-            ged.clone(),
-            hotplug::GuestEjectPolicy::Deny,
-        );
+        let mut p = CpuControllerParticipant::new(ctl.clone(), ged.clone(), GuestEjectPolicy::Deny);
 
-        let add = op(OpKind::AddCpu, 2);
+        let add = op(Direction::Add, 2);
         p.validate(&add).unwrap();
         p.publish(&add).unwrap();
         assert!(ctl.slot(2).unwrap().enabled && ctl.slot(2).unwrap().inserting);
@@ -464,14 +474,14 @@ mod tests {
         p.rollback_publish(&add).unwrap();
         assert_eq!(ctl.slot(2), Some(devices::HotplugSlotState::default()));
 
-        let remove = op(OpKind::RemoveCpu, 0);
+        let remove = op(Direction::Remove, 0);
         p.publish(&remove).unwrap();
         assert!(ctl.slot(0).unwrap().removing && ctl.slot(0).unwrap().eject_allowed);
         p.rollback_publish(&remove).unwrap();
         let s = ctl.slot(0).unwrap();
         assert!(s.enabled && !s.removing && !s.eject_allowed);
 
-        assert!(p.validate(&op(OpKind::AddCpu, 9)).is_err());
+        assert!(p.validate(&op(Direction::Add, 9)).is_err());
         let _ = hotplug::MonotonicClock::new().now();
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use devices::{CpuHotplugController, Ged, MemoryHotplugController};
 use hotplug::{
-    DeviceId, Engine, EngineConfig, FakeClock, GuestEjectPolicy, MachineConfig, Orders, Request,
-    Role, MAX_GUEST_EVENTS, MAX_GUEST_RECORDS, MAX_NOTES,
+    DeviceId, Engine, EngineConfig, FakeClock, GuestEjectPolicy, MachineConfig, Request,
+    MAX_GUEST_EVENTS, MAX_GUEST_RECORDS, MAX_NOTES,
 };
 use vm_device::bus::MmioAddress;
 use vm_device::DeviceMmio;
@@ -22,11 +22,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::api::http::{self, HeadError};
 use crate::api::routing::{self, Action};
 use crate::api::{ApiResponse, RequestError, MAX_BODY_BYTES};
-use crate::cpu_manager::CpuControllerParticipant;
+use crate::cpu_manager::{self, CpuParts};
 use crate::hotplug_service::{self, HotplugService};
 use crate::info::DeviceView;
 use crate::memory::GuestRange;
-use crate::memory_manager::MemoryControllerParticipant;
+use crate::memory_manager::{self, MemoryParts};
 
 /// Serves `input` as the bytes a client sent on one connection, the way the API server does
 /// (request head, body, routing; requests the VMM would carry out are not carried out), and
@@ -197,29 +197,20 @@ impl HotplugRig {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let mut engine =
             Engine::new(machine, config, clock.clone()).map_err(|e| invalid(e.to_string()))?;
-        engine
-            .register(
-                "cpu-controller",
-                Orders::standard(Role::AcpiBus),
-                Box::new(CpuControllerParticipant::new(
-                    cpu.clone(),
-                    ged.clone(),
-                    policy,
-                )),
-            )
-            .map_err(|e| invalid(e.to_string()))?;
-        engine
-            .register(
-                "memory-controller",
-                Orders::standard(Role::AcpiResources),
-                Box::new(MemoryControllerParticipant::new(
-                    memory.clone(),
-                    ged.clone(),
-                    region,
-                    policy,
-                )),
-            )
-            .map_err(|e| invalid(e.to_string()))?;
+        // The production wiring (`builder::create_hotplug_service`) without KVM's part.
+        let cpu_parts = CpuParts {
+            controller: cpu.clone(),
+            ged: ged.clone(),
+            vcpus: None,
+        };
+        cpu_manager::register(&mut engine, cpu_parts).map_err(|e| invalid(e.to_string()))?;
+        let memory_parts = MemoryParts {
+            controller: memory.clone(),
+            ged: ged.clone(),
+            region,
+            backing: None,
+        };
+        memory_manager::register(&mut engine, memory_parts).map_err(|e| invalid(e.to_string()))?;
         let mut service = HotplugService::new(engine, clock.clone(), obs_rx)?;
         service.on_refused_eject(hotplug_service::offer_again(
             cpu.clone(),

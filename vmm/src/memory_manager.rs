@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use devices::{Ged, GedEvent, HotplugSlotState, MemoryHotplugController, MemoryLayout, SlotRange};
 use hotplug::{
-    DeviceId, DeviceOp, Direction, HotplugParticipant, MemoryPlacement, ParticipantError,
+    DeviceId, DeviceParticipant, Direction, Engine, GuestEjectPolicy, KindOp, MemoryKind,
+    MemoryPlacement, Orders, Origin, ParticipantError, Role,
 };
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -35,19 +36,6 @@ pub fn placed(region: GuestRange, p: MemoryPlacement) -> GuestRange {
     GuestRange {
         base: region.base + p.offset,
         size: p.size,
-    }
-}
-
-fn slot_of(op: &DeviceOp) -> Result<(u32, MemoryPlacement), ParticipantError> {
-    match (op.device, op.memory) {
-        (DeviceId::MemorySlot(s), Some(p)) => Ok((s.0, p)),
-        (DeviceId::MemorySlot(s), None) => Err(ParticipantError::new(format!(
-            "memory slot {} has no placement",
-            s.0
-        ))),
-        (other, _) => Err(ParticipantError::new(format!(
-            "{other} is not a memory slot"
-        ))),
     }
 }
 
@@ -259,6 +247,42 @@ fn locked<R>(
     f(&mut g)
 }
 
+/// What the memory participants work on, for [`register`].
+pub struct MemoryParts {
+    /// The memory hotplug controller the guest's AML reads.
+    pub controller: Arc<MemoryHotplugController>,
+    /// The GED whose memory event tells the guest to scan the controller.
+    pub ged: Arc<Ged>,
+    /// The hotplug region the slots are placed in.
+    pub region: GuestRange,
+    /// The memory behind the slots; `None` where there is no KVM (the fuzz rig), which
+    /// leaves the controller alone to carry memory hotplugs.
+    pub backing: Option<Arc<Mutex<HotplugMemory>>>,
+}
+
+/// Registers the memory participants with `engine`: `memory-controller` (ACPI resources
+/// order) and, given backing memory, `memory` (memory order). The controller carries out
+/// the engine's guest-eject policy at the guest's `_EJ0`.
+pub fn register(engine: &mut Engine, parts: MemoryParts) -> Result<(), hotplug::Error> {
+    let guest_eject = engine.config().guest_eject;
+    engine.register_for::<MemoryKind>(
+        "memory-controller",
+        Orders::standard(Role::AcpiResources),
+        MemoryControllerParticipant::new(parts.controller, parts.ged, parts.region, guest_eject),
+    )?;
+    if let Some(memory) = parts.backing {
+        engine.register_for::<MemoryKind>(
+            "memory",
+            Orders::standard(Role::Memory),
+            MemoryBackingParticipant::new(memory),
+        )?;
+    }
+    Ok(())
+}
+
+/// A memory slot's part of a transaction (its detail is the slot's placement).
+type MemoryOp = KindOp<MemoryKind>;
+
 /// Host memory behind a slot.
 #[derive(Debug)]
 pub struct MemoryBackingParticipant {
@@ -272,29 +296,27 @@ impl MemoryBackingParticipant {
     }
 }
 
-impl HotplugParticipant for MemoryBackingParticipant {
-    fn prepare(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.direction() != Direction::Add {
+impl DeviceParticipant<MemoryKind> for MemoryBackingParticipant {
+    fn prepare(&mut self, op: &MemoryOp) -> Result<(), ParticipantError> {
+        if op.direction != Direction::Add {
             return Ok(());
         }
-        let (slot, placement) = slot_of(op)?;
-        locked(&self.memory, |m| m.back(slot, placement))
+        locked(&self.memory, |m| m.back(op.id.0, op.detail))
     }
 
-    fn rollback_prepare(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.direction() != Direction::Add {
+    fn rollback_prepare(&mut self, op: &MemoryOp) -> Result<(), ParticipantError> {
+        if op.direction != Direction::Add {
             return Ok(());
         }
-        let (slot, _) = slot_of(op)?;
-        locked(&self.memory, |m| m.release(slot).map(|_| ()))
+        locked(&self.memory, |m| m.release(op.id.0).map(|_| ()))
     }
 
-    fn commit(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.direction() != Direction::Remove {
+    fn commit(&mut self, op: &MemoryOp) -> Result<(), ParticipantError> {
+        // A removal gives the memory back only once the guest has let go of it (`_EJ0`).
+        if op.direction != Direction::Remove {
             return Ok(());
         }
-        let (slot, _) = slot_of(op)?;
-        locked(&self.memory, |m| m.release(slot).map(|_| ()))
+        locked(&self.memory, |m| m.release(op.id.0).map(|_| ()))
     }
 }
 
@@ -311,27 +333,35 @@ impl MemoryControllerParticipant {
         controller: Arc<MemoryHotplugController>,
         ged: Arc<Ged>,
         region: GuestRange,
-        guest_eject: hotplug::GuestEjectPolicy,
+        guest_eject: GuestEjectPolicy,
     ) -> Self {
         // The controller carries out the engine's policy at the guest's `_EJ0`.
-        controller.set_guest_eject(guest_eject == hotplug::GuestEjectPolicy::Allow);
+        controller.set_guest_eject(guest_eject == GuestEjectPolicy::Allow);
         MemoryControllerParticipant {
             slots: SlotPublisher::new(controller, ged, GedEvent::Memory, DeviceId::memory_slot),
             region,
         }
     }
+
+    /// Empties slot `slot`: no bits, no range.
+    fn clear(&self, slot: u32) -> Result<(), ParticipantError> {
+        self.slots
+            .update(slot, |s| *s = HotplugSlotState::default())?;
+        self.slots.controller().set_range(slot, None);
+        Ok(())
+    }
 }
 
-impl HotplugParticipant for MemoryControllerParticipant {
-    fn publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
+impl DeviceParticipant<MemoryKind> for MemoryControllerParticipant {
+    fn publish(&mut self, op: &MemoryOp) -> Result<(), ParticipantError> {
         // A guest-initiated eject has nothing to tell the guest.
-        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.origin == hotplug::Origin::Guest {
+        if op.origin == Origin::Guest {
             return Ok(());
         }
-        let (slot, p) = slot_of(op)?;
-        match op.direction() {
+        let slot = op.id.0;
+        match op.direction {
             Direction::Add => {
-                let placed = placed(self.region, p);
+                let placed = placed(self.region, op.detail);
                 let range = SlotRange {
                     base: placed.base,
                     length: placed.size,
@@ -356,35 +386,20 @@ impl HotplugParticipant for MemoryControllerParticipant {
         self.slots.notify()
     }
 
-    fn rollback_publish(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        if !matches!(op.device, DeviceId::MemorySlot(_)) || op.origin == hotplug::Origin::Guest {
+    fn rollback_publish(&mut self, op: &MemoryOp) -> Result<(), ParticipantError> {
+        if op.origin == Origin::Guest {
             return Ok(());
         }
-        let (slot, _) = slot_of(op)?;
-        match op.direction() {
-            Direction::Add => {
-                self.slots
-                    .update(slot, |s| *s = HotplugSlotState::default())?;
-                self.slots.controller().set_range(slot, None);
-                Ok(())
-            }
-            Direction::Remove => self.slots.withdraw_removal(slot),
+        match op.direction {
+            Direction::Add => self.clear(op.id.0),
+            Direction::Remove => self.slots.withdraw_removal(op.id.0),
         }
     }
 
-    fn commit(&mut self, op: &DeviceOp) -> Result<(), ParticipantError> {
-        if !matches!(op.device, DeviceId::MemorySlot(_)) {
-            return Ok(());
-        }
-        let (slot, _) = slot_of(op)?;
-        match op.direction() {
-            Direction::Add => self.slots.update(slot, |s| s.inserting = false),
-            Direction::Remove => {
-                self.slots
-                    .update(slot, |s| *s = HotplugSlotState::default())?;
-                self.slots.controller().set_range(slot, None);
-                Ok(())
-            }
+    fn commit(&mut self, op: &MemoryOp) -> Result<(), ParticipantError> {
+        match op.direction {
+            Direction::Add => self.slots.update(op.id.0, |s| s.inserting = false),
+            Direction::Remove => self.clear(op.id.0),
         }
     }
 }
