@@ -377,6 +377,35 @@ fn memory_above_host() {
     );
 }
 
+/// `hugepages=on` on a host whose pool cannot hold the boot RAM: exit 1, saying how many pages
+/// it needs and has. (Skipped where the host's pool is large enough to boot.)
+#[test]
+fn memory_on_too_few_huge_pages() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let free: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("HugePages_Free:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    if free >= 32 {
+        eprintln!("this host has {free} free huge pages: nothing to refuse");
+        return;
+    }
+    let dir = ScratchDir::new("huge-pages");
+    let kernel = write_tiny_elf_kernel(&dir, "image");
+    let args = [
+        "--kernel",
+        text(&kernel),
+        "--memory",
+        "size=64M,hugepages=on",
+        "--serial",
+        "null",
+    ];
+    fails_with_tiny_kernel(&args, 1, &["--memory", "hugepages=on", "huge pages"]);
+    let bad = ["--kernel", text(&kernel), "--memory", "size=64M,thp=maybe"];
+    fails(&bad, 2, &["--memory", "thp=\"maybe\" is not a switch"]);
+}
+
 #[test]
 fn api_socket_in_use() {
     let dir = ScratchDir::new("api-busy");

@@ -20,6 +20,9 @@
 //!   `vm.info` as before.
 //! * `memory_bad_requests_change_nothing`: sizes, slots and resizes that are refused (4xx
 //!   with a reason, no transaction, nothing changes), including "no free slot".
+//! * `memory_on_huge_pages_is_reserved_and_given_back`: `hugepages=on`: boot RAM and slots
+//!   reserve the host's huge pages, an add the pool cannot hold is rolled back with the reason,
+//!   a removal gives the pages back.
 
 use std::time::{Duration, Instant};
 
@@ -563,6 +566,45 @@ fn add_memory(s: &GuestSession, size: u64) -> Value {
     hotplug_ok(s, "vm.add-memory", json!({ "size": size }))
 }
 
+/// The host's huge page pool, sized for one test and emptied again when dropped (a panic
+/// included), so that the other tests of the run get that memory back.
+struct HugePagePool;
+
+impl HugePagePool {
+    const NR: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(pages: u64) -> HugePagePool {
+        std::fs::write(Self::NR, pages.to_string())
+            .unwrap_or_else(|e| panic!("cannot size the huge page pool ({}): {e}", Self::NR));
+        let pool = HugePagePool;
+        assert_eq!(
+            huge_pages_available(),
+            pages,
+            "the host did not give {pages} huge pages"
+        );
+        pool
+    }
+}
+
+impl Drop for HugePagePool {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::NR, "0");
+    }
+}
+
+/// Huge pages a new mapping can still reserve: free less reserved (`/proc/meminfo`).
+fn huge_pages_available() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    field("HugePages_Free:").saturating_sub(field("HugePages_Rsvd:"))
+}
+
 // ---- tests ---------------------------------------------------------------------------------
 
 kvm_guest_test! {
@@ -586,6 +628,14 @@ kvm_guest_test! {
         assert_eq!(u64::from_str_radix(&bs, 16).ok(), Some(BLOCK), "guest block size {bs}");
         assert_eq!(zone_free_bytes(&s, "Movable"), 0, "a Movable zone before any hotplug");
         let total0 = mem_total_kib(&s);
+        // A hotplug region above 4 GiB no longer costs the guest a 64 MiB swiotlb bounce
+        // buffer (no device here does DMA): plugvm turns it off, and MemTotal is what a 256 MiB
+        // guest without a hotplug region has (about 200 MiB; 136 MiB with the buffer).
+        let cmdline = s.exec("cat /proc/cmdline", CMD_TIMEOUT);
+        assert!(cmdline.contains("swiotlb=noforce"), "guest command line: {cmdline}");
+        let tlb = s.exec("dmesg | grep -c 'software IO TLB: mapped' || true", CMD_TIMEOUT);
+        assert_eq!(tlb, "0", "the guest still reserved a bounce buffer");
+        assert!(total0 >= 180 * KIB_PER_MIB, "MemTotal {total0} KiB of 256 MiB");
 
         // 256 MiB: slot 1 at the region's start.
         let mark = s.console_mark();
@@ -1210,5 +1260,51 @@ kvm_guest_test! {
 
         assert_eq!(s.shutdown(), Some(0));
         eprintln!("session lasted {:?}", s.elapsed());
+    }
+}
+
+kvm_guest_test! {
+    /// `hugepages=on` with a pool of 256 huge pages (512 MiB): the 256 MiB of boot RAM reserve
+    /// 128 of them at start, a 256 MiB hot-add the other 128; a further add finds none, fails in
+    /// Prepare (500, rolled back, the reason named, the guest unchanged); removing the slot
+    /// gives its 128 pages back to the host, and the slot can be plugged again.
+    fn memory_on_huge_pages_is_reserved_and_given_back() {
+        let _pool = HugePagePool::reserve(256);
+        let s = start(
+            "boot=1",
+            "size=256M,hotplug_size=1G,hotplug_slots=4,hugepages=on",
+            "",
+        );
+        let info = vm_info(&s);
+        assert_eq!(info["config"]["memory"]["hugepages"], json!(true), "{info}");
+        assert_eq!(huge_pages_available(), 128, "after boot (256 MiB of boot RAM)");
+        let total0 = mem_total_kib(&s);
+
+        let add = add_memory(&s, 256 * MIB);
+        assert_committed(&add, &[(mem_device(1), "add_memory")]);
+        assert_eq!(huge_pages_available(), 0, "after a 256 MiB add");
+        let (base, size) = slot_range(&s, 1);
+        let blocks = blocks_of(base, size);
+        wait_blocks_online(&s, &blocks);
+        wait_mem_total(&s, total0 + 256 * KIB_PER_MIB);
+        // The guest uses the slot: a file in ZONE_MOVABLE, i.e. in huge-page-backed memory.
+        mount_fill(&s);
+        fill_file(&s, "/mnt/fill/data", 200);
+        s.exec("rm /mnt/fill/data", CMD_TIMEOUT);
+
+        let (error, record) = hotplug_fails(&s, "vm.add-memory", json!({"size": 128 * MIB}), 500);
+        assert!(error.contains("huge pages"), "{error}");
+        assert_rolled_back(&record);
+        assert_slot_states(&s, &["present", "absent", "absent", "absent"]);
+        assert_eq!(huge_pages_available(), 0, "after the refused add");
+
+        let remove = hotplug_ok(&s, "vm.remove-memory", json!({"slot": 1}));
+        assert_committed(&remove, &[(mem_device(1), "remove_memory")]);
+        assert_mem_total(&s, total0, "after the removal");
+        assert_eq!(huge_pages_available(), 128, "after the removal: the slot's pages are back");
+
+        let again = add_memory(&s, 128 * MIB);
+        assert_committed(&again, &[(mem_device(1), "add_memory")]);
+        assert_eq!(huge_pages_available(), 64, "after a 128 MiB add");
     }
 }

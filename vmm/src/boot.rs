@@ -205,6 +205,30 @@ pub fn load_initramfs(
     Ok(InitramfsPlacement { address, size })
 }
 
+/// The parameter that keeps Linux from reserving a swiotlb bounce buffer.
+pub const NO_SWIOTLB: &str = "swiotlb=noforce";
+
+/// The command line the guest gets: the user's, plus [`NO_SWIOTLB`] when guest memory can
+/// reach above 4 GiB (`memory_above_4g`) and the user said nothing of swiotlb.
+///
+/// Linux x86 reserves a 64 MiB bounce buffer for 32-bit DMA whenever memory can reach above
+/// 4 GiB, hotpluggable memory in the SRAT included: a 512 MiB guest with a hotplug region lost
+/// an eighth of its RAM to it. No plugvm device does DMA, so the buffer can never be used.
+pub fn guest_cmdline(user: &str, memory_above_4g: bool) -> String {
+    let mentions_swiotlb = user
+        .split_ascii_whitespace()
+        .any(|p| p.starts_with("swiotlb="));
+    let fits = user.len() + 1 + NO_SWIOTLB.len() < CMDLINE_MAX_SIZE;
+    if !memory_above_4g || mentions_swiotlb || !fits {
+        return user.to_string();
+    }
+    if user.trim().is_empty() {
+        NO_SWIOTLB.to_string()
+    } else {
+        format!("{user} {NO_SWIOTLB}")
+    }
+}
+
 /// Writes the command line at [`CMDLINE_START`] and returns its length.
 pub fn load_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, BootError> {
     let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
@@ -348,6 +372,20 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn swiotlb_is_turned_off_only_where_linux_would_force_it() {
+        let base = "console=ttyS0 panic=-1 pci=off";
+        assert_eq!(guest_cmdline(base, false), base);
+        assert_eq!(guest_cmdline(base, true), format!("{base} swiotlb=noforce"));
+        assert_eq!(guest_cmdline("", true), "swiotlb=noforce");
+        // The user's own choice wins.
+        let own = "console=ttyS0 swiotlb=65536";
+        assert_eq!(guest_cmdline(own, true), own);
+        // A command line at the limit is left as it is.
+        let long = "x".repeat(CMDLINE_MAX_SIZE - 10);
+        assert_eq!(guest_cmdline(&long, true), long);
+    }
+
+    #[test]
     fn reset_stub_writes_the_reset_register_and_fits_below_1m() {
         let stub = reset_vector_stub();
         assert!(RESET_VECTOR + stub.len() as u64 <= HIMEM_START);
@@ -414,7 +452,11 @@ mod tests {
             .unwrap()
             .write_all(b"hello world")
             .unwrap();
-        let mem = crate::memory::create_guest_memory(&MemoryLayout::new(64 << 20, 0)).unwrap();
+        let mem = crate::memory::create_guest_memory(
+            &MemoryLayout::new(64 << 20, 0),
+            crate::memory_backing::Backing::default(),
+        )
+        .unwrap();
         assert!(matches!(
             load_kernel(&mem, &p),
             Err(BootError::NotAKernel(_))

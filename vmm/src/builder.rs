@@ -25,6 +25,7 @@ use crate::cpu_manager::{self, CpuParts, VcpuSet, SPARE_VCPUS};
 use crate::host_faults::HostFaults;
 use crate::hotplug_service::{self, HotplugService, ObservationReceiver, ObservationSender};
 use crate::memory::{self, MemoryLayout};
+use crate::memory_backing::Backing;
 use crate::memory_manager::{self, GuestMemoryMap, HotplugMemory, MemoryParts};
 use crate::request_handler::{RequestHandler, VmView};
 use crate::vcpu;
@@ -316,7 +317,8 @@ pub fn build(
         .map_err(|e| VmError::KvmIoctl("KVM_CREATE_PIT2", e))?;
 
     let layout = memory_layout(config);
-    let mem = memory::create_guest_memory(&layout)?;
+    let backing = Backing::of(&config.memory);
+    let mem = memory::create_guest_memory(&layout, backing)?;
     let boot_slots = memory::register_memory_slots(&fd, &mem)?;
     tracing::info!(ram = layout.ram_size(), "guest memory ready");
 
@@ -326,7 +328,15 @@ pub fn build(
         .as_deref()
         .map(|p| boot::load_initramfs(&mem, p, &layout, &kernel))
         .transpose()?;
-    let cmdline_len = boot::load_cmdline(&mem, &payload.cmdline)?;
+    let above_4g = layout.hotplug.is_some() || layout.ram.len() > 1;
+    let cmdline = boot::guest_cmdline(&payload.cmdline, above_4g);
+    if cmdline != payload.cmdline {
+        tracing::info!(
+            "guest command line: {} added (no device does DMA, and guest memory can reach above 4 GiB)",
+            boot::NO_SWIOTLB
+        );
+    }
+    let cmdline_len = boot::load_cmdline(&mem, &cmdline)?;
     let tables = acpi::build_tables(&machine_description(config, &layout))?;
     boot::write_acpi_tables(&mem, &tables)?;
     boot::write_reset_vector(&mem)?;
@@ -418,6 +428,7 @@ pub fn build(
     let hotplug_memory = layout.hotplug.map(|region| {
         let mut memory = HotplugMemory::new(fd.clone(), memory_map.clone(), region, boot_slots);
         memory.set_faults(faults.clone());
+        memory.set_backing(backing);
         Arc::new(Mutex::new(memory))
     });
     let hotplug = Arc::new(Mutex::new(create_hotplug_service(

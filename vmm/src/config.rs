@@ -15,7 +15,7 @@
 //! let Command::Run(config) = cmd else { unreachable!() };
 //! assert_eq!((config.cpus.boot, config.cpus.max), (2, 4));
 //! assert_eq!(config.memory.size, 512 << 20);
-//! let host = HostLimits { max_vcpus: 1024, host_memory: 8 << 30 };
+//! let host = HostLimits { max_vcpus: 1024, host_memory: 8 << 30, huge_pages: Default::default() };
 //! assert!(config.validate_host(&host).is_ok());
 //!
 //! let err = parse_args(["plugvm", "--kernel", "k", "--cpus", "boot=4,max=2"]).unwrap_err();
@@ -41,7 +41,7 @@ mod serial;
 
 pub use cpus::{CpusConfig, CpusError, PLUGVM_MAX_VCPUS};
 pub use event_monitor::{EventMonitorConfig, EventMonitorError};
-pub use host::{ConfigError, FileRole, HostLimits};
+pub use host::{ConfigError, FileRole, HostLimits, HugePages};
 pub use memory::{
     MemoryConfig, MemoryError, DEFAULT_HOTPLUG_SLOTS, DEFAULT_MEMORY_SIZE, HOTPLUG_BLOCK_SIZE,
     MAX_HOTPLUG_SLOTS, MEMORY_ALIGNMENT, MIN_MEMORY,
@@ -290,7 +290,10 @@ struct Cli {
 
     /// Boot RAM (a multiple of 1M, at least 64M) and hotplug area (a multiple of 128M; 8 slots
     /// by default). SIZE: bytes, or a K/M/G/T suffix (powers of 1024; KiB... also accepted) [default: size=512M]
-    #[arg(long, value_name = "size=SIZE[,hotplug_size=SIZE][,hotplug_slots=N]")]
+    #[arg(
+        long,
+        value_name = "size=SIZE[,hotplug_size=SIZE][,hotplug_slots=N][,thp=on|off][,hugepages=on|off]"
+    )]
     memory: Option<OsString>,
 
     /// Where the guest's serial console (ttyS0) goes [default: stdio]

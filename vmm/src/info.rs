@@ -119,9 +119,9 @@ pub fn ch_config(config: &VmConfig, present: Present) -> Value {
         "size": present.ram,
         "mergeable": false,
         "shared": false,
-        "hugepages": false,
+        "hugepages": config.memory.hugepages,
         "prefault": false,
-        "thp": false,
+        "thp": config.memory.thp,
     });
     if config.memory.hotplug_size > 0 {
         memory["hotplug_method"] = json!("Acpi");

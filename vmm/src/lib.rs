@@ -25,6 +25,7 @@ pub mod info;
 mod journal_stream;
 pub mod logging;
 pub mod memory;
+pub mod memory_backing;
 pub mod memory_manager;
 pub mod metrics;
 pub mod request_handler;

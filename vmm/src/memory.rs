@@ -4,7 +4,11 @@
 use acpi::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
+
+use crate::memory_backing::Backing;
 
 /// The guest's memory block size for hotplug when boot RAM ends below 64 GiB: Linux x86_64
 /// onlines and offlines memory in 128 MiB blocks then. The hotplug region starts on a multiple
@@ -20,12 +24,12 @@ pub const MAX_BLOCK_SIZE: u64 = 2 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// mmap of guest RAM failed.
-    #[error("cannot allocate {size} bytes of guest memory: {source}")]
+    #[error("cannot allocate {size} bytes of guest memory: {why}")]
     Allocate {
         /// Bytes asked for.
         size: u64,
-        /// Cause.
-        source: vm_memory::mmap::FromRangesError,
+        /// What failed, said for the user.
+        why: String,
     },
     /// A size does not fit the host's address width.
     #[error("memory size {0} does not fit this host")]
@@ -110,21 +114,28 @@ impl MemoryLayout {
     }
 }
 
-/// Allocates boot RAM (anonymous, private mappings).
-pub fn create_guest_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges = layout
+/// Allocates boot RAM, one mapping per range of `layout`, backed as `backing` says.
+pub fn create_guest_memory(
+    layout: &MemoryLayout,
+    backing: Backing,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let allocate = |why: String| MemoryError::Allocate {
+        size: layout.ram_size(),
+        why,
+    };
+    let regions = layout
         .ram
         .iter()
         .map(|r| {
-            usize::try_from(r.size)
-                .map(|s| (GuestAddress(r.base), s))
-                .map_err(|_| MemoryError::TooLarge(r.size))
+            let size = usize::try_from(r.size).map_err(|_| MemoryError::TooLarge(r.size))?;
+            let mapping = backing
+                .map(size)
+                .map_err(|e| allocate(format!("{}: {e}", backing.describe_failure(size, &e))))?;
+            GuestRegionMmap::new(mapping, GuestAddress(r.base))
+                .ok_or_else(|| allocate(format!("invalid guest range {r:x?}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
-        size: layout.ram_size(),
-        source,
-    })
+    GuestMemoryMmap::from_regions(regions).map_err(|e| allocate(e.to_string()))
 }
 
 /// Registers every region of `mem` as a KVM memory slot, numbered from 0.
@@ -215,7 +226,7 @@ mod tests {
     #[test]
     fn guest_memory_matches_layout() {
         let l = MemoryLayout::new(64 << 20, 0);
-        let mem = create_guest_memory(&l).unwrap();
+        let mem = create_guest_memory(&l, Backing::default()).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.last_addr(), GuestAddress((64 << 20) - 1));
     }

@@ -21,11 +21,11 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap,
-    MmapRegion,
 };
 
 use crate::host_faults::{HostCall, HostFaults};
 use crate::memory::GuestRange;
+use crate::memory_backing::Backing;
 use crate::slot_publisher::SlotPublisher;
 
 /// The guest memory map, shared with whoever needs to read guest memory.
@@ -54,6 +54,7 @@ pub struct HotplugMemory {
     first_kvm_slot: u32,
     backed: BTreeMap<u32, BackedSlot>,
     faults: Arc<HostFaults>,
+    backing: Backing,
 }
 
 impl std::fmt::Debug for HotplugMemory {
@@ -80,12 +81,18 @@ impl HotplugMemory {
             first_kvm_slot,
             backed: BTreeMap::new(),
             faults: Arc::default(),
+            backing: Backing::default(),
         }
     }
 
     /// Host faults to inject from now on (tests; see [`HostFaults`]).
     pub fn set_faults(&mut self, faults: Arc<HostFaults>) {
         self.faults = faults;
+    }
+
+    /// How the slots hotplugged from now on are mapped (the boot RAM's backing, normally).
+    pub fn set_backing(&mut self, backing: Backing) {
+        self.backing = backing;
     }
 
     /// Guest range of a placement.
@@ -144,13 +151,9 @@ impl HotplugMemory {
         self.faults
             .check(HostCall::Mmap)
             .map_err(|e| ParticipantError::with_source(format!("cannot map {size} bytes"), e))?;
-        let mapping = MmapRegion::<()>::build(
-            None,
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-        )
-        .map_err(|e| ParticipantError::with_source(format!("cannot map {size} bytes"), e))?;
+        let mapping = self.backing.map(size).map_err(|e| {
+            ParticipantError::with_source(self.backing.describe_failure(size, &e), e)
+        })?;
         let host = mapping.as_ptr() as u64;
         let region = GuestRegionMmap::new(mapping, GuestAddress(range.base))
             .ok_or_else(|| ParticipantError::new(format!("invalid guest range {range:x?}")))?;

@@ -107,12 +107,9 @@ static MEMORY: &[Unsupported] = &[
     field("hotplugged_size", null),
     field("mergeable", falsy),
     field("shared", falsy),
-    field("hugepages", falsy),
     field("hugepage_size", null),
     field("prefault", falsy),
     field("reserve", falsy),
-    // plugvm does not advise transparent huge pages.
-    either("thp", truthy, falsy),
     field("zones", null),
 ];
 
@@ -247,7 +244,7 @@ fn memory(value: Option<&Value>) -> Result<MemoryConfig, String> {
     check_members(
         "memory.",
         memory,
-        &["size", "hotplug_size", "hotplug_method"],
+        &["size", "hotplug_size", "hotplug_method", "thp", "hugepages"],
         MEMORY,
     )?;
     match text("memory.", memory, "hotplug_method")? {
@@ -264,6 +261,17 @@ fn memory(value: Option<&Value>) -> Result<MemoryConfig, String> {
     }
     if let Some(hotplug) = unsigned("memory.", memory, "hotplug_size")?.filter(|h| *h > 0) {
         spec.push(format!("hotplug_size={hotplug}"));
+    }
+    for name in ["thp", "hugepages"] {
+        match memory.get(name) {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(on)) => spec.push(format!("{name}={on}")),
+            Some(v) => {
+                return Err(format!(
+                    "vm.create: memory.{name} must be true or false, got {v}."
+                ))
+            }
+        }
     }
     MemoryConfig::parse(&spec.join(",")).map_err(|e| format!("vm.create: memory: {e}."))
 }
@@ -458,6 +466,23 @@ mod tests {
         body["serial"]["iommu"] = json!(false);
         body["cpus"]["topology"] = json!({"cores_per_die": 4, "dies_per_package": 1, "packages": 1, "threads_per_core": 1});
         assert!(create(body).is_ok());
+    }
+
+    #[test]
+    fn memory_backing_is_read() {
+        let c = create(minimal()).unwrap();
+        assert!(c.memory.thp && !c.memory.hugepages, "{:?}", c.memory);
+        let mut body = minimal();
+        body["memory"]["thp"] = json!(false);
+        body["memory"]["hugepages"] = json!(true);
+        let c = create(body).unwrap();
+        assert!(!c.memory.thp && c.memory.hugepages, "{:?}", c.memory);
+        let mut body = minimal();
+        body["memory"]["thp"] = json!("yes");
+        assert_eq!(
+            create(body).unwrap_err(),
+            "vm.create: memory.thp must be true or false, got \"yes\"."
+        );
     }
 
     #[test]

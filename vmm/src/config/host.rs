@@ -22,7 +22,7 @@ mod limits;
 #[cfg(test)]
 mod tests;
 
-pub use limits::HostLimits;
+pub use limits::{HostLimits, HugePages};
 
 /// Which file of the configuration an error is about; displays as its flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,37 @@ pub enum ConfigError {
         hotplug_size: u64,
         /// The host's memory in bytes.
         host_memory: u64,
+    },
+    /// `hugepages=on` on a host without huge pages.
+    #[error("--memory: hugepages=on, but this host has no huge pages (no Hugepagesize in /proc/meminfo)")]
+    NoHugePages,
+    /// `hugepages=on` with boot RAM or hotplug blocks that are not whole huge pages.
+    #[error(
+        "--memory: hugepages=on needs size={} and the 128 MiB hotplug blocks to be multiples of the host's huge page size ({})",
+        ByteSize(*size),
+        ByteSize(*page)
+    )]
+    HugePageSize {
+        /// Boot RAM in bytes.
+        size: u64,
+        /// The host's huge page size in bytes.
+        page: u64,
+    },
+    /// `hugepages=on` and the host has fewer free huge pages than the boot RAM needs.
+    #[error(
+        "--memory: hugepages=on needs {needed} free huge pages of {} for size={}, and the host has {free} (HugePages_Free less HugePages_Rsvd in /proc/meminfo; reserve more in /proc/sys/vm/nr_hugepages)",
+        ByteSize(*page),
+        ByteSize(*size)
+    )]
+    TooFewHugePages {
+        /// Boot RAM in bytes.
+        size: u64,
+        /// The host's huge page size in bytes.
+        page: u64,
+        /// Pages the boot RAM needs.
+        needed: u64,
+        /// Pages free on the host.
+        free: u64,
     },
     /// The path does not exist.
     #[error("{}: no such file", shown(*role, path))]

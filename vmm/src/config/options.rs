@@ -82,6 +82,15 @@ pub(crate) fn parse_options<'a, const N: usize>(
     Ok(values)
 }
 
+/// Parses a switch: `on`/`off` (Cloud Hypervisor's and QEMU's spelling) or `true`/`false`.
+pub(crate) fn parse_switch(value: &str) -> Option<bool> {
+    match value {
+        "on" | "true" => Some(true),
+        "off" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// Parses a plain decimal `u32`: ASCII digits only (no sign, no whitespace), no overflow.
 pub(crate) fn parse_u32(value: &str) -> Option<u32> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {

@@ -42,7 +42,8 @@ fn defaults() {
             memory: MemoryConfig {
                 size: 512 * MIB,
                 hotplug_size: 0,
-                hotplug_slots: 0
+                hotplug_slots: 0,
+                ..MemoryConfig::default()
             },
             payload: Some(PayloadConfig {
                 kernel: "/k".into(),
@@ -87,7 +88,8 @@ fn every_flag() {
             memory: MemoryConfig {
                 size: GIB,
                 hotplug_size: 2 * GIB,
-                hotplug_slots: 4
+                hotplug_slots: 4,
+                ..MemoryConfig::default()
             },
             payload: Some(PayloadConfig {
                 kernel: "/boot/vmlinuz".into(),
@@ -338,7 +340,7 @@ const OPTION_ERRORS: &[(&[&str], &str)] = &[
     ),
     (
         &["--memory", "size=1G,numa=on"],
-        "plugvm: --memory: unknown key 'numa' (valid keys: size, hotplug_size, hotplug_slots)",
+        "plugvm: --memory: unknown key 'numa' (valid keys: size, hotplug_size, hotplug_slots, thp, hugepages)",
     ),
     (
         &["--serial", "tty"],

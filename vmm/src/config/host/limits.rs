@@ -12,6 +12,30 @@ pub struct HostLimits {
     pub max_vcpus: u32,
     /// The host's physical memory in bytes (`MemTotal`).
     pub host_memory: u64,
+    /// The host's huge pages, for `--memory hugepages=on`.
+    pub huge_pages: HugePages,
+}
+
+/// The host's pool of (default-size) huge pages, from `/proc/meminfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HugePages {
+    /// `Hugepagesize` in bytes; 0 when the host has no huge pages (no hugetlbfs).
+    pub size: u64,
+    /// Pages a new mapping can reserve: `HugePages_Free` less `HugePages_Rsvd` (free pages
+    /// that mappings already reserved).
+    pub free: u64,
+}
+
+impl HugePages {
+    /// The pool as `/proc/meminfo` describes it (0 pages of size 0 when it does not).
+    pub fn from_meminfo(meminfo: &str) -> HugePages {
+        HugePages {
+            size: meminfo_field(meminfo, "Hugepagesize:").unwrap_or(0),
+            free: meminfo_field(meminfo, "HugePages_Free:")
+                .unwrap_or(0)
+                .saturating_sub(meminfo_field(meminfo, "HugePages_Rsvd:").unwrap_or(0)),
+        }
+    }
 }
 
 impl HostLimits {
@@ -25,13 +49,11 @@ impl HostLimits {
     /// that is best-effort anyway: without `/proc` the memory check passes, and an oversized
     /// `--memory` fails later, when the memory is mapped or used.
     pub fn probe(kvm_max_vcpus: u32) -> HostLimits {
-        let host_memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|text| parse_meminfo_total(&text))
-            .unwrap_or(u64::MAX);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         HostLimits {
             max_vcpus: kvm_max_vcpus,
-            host_memory,
+            host_memory: parse_meminfo_total(&meminfo).unwrap_or(u64::MAX),
+            huge_pages: HugePages::from_meminfo(&meminfo),
         }
     }
 
@@ -43,7 +65,13 @@ impl HostLimits {
 
 /// `MemTotal` of a `/proc/meminfo` text, in bytes.
 pub(super) fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    meminfo_field(meminfo, "MemTotal:")
+}
+
+/// The value of the `/proc/meminfo` line that starts with `name`: bytes for a `kB` value, the
+/// number itself for a count.
+fn meminfo_field(meminfo: &str, name: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with(name))?;
     let mut words = line.split_whitespace().skip(1);
     let value: u64 = words.next()?.parse().ok()?;
     match words.next() {
@@ -71,6 +99,35 @@ impl VmConfig {
                 host_memory: host.host_memory,
             });
         }
+        if self.memory.hugepages {
+            check_huge_pages(self.memory.size, host.huge_pages)?;
+        }
         Ok(())
     }
+}
+
+/// `hugepages=on`: the boot RAM and every hotplug slot must be whole huge pages, and the boot
+/// RAM must find its pages free now (a hot-add that finds none is refused then, with the
+/// transaction rolled back).
+fn check_huge_pages(size: u64, pages: HugePages) -> Result<(), ConfigError> {
+    use super::super::memory::HOTPLUG_BLOCK_SIZE;
+    if pages.size == 0 {
+        return Err(ConfigError::NoHugePages);
+    }
+    if !size.is_multiple_of(pages.size) || !HOTPLUG_BLOCK_SIZE.is_multiple_of(pages.size) {
+        return Err(ConfigError::HugePageSize {
+            size,
+            page: pages.size,
+        });
+    }
+    let needed = size / pages.size;
+    if pages.free < needed {
+        return Err(ConfigError::TooFewHugePages {
+            size,
+            page: pages.size,
+            needed,
+            free: pages.free,
+        });
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ use plugvm_remote::size::{GIB, MIB};
 const HOST: HostLimits = HostLimits {
     max_vcpus: 1024,
     host_memory: 8 * GIB,
+    huge_pages: HugePages { size: 0, free: 0 },
 };
 
 fn config() -> VmConfig {
@@ -98,6 +99,7 @@ fn vcpu_limit_is_the_lower_of_kvm_and_plugvm() {
         HostLimits {
             max_vcpus,
             host_memory: 0,
+            huge_pages: HugePages::default(),
         }
         .vcpu_limit()
     };
@@ -145,6 +147,7 @@ fn validate_host_memory() {
             size,
             hotplug_size,
             hotplug_slots: if hotplug_size == 0 { 0 } else { 8 },
+            ..MemoryConfig::default()
         },
         ..config()
     };
@@ -393,4 +396,59 @@ fn socket_with_a_full_backlog_is_in_use_without_waiting() {
             ..
         })
     ));
+}
+
+#[test]
+fn huge_pages_from_meminfo() {
+    let meminfo = "MemTotal: 100 kB\nHugePages_Total:     512\nHugePages_Free:      300\nHugePages_Rsvd:       20\nHugepagesize:       2048 kB\n";
+    assert_eq!(
+        HugePages::from_meminfo(meminfo),
+        HugePages {
+            size: 2 * MIB,
+            free: 280
+        }
+    );
+    assert_eq!(
+        HugePages::from_meminfo("MemTotal: 1 kB\n"),
+        HugePages::default()
+    );
+}
+
+#[test]
+fn validate_host_huge_pages() {
+    let huge = |size| VmConfig {
+        memory: MemoryConfig {
+            size,
+            hugepages: true,
+            ..MemoryConfig::default()
+        },
+        ..config()
+    };
+    let with_pages = |size, free| HostLimits {
+        huge_pages: HugePages { size, free },
+        ..HOST
+    };
+    assert!(huge(512 * MIB)
+        .validate_host(&with_pages(2 * MIB, 256))
+        .is_ok());
+    let err = |c: VmConfig, h| c.validate_host(&h).unwrap_err().to_string();
+    assert_eq!(
+        err(huge(512 * MIB), HOST),
+        "--memory: hugepages=on, but this host has no huge pages (no Hugepagesize in /proc/meminfo)"
+    );
+    assert_eq!(
+        err(huge(512 * MIB), with_pages(2 * MIB, 255)),
+        "--memory: hugepages=on needs 256 free huge pages of 2 MiB for size=512 MiB, and the host has 255 (HugePages_Free less HugePages_Rsvd in /proc/meminfo; reserve more in /proc/sys/vm/nr_hugepages)"
+    );
+    assert_eq!(
+        err(huge(513 * MIB), with_pages(2 * MIB, 1000)),
+        "--memory: hugepages=on needs size=513 MiB and the 128 MiB hotplug blocks to be multiples of the host's huge page size (2 MiB)"
+    );
+    // 1 GiB pages cannot back 128 MiB hotplug blocks.
+    assert!(matches!(
+        huge(GIB).validate_host(&with_pages(GIB, 4)),
+        Err(ConfigError::HugePageSize { .. })
+    ));
+    // Without hugepages=on the pool is not looked at.
+    assert!(config().validate_host(&HOST).is_ok());
 }
