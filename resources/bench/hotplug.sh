@@ -13,6 +13,8 @@
 #                    (default 128; page cache prefers the hot-added ZONE_MOVABLE memory), so
 #                    that the RSS after the removal shows whether the host got it back; 0: off
 #   --qemu-machine M QEMU's -M (default q35, like qemu-hotplug.sh; pc also works)
+#   --plugvm-memory-opts OPTS  appended to plugvm's --memory, e.g. thp=off or hugepages=on
+#                    (hugepages=on: the script reserves the outer VM's huge page pool)
 #   --timeout SECS   per operation (default 180)
 #   --no-build       do not run `cargo build --release --bins` first
 #   --keep-logs DIR  keep both consoles (timestamped) and the VMMs' stderr in DIR (must be
@@ -81,9 +83,10 @@ machine=q35
 timeout_s=180
 build=1
 keep_logs=""
+mem_opts=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --ops | --mem-sizes | --mem-reps | --touch-mb | --qemu-machine | --timeout | --keep-logs)
+        --ops | --mem-sizes | --mem-reps | --touch-mb | --qemu-machine | --timeout | --keep-logs | --plugvm-memory-opts)
             [ $# -ge 2 ] || usage_err "$1 needs a value"
             case "$1" in
                 --ops) ops="$2" ;;
@@ -93,6 +96,7 @@ while [ $# -gt 0 ]; do
                 --qemu-machine) machine="$2" ;;
                 --timeout) timeout_s="$2" ;;
                 --keep-logs) keep_logs="$2" ;;
+                --plugvm-memory-opts) mem_opts="$2" ;;
             esac
             shift
             ;;
@@ -140,6 +144,7 @@ if [ -z "${PLUGVM_KVMHOST_INSIDE:-}" ]; then
     fi
     args=(--ops "$ops" --mem-sizes "$mem_sizes" --mem-reps "$mem_reps" --touch-mb "$touch_mb"
         --qemu-machine "$machine" --timeout "$timeout_s" --no-build)
+    [ -z "$mem_opts" ] || args+=(--plugvm-memory-opts "$mem_opts")
     case "$parts" in cpu) args+=(--cpu-only) ;; memory) args+=(--memory-only) ;; esac
     [ -z "$keep_logs" ] || args+=(--keep-logs "$(mkdir -p "$keep_logs" && cd "$keep_logs" && pwd -P)")
     # The outer VM must hold both guests and pass plugvm's check that boot RAM + hotplug area
@@ -160,13 +165,20 @@ PLUGVM="${CARGO_TARGET_DIR:-$REPO/target}/release/plugvm"
 command -v qemu-system-x86_64 >/dev/null || { echo "hotplug-bench: qemu-system-x86_64 missing" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "hotplug-bench: python3 needed" >&2; exit 1; }
 
+if [[ ",$mem_opts," == *",hugepages=on,"* ]]; then
+    # The pool holds the boot RAM and the largest add (2 MiB pages), plus a few spare.
+    echo $(((512 + max_mib) / 2 + 8)) >/proc/sys/vm/nr_hugepages ||
+        { echo "hotplug-bench: cannot size the huge page pool" >&2; exit 1; }
+    grep -E '^HugePages_(Total|Free)' /proc/meminfo >&2
+fi
+
 firmware=()
 for d in /usr/share/seabios /usr/share/qemu; do [ -d "$d" ] && firmware+=("$d"); done
 
 export KERNEL INITRAMFS PLUGVM
 BENCH_OPS="$ops" BENCH_PARTS="$parts" BENCH_MEM_MIB="${mem_mib[*]}" BENCH_MEM_REPS="$mem_reps" \
     BENCH_TOUCH_MB="$touch_mb" BENCH_MACHINE="$machine" BENCH_TIMEOUT="$timeout_s" \
-    BENCH_HOTPLUG_MIB="$hotplug_mib" BENCH_KEEP_LOGS="$keep_logs" \
+    BENCH_HOTPLUG_MIB="$hotplug_mib" BENCH_KEEP_LOGS="$keep_logs" BENCH_MEM_OPTS="$mem_opts" \
     BENCH_FIRMWARE="$(printf '%s\n' "${firmware[@]}")" \
     exec python3 - <<'PYEOF'
 import base64, json, os, queue, re, shutil, socket, statistics, subprocess, sys, tempfile
@@ -180,6 +192,7 @@ HOTPLUG_MIB, KEEP = int(E["BENCH_HOTPLUG_MIB"]), E["BENCH_KEEP_LOGS"]
 FIRMWARE = [d for d in E["BENCH_FIRMWARE"].split("\n") if d]
 KERNEL, INITRAMFS, PLUGVM = E["KERNEL"], E["INITRAMFS"], E["PLUGVM"]
 BOOT_MIB = 512
+MEM_OPTS = E.get("BENCH_MEM_OPTS", "")
 CPU_IDS = [1, 2, 3]
 MIB = 1 << 20
 RSS_SETTLE = 1.0  # seconds between a memory removal and reading the RSS (deferred frees)
@@ -421,10 +434,11 @@ class Plugvm(Vmm):
         self.sock = os.path.join(tmp, "api.sock")
         # `API request served` lines carry plugvm's socket-to-socket time of each request.
         os.environ["RUST_LOG"] = ",".join(filter(None, [E.get("RUST_LOG") or "warn",
-                                                         "vmm::api::server=info"]))
+                                                         "vmm::api::connection=info"]))
         self.start([PLUGVM, "--kernel", KERNEL, "--initramfs", INITRAMFS,
                     "--cpus", "boot=1,max=4",
-                    "--memory", f"size={BOOT_MIB}M,hotplug_size={HOTPLUG_MIB}M,hotplug_slots=8",
+                    "--memory", f"size={BOOT_MIB}M,hotplug_size={HOTPLUG_MIB}M,hotplug_slots=8"
+                    + (f",{MEM_OPTS}" if MEM_OPTS else ""),
                     "--api-socket", self.sock, "--serial", "stdio", "--cmdline", CMDLINE], tmp)
 
     def api(self, method, path, body=None, timeout=None):
