@@ -46,6 +46,16 @@ pub enum Compression {
     Zstd,
 }
 
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Xz => "XZ",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
 impl Compression {
     /// The compression whose magic starts `head`, if plugvm knows it.
     pub fn from_magic(head: &[u8]) -> Option<Compression> {
@@ -105,7 +115,7 @@ pub enum ExtractError {
         magic: Vec<u8>,
     },
     /// The payload claims a known compression but does not decompress.
-    #[error("the {compression:?} payload does not decompress: {source}")]
+    #[error("the {compression} payload does not decompress: {source}")]
     Decompress {
         /// What the magic said.
         compression: Compression,
@@ -368,7 +378,7 @@ fn extract_with_limit(
     )?;
     check_elf(&image)?;
     tracing::info!(
-        ?compression,
+        %compression,
         bytes = image.len(),
         ms = start.elapsed().as_millis() as u64,
         "vmlinux extracted"
