@@ -353,7 +353,11 @@ fn extract_with_limit(
         None => None,
     };
     if let Some(path) = cached.as_deref().filter(|p| is_cached_elf(p)) {
-        tracing::debug!(bzimage = %bzimage.display(), vmlinux = %path.display(), "vmlinux cache hit");
+        tracing::debug!(
+            bzimage = %bzimage.display(),
+            vmlinux = %path.display(),
+            "vmlinux cache hit"
+        );
         return Ok(Vmlinux::Cached(path.to_owned()));
     }
 
