@@ -12,7 +12,7 @@
 //! size, and the decompressed size is bounded by [`MAX_VMLINUX_SIZE`].
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -273,15 +273,11 @@ fn is_cached_elf(path: &Path) -> bool {
 /// The SHA-256 of `file`'s contents, in hex.
 fn sha256_hex(file: &mut File) -> io::Result<String> {
     file.seek(SeekFrom::Start(0))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    let (mut hasher, mut reader) = (Sha256::new(), io::BufReader::with_capacity(1 << 16, file));
+    // (sha2 0.11 has no `io::Write` to `io::copy` into.)
+    while let n @ 1.. = reader.fill_buf()?.len() {
+        hasher.update(reader.buffer());
+        reader.consume(n);
     }
     Ok(hasher
         .finalize()
@@ -361,17 +357,13 @@ fn extract_with_limit(
         return Ok(Vmlinux::Cached(path.to_owned()));
     }
 
-    match &cached {
-        Some(path) => tracing::info!(
-            "extracting vmlinux from bzImage {} (cached at {})",
-            bzimage.display(),
-            path.display()
-        ),
-        None => tracing::info!(
-            "extracting vmlinux from bzImage {} (not cached)",
-            bzimage.display()
-        ),
-    }
+    let whereto = cached.as_deref().map_or("not cached".into(), |p| {
+        format!("cached at {}", p.display())
+    });
+    tracing::info!(
+        "extracting vmlinux from bzImage {} ({whereto})",
+        bzimage.display()
+    );
     let start = Instant::now();
     file.seek(SeekFrom::Start(payload.offset))
         .map_err(ExtractError::Read)?;
