@@ -408,6 +408,10 @@ pub struct GuestBoot<'a> {
     pub extra_cmdline: &'a str,
     /// Kernel to boot (defaults to [`GuestImage::test_kernel`]).
     pub kernel: Option<&'a Path>,
+    /// `--kernel-cache` (plugvm's default when `None`).
+    pub kernel_cache: Option<&'a Path>,
+    /// plugvm's `RUST_LOG` (the caller's environment when `None`).
+    pub rust_log: Option<&'a str>,
     /// Kill plugvm after this long.
     pub timeout: Duration,
 }
@@ -420,6 +424,8 @@ impl Default for GuestBoot<'_> {
             script: "true",
             extra_cmdline: "",
             kernel: None,
+            kernel_cache: None,
+            rust_log: None,
             timeout: Duration::from_secs(240),
         }
     }
@@ -433,7 +439,14 @@ pub fn boot_guest(opts: &GuestBoot<'_>) -> GuestRun {
         base64(opts.script.as_bytes()),
         opts.extra_cmdline
     );
-    let mut child = Command::new(guest_test_binary())
+    let mut command = Command::new(guest_test_binary());
+    if let Some(dir) = opts.kernel_cache {
+        command.arg("--kernel-cache").arg(dir);
+    }
+    if let Some(filter) = opts.rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command
         .arg("--kernel")
         .arg(opts.kernel.unwrap_or(img.test_kernel()))
         .arg("--initramfs")

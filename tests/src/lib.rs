@@ -349,6 +349,22 @@ impl Drop for ScratchDir {
     }
 }
 
+/// A bzImage whose setup header is valid and whose payload claims to be XZ but is garbage:
+/// plugvm must refuse it clearly when it extracts the vmlinux (`--kernel-cache`).
+pub fn corrupt_bzimage() -> Vec<u8> {
+    let setup_sects = 4u8;
+    let mut file = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+    file[0x1f1] = setup_sects;
+    file[0x202..0x206].copy_from_slice(b"HdrS");
+    file[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    let mut payload = b"\xfd7zXZ\x00".to_vec();
+    payload.resize(4096, 0x5a);
+    file[0x248..0x24c].copy_from_slice(&0u32.to_le_bytes());
+    file[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    file.extend_from_slice(&payload);
+    file
+}
+
 /// The guest-physical address [`tiny_elf_kernel`] loads at and enters (1 MiB, where plugvm
 /// loads kernels).
 pub const TINY_KERNEL_ADDR: u64 = 0x10_0000;

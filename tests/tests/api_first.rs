@@ -15,8 +15,8 @@ use plugvm_tests::ch_clients::{
 };
 use plugvm_tests::metrics::{metric, Scrape};
 use plugvm_tests::{
-    idle_elf_kernel, kill_bounded, plugvm_remote_binary, run_with_timeout, spawn_api_first,
-    ScratchDir,
+    corrupt_bzimage, idle_elf_kernel, kill_bounded, plugvm_remote_binary, run_with_timeout,
+    spawn_api_first, ScratchDir,
 };
 use serde_json::{json, Value};
 
@@ -241,6 +241,30 @@ fn ch_remote_drives_the_vm_lifecycle_of_an_api_first_launch() {
     assert!(stop.success, "{stop:?}");
     assert_eq!(vmm.wait_exit(Duration::from_secs(3)), Some(0));
     assert!(!vmm.socket.exists(), "the API socket was left behind");
+}
+
+#[test]
+fn vm_create_boots_through_the_launchs_kernel_cache() {
+    // The launch's --kernel-cache applies to a VM created through the API: with a cache,
+    // vm.boot extracts the bzImage's vmlinux (and finds this one corrupt); with `off`, the
+    // bzImage goes to the loader as it is.
+    for (off, words) in [
+        (false, "cannot extract the vmlinux from bzImage"),
+        (true, "cannot load kernel"),
+    ] {
+        let vmm = Vmm::start_with(|command, dir| {
+            command.arg("--kernel-cache");
+            if off {
+                command.arg("off");
+            } else {
+                command.arg(dir.join("cache"));
+            }
+        });
+        let image = vmm.dir.write("bz", corrupt_bzimage());
+        let create = vmm.ch("PUT", "vm.create", Some(&config(&image).to_string()));
+        assert_eq!(create.status, 204, "{create:?}");
+        assert_refused(&vmm.ch("PUT", "vm.boot", None), 400, words);
+    }
 }
 
 #[test]

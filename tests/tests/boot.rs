@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use plugvm_tests::guest::{boot_guest, guest_image, GuestBoot, GuestRun};
-use plugvm_tests::kvm_guest_test;
+use plugvm_tests::{kvm_guest_test, target_dir};
 
 fn report(run: &GuestRun) -> String {
     format!(
@@ -22,11 +22,16 @@ const MIB_KB: u64 = 1024;
 kvm_guest_test! {
     /// `--cpus boot=2,max=4 --memory size=512M`: 2 CPUs online, 4 possible (2 hotpluggable),
     /// the RAM plugvm gave, no ACPI complaints, and `poweroff` ends plugvm with 0 within 30 s.
+    /// Given the bzImage, plugvm boots the vmlinux it extracted into `--kernel-cache`.
     fn boots_debian_kernel_with_two_of_four_cpus() {
         let img = guest_image();
+        // Under target/, which the test bed mounts writable: a later run finds it cached.
+        let cache = target_dir().join("kernel-cache");
         let run = boot_guest(&GuestBoot {
-            // The bzImage itself (other tests boot the vmlinux inside it).
+            // The bzImage itself (other tests boot the vmlinux guest-image.sh extracted).
             kernel: Some(&img.kernel),
+            kernel_cache: Some(&cache),
+            rust_log: Some("warn,vmm::boot=info"),
             cpus: "boot=2,max=4",
             memory: "size=512M",
             script: "echo online=$(cat /sys/devices/system/cpu/online)\n\
@@ -37,6 +42,12 @@ kvm_guest_test! {
             ..Default::default()
         });
         let r = report(&run);
+        let extracted = format!(
+            "booting the vmlinux extracted from bzImage {} ({}",
+            img.kernel.display(),
+            cache.display()
+        );
+        assert!(run.stderr.contains(&extracted), "no {extracted:?}\n{r}");
         assert_eq!(run.script_rc, Some(0), "{r}");
         assert_eq!(run.value("online"), Some("0-1"), "{r}");
         assert_eq!(run.value("possible"), Some("0-3"), "{r}");

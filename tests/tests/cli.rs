@@ -9,9 +9,10 @@ use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use plugvm_remote::client;
+use plugvm_tests::guest::guest_image;
 use plugvm_tests::{
-    assert_cli_error, kill_bounded, plugvm_api_first, run_plugvm, run_plugvm_with_timeout,
-    write_tiny_elf_kernel, ScratchDir,
+    assert_cli_error, corrupt_bzimage, kill_bounded, plugvm_api_first, plugvm_binary, run_plugvm,
+    run_plugvm_with_timeout, run_with_timeout, write_tiny_elf_kernel, ScratchDir,
 };
 
 /// Runs plugvm and checks it failed with `code` and one line containing `needles`.
@@ -573,4 +574,97 @@ fn dump_acpi_tables_still_checks_the_command_line() {
         2,
         &["--initramfs", "--kernel"],
     );
+}
+
+// --- the kernel cache ----------------------------------------------------------------------
+
+#[test]
+fn corrupt_bzimage_is_a_clear_error() {
+    let dir = ScratchDir::new("corrupt-bz");
+    let image = dir.write("bz", corrupt_bzimage());
+    let cache = dir.join("cache");
+    fails(
+        &[
+            "--kernel",
+            text(&image),
+            "--kernel-cache",
+            text(&cache),
+            "--serial",
+            "null",
+        ],
+        1,
+        &[text(&image), "bzImage", "XZ payload does not decompress"],
+    );
+    // Nothing was cached.
+    let cached = std::fs::read_dir(&cache).map_or(0, |d| d.count());
+    assert_eq!(cached, 0);
+}
+
+/// Runs plugvm on Debian's bzImage with `cache` and an initramfs too large to fit beside the
+/// kernel: plugvm cannot boot Linux on this host's KVM, and that error stops it right after
+/// the kernel is loaded (so after the vmlinux is extracted). Returns stderr, with the log of
+/// the kernel cache.
+fn load_debian_kernel(cache: &std::path::Path, dir: &ScratchDir) -> String {
+    let img = guest_image();
+    let initrd = dir.sparse_file("initrd", 250 << 20);
+    let mut cmd = std::process::Command::new(plugvm_binary());
+    cmd.arg("--kernel")
+        .arg(&img.kernel)
+        .arg("--kernel-cache")
+        .arg(cache)
+        .arg("--initramfs")
+        .arg(&initrd)
+        .args(["--memory", "size=256M", "--serial", "null"])
+        .env("RUST_LOG", "warn,vmm::kernel_cache=debug,vmm::boot=info")
+        .env_remove("RUST_BACKTRACE");
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120))
+        .unwrap_or_else(|t| panic!("plugvm still running after 120 s: {:?}", t.0));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not fit in guest RAM"), "{stderr}");
+    assert!(
+        stderr.contains("booting the vmlinux extracted from bzImage"),
+        "{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn debian_bzimage_is_extracted_once_into_the_cache() {
+    let img = guest_image();
+    let Some(vmlinux) = img.vmlinux.as_deref() else {
+        panic!("resources/guest-image.sh did not extract a vmlinux");
+    };
+    let dir = ScratchDir::new("kcache");
+    let cache = dir.join("cache");
+
+    let first = load_debian_kernel(&cache, &dir);
+    assert!(first.contains("extracting vmlinux from bzImage"), "{first}");
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .expect("the cache directory was created")
+        .map(|e| e.expect("readable cache directory").path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let cached = &entries[0];
+    let name = cached.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    assert!(
+        name.strip_prefix("vmlinux-")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{name}"
+    );
+    // The same XZ stream as the one guest-image.sh decompresses with xz(1).
+    let ours = std::fs::read(cached).expect("cached vmlinux");
+    let theirs = std::fs::read(vmlinux).expect("guest-image.sh's vmlinux");
+    assert!(
+        ours == theirs,
+        "the cached vmlinux differs from {}",
+        vmlinux.display()
+    );
+
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let before = modified(cached);
+    let second = load_debian_kernel(&cache, &dir);
+    assert!(second.contains("vmlinux cache hit"), "{second}");
+    assert!(!second.contains("extracting vmlinux"), "{second}");
+    assert_eq!(modified(cached), before, "a cache hit rewrote the file");
 }

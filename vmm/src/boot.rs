@@ -1,14 +1,19 @@
 //! Loading the guest: kernel (bzImage or ELF vmlinux), initramfs, command line, the zero page
 //! with its E820 map, and the ACPI tables.
+//!
+//! A bzImage is booted through the ELF vmlinux inside it, extracted on the host and cached
+//! ([`crate::kernel_cache`]), unless `--kernel-cache off` or plugvm cannot decompress it.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
 
+use crate::config::KernelCacheConfig;
+use crate::kernel_cache::{self, ExtractError, Vmlinux};
 use crate::memory::MemoryLayout;
 
 /// Where the 64-bit kernel is loaded (the protected-mode kernel of a bzImage, or the lowest
@@ -43,6 +48,14 @@ pub enum BootError {
     /// The kernel file is neither a bzImage nor an ELF vmlinux.
     #[error("{0} is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")]
     NotAKernel(PathBuf),
+    /// The bzImage is corrupt: its header or payload does not give a vmlinux.
+    #[error("cannot extract the vmlinux from bzImage {path}: {source}")]
+    Extract {
+        /// The bzImage.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ExtractError,
+    },
     /// linux-loader refused the kernel.
     #[error("cannot load kernel {path}: {source}")]
     LoadKernel {
@@ -122,18 +135,63 @@ fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, BootError
     Err(BootError::NotAKernel(path.to_owned()))
 }
 
-/// Loads the kernel at [`HIMEM_START`].
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+/// Loads the kernel at [`HIMEM_START`]. A bzImage's vmlinux is extracted and booted instead,
+/// through the cache `cache` names, unless it is off.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    cache: &KernelCacheConfig,
+) -> Result<LoadedKernel, BootError> {
     let mut file = open(path)?;
     let format = detect_format(&mut file, path)?;
+    if format == KernelFormat::BzImage && cache.enabled() {
+        match kernel_cache::extract(path, cache.dir().as_deref()) {
+            Ok(Vmlinux::Cached(vmlinux)) => {
+                tracing::info!(
+                    "booting the vmlinux extracted from bzImage {} ({})",
+                    path.display(),
+                    vmlinux.display()
+                );
+                let mut file = open(&vmlinux)?;
+                return load_image(mem, &vmlinux, &mut file, KernelFormat::Elf);
+            }
+            Ok(Vmlinux::InMemory(image)) => {
+                tracing::info!(
+                    "booting the vmlinux extracted from bzImage {} (in memory)",
+                    path.display()
+                );
+                return load_image(mem, path, &mut Cursor::new(image), KernelFormat::Elf);
+            }
+            // Well formed, but not something plugvm extracts: the guest's decompressor can.
+            Err(e) if e.boot_as_bzimage() => {
+                tracing::info!("booting {} as a bzImage: {e}", path.display());
+            }
+            Err(source) => {
+                return Err(BootError::Extract {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    load_image(mem, path, &mut file, format)
+}
+
+/// Loads `image` (read from `path`) as `format`.
+fn load_image<F: Read + ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    image: &mut F,
+    format: KernelFormat,
+) -> Result<LoadedKernel, BootError> {
     let load_err = |source| BootError::LoadKernel {
         path: path.to_owned(),
         source,
     };
     let highmem = Some(GuestAddress(HIMEM_START));
     let result = match format {
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, highmem).map_err(load_err)?,
-        KernelFormat::Elf => Elf::load(mem, None, &mut file, highmem).map_err(load_err)?,
+        KernelFormat::BzImage => BzImage::load(mem, None, image, highmem).map_err(load_err)?,
+        KernelFormat::Elf => Elf::load(mem, None, image, highmem).map_err(load_err)?,
     };
     let entry = match format {
         KernelFormat::BzImage => result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
@@ -458,11 +516,11 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            load_kernel(&mem, &p),
+            load_kernel(&mem, &p, &KernelCacheConfig::Off),
             Err(BootError::NotAKernel(_))
         ));
         assert!(matches!(
-            load_kernel(&mem, &dir.join("missing")),
+            load_kernel(&mem, &dir.join("missing"), &KernelCacheConfig::Off),
             Err(BootError::Read { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -322,7 +322,7 @@ pub fn build(
     let boot_slots = memory::register_memory_slots(&fd, &mem)?;
     tracing::info!(ram = layout.ram_size(), "guest memory ready");
 
-    let kernel = boot::load_kernel(&mem, &payload.kernel)?;
+    let kernel = boot::load_kernel(&mem, &payload.kernel, &config.kernel_cache)?;
     let initramfs = payload
         .initramfs
         .as_deref()

@@ -35,6 +35,7 @@ use clap::Parser;
 mod cpus;
 mod event_monitor;
 mod host;
+mod kernel_cache;
 mod memory;
 mod options;
 mod serial;
@@ -42,6 +43,7 @@ mod serial;
 pub use cpus::{CpusConfig, CpusError, PLUGVM_MAX_VCPUS};
 pub use event_monitor::{EventMonitorConfig, EventMonitorError};
 pub use host::{ConfigError, FileRole, HostLimits, HugePages};
+pub use kernel_cache::KernelCacheConfig;
 pub use memory::{
     MemoryConfig, MemoryError, DEFAULT_HOTPLUG_SLOTS, DEFAULT_MEMORY_SIZE, HOTPLUG_BLOCK_SIZE,
     MAX_HOTPLUG_SLOTS, MEMORY_ALIGNMENT, MIN_MEMORY,
@@ -89,6 +91,9 @@ pub struct VmConfig {
     pub guest_eject: hotplug::GuestEjectPolicy,
     /// `--event-monitor`: where events go in Cloud Hypervisor's format, if anywhere.
     pub event_monitor: Option<EventMonitorConfig>,
+    /// `--kernel-cache`: where a bzImage's extracted vmlinux is kept, or `off`. The VMM's
+    /// setting, applied to `vm.create` too.
+    pub kernel_cache: KernelCacheConfig,
     /// `--inject-fault` (for tests): host calls of hotplugs that fail, once each.
     #[serde(skip)]
     pub inject_faults: Vec<crate::host_faults::HostCall>,
@@ -269,7 +274,7 @@ fn clap_one_line(err: &clap::Error) -> String {
     bin_name = "plugvm",
     version,
     about = "A KVM microVM monitor with CPU and memory hotplug",
-    override_usage = "plugvm --kernel PATH [OPTIONS]\n       plugvm --api-socket PATH [--guest-eject deny|allow] [--log-file FILE] [--log-format text|json]\n       plugvm --dump-acpi-tables DIR [OPTIONS]"
+    override_usage = "plugvm --kernel PATH [OPTIONS]\n       plugvm --api-socket PATH [--guest-eject deny|allow] [--kernel-cache DIR|off] [--log-file FILE] [--log-format text|json]\n       plugvm --dump-acpi-tables DIR [OPTIONS]"
 )]
 struct Cli {
     /// Linux kernel image (bzImage or ELF vmlinux). Required unless --dump-acpi-tables is given
@@ -314,6 +319,13 @@ struct Cli {
     /// Hypervisor's event-monitor format to a file or an inherited descriptor
     #[arg(long, value_name = "path=FILE|fd=N")]
     event_monitor: Option<OsString>,
+
+    /// Extract the ELF vmlinux from a bzImage once on the host and keep it in DIR, keyed by the
+    /// bzImage's SHA-256, so that the guest does not decompress itself at every boot; off boots
+    /// the bzImage as it is [default: $XDG_CACHE_HOME/plugvm/kernels or
+    /// $HOME/.cache/plugvm/kernels]
+    #[arg(long, value_name = "DIR|off")]
+    kernel_cache: Option<PathBuf>,
 
     /// Write the VM's ACPI tables (DSDT.dat, APIC.dat, FACP.dat, ...) into DIR and exit
     /// without booting
@@ -444,6 +456,9 @@ where
             .event_monitor
             .map(|v| EventMonitorConfig::parse(&v))
             .transpose()?,
+        kernel_cache: cli
+            .kernel_cache
+            .map_or_else(KernelCacheConfig::default, KernelCacheConfig::from_arg),
         inject_faults: cli.inject_fault,
     };
     let command = match cli.dump_acpi_tables {

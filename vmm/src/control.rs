@@ -376,6 +376,7 @@ impl<'k> Vmm<'k> {
         }
         config.api_socket = None;
         config.guest_eject = self.launch.guest_eject;
+        config.kernel_cache = self.launch.kernel_cache.clone();
         config.event_monitor = None;
         if let Err(e) = config.validate(&self.host) {
             return RequestError::InvalidVmConfig(format!("vm.create: {e}.")).into();

@@ -23,6 +23,7 @@ pub mod host_faults;
 pub mod hotplug_service;
 pub mod info;
 mod journal_stream;
+pub mod kernel_cache;
 pub mod logging;
 pub mod memory;
 pub mod memory_backing;

@@ -52,7 +52,7 @@ mod server_tests;
 #[cfg(test)]
 mod socket_tests;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 use std::io;
 use std::path::{Path, PathBuf};

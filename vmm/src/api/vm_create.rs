@@ -391,8 +391,8 @@ pub(crate) fn field_names() -> &'static [&'static str] {
 }
 
 /// Reads Cloud Hypervisor's `VmConfig` JSON into plugvm's [`VmConfig`]; the error is one
-/// sentence naming the field. The API socket and the guest-eject policy are the VMM's, not
-/// the body's: the caller sets them.
+/// sentence naming the field. The API socket, the guest-eject policy and the kernel cache are
+/// the VMM's, not the body's: the caller sets them.
 pub(crate) fn parse(body: &[u8]) -> Result<VmConfig, String> {
     let value: Value = super::bodies::parse("vm.create", body)?;
     let top = object("the body", &value)?;
@@ -410,6 +410,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<VmConfig, String> {
         api_socket: None,
         guest_eject: hotplug::GuestEjectPolicy::default(),
         event_monitor: None,
+        kernel_cache: crate::config::KernelCacheConfig::Default,
         inject_faults: Vec::new(),
     };
     console(top.get("console"))?;

@@ -54,6 +54,7 @@ fn defaults() {
             api_socket: None,
             guest_eject: hotplug::GuestEjectPolicy::Deny,
             event_monitor: None,
+            kernel_cache: KernelCacheConfig::Default,
             inject_faults: Vec::new(),
         }
     );
@@ -80,6 +81,8 @@ fn every_flag() {
         "file=/tmp/console.log",
         "--api-socket",
         "/run/plugvm.sock",
+        "--kernel-cache",
+        "/var/cache/k",
     ]);
     assert_eq!(
         config,
@@ -100,6 +103,7 @@ fn every_flag() {
             api_socket: Some("/run/plugvm.sock".into()),
             guest_eject: hotplug::GuestEjectPolicy::Deny,
             event_monitor: None,
+            kernel_cache: KernelCacheConfig::Dir("/var/cache/k".into()),
             inject_faults: Vec::new(),
         }
     );
@@ -112,8 +116,13 @@ fn every_flag() {
         "--cmdline=console=ttyS0 quiet",
         "--initramfs=/boot/initrd.img",
         "--kernel=/boot/vmlinuz",
+        "--kernel-cache=/var/cache/k",
     ]);
     assert_eq!(same, config);
+    // `off` turns extraction off; `./off` is a directory.
+    let off = |v: &str| run_config(&["--kernel", "k", "--kernel-cache", v]).kernel_cache;
+    assert_eq!(off("off"), KernelCacheConfig::Off);
+    assert_eq!(off("./off"), KernelCacheConfig::Dir("./off".into()));
 }
 
 #[test]

@@ -5,7 +5,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::super::cpus::PLUGVM_MAX_VCPUS;
 use super::super::serial::SerialConfig;
-use super::super::{CpusConfig, MemoryConfig, PayloadConfig, VmConfig};
+use super::super::{CpusConfig, KernelCacheConfig, MemoryConfig, PayloadConfig, VmConfig};
 use super::limits::parse_meminfo_total;
 use super::*;
 use plugvm_remote::size::{GIB, MIB};
@@ -25,6 +25,7 @@ fn config() -> VmConfig {
         api_socket: None,
         guest_eject: hotplug::GuestEjectPolicy::Deny,
         event_monitor: None,
+        kernel_cache: KernelCacheConfig::Default,
         inject_faults: Vec::new(),
     }
 }
