@@ -17,6 +17,7 @@ const FLAGS: &[&str] = &[
     "--log-file",
     "--log-format",
     "--guest-eject",
+    "--kernel-cache",
     "--dump-acpi-tables",
     "-v",
 ];
