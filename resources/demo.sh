@@ -43,7 +43,7 @@ plugvm=$repo/target/release/plugvm
 remote=$repo/target/release/plugvm-remote
 
 if [[ "$mode" == "--shell" ]]; then
-    exec "$plugvm" --kernel "$kernel" --initramfs "$initramfs" \
+    exec "$plugvm" --kernel "$kernel" --kernel-cache "$repo/target/kernel-cache" --initramfs "$initramfs" \
         --cpus boot=2,max=4 --memory size=512M,hotplug_size=1G \
         --cmdline "console=ttyS0 panic=-1 pci=off quiet"
 fi
@@ -77,7 +77,7 @@ api() {
 say "booting Debian's kernel: 1 vCPU (max 4), 512 MiB + 1 GiB hotplug region"
 # A fresh log: transaction ids start at 1 again with each plugvm.
 rm -f "$logs/plugvm.log"
-RUST_LOG=${RUST_LOG:-info} "$plugvm" --kernel "$kernel" --initramfs "$initramfs" \
+RUST_LOG=${RUST_LOG:-info} "$plugvm" --kernel "$kernel" --kernel-cache "$repo/target/kernel-cache" --initramfs "$initramfs" \
     --cpus boot=1,max=4 --memory size=512M,hotplug_size=1G,hotplug_slots=4 \
     --api-socket "$sock" --log-file "$logs/plugvm.log" \
     --cmdline "console=ttyS0 panic=-1 pci=off quiet plugvm.run=$b64" </dev/null &

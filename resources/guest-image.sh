@@ -7,6 +7,8 @@
 #           initramfs=PATH     gzip'ed newc cpio: busybox-static, /init, pvpanic, ACPI button
 #                              and evdev modules
 #           vmlinux=PATH       uncompressed ELF kernel extracted from the bzImage (XZ payload)
+#           kernel_cache=DIR   a plugvm --kernel-cache folder holding that vmlinux as plugvm
+#                              names it (vmlinux-<sha256 of the bzImage>)
 #           modules=PATH       (only with --modules) folder holding lib/modules/VERSION/...
 #                              with the modules plugvm's scripts use (pvpanic, button, evdev,
 #                              kvm, 9p, virtio)
@@ -201,6 +203,22 @@ if [ "$want_vmlinux" = 1 ] && [ ! -s "$VMLINUX" ]; then
     [ "$found" = 1 ] || { log "no XZ-compressed ELF found in $KERNEL; skipping vmlinux"; want_vmlinux=0; }
 fi
 
+# ---- plugvm's kernel cache ------------------------------------------------------------------
+# plugvm boots a bzImage as the vmlinux inside it, which it extracts once and keeps as
+# vmlinux-<sha256 of the bzImage> in its --kernel-cache folder. The tests' folder gets the vmlinux
+# above under that name (byte for byte what plugvm extracts: tests/tests/cli.rs checks it), so
+# that the nested test bed, which emulates every instruction, does not decompress it again.
+KERNEL_CACHE_DIR="${CARGO_TARGET_DIR:-target}"
+case "$KERNEL_CACHE_DIR" in /*) ;; *) KERNEL_CACHE_DIR="$REPO/$KERNEL_CACHE_DIR" ;; esac
+KERNEL_CACHE_DIR="$KERNEL_CACHE_DIR/kernel-cache"
+if [ "$want_vmlinux" = 1 ]; then
+    mkdir -p "$KERNEL_CACHE_DIR"
+    seeded="$KERNEL_CACHE_DIR/vmlinux-$(sha256sum "$KERNEL" | cut -d' ' -f1)"
+    if [ ! -s "$seeded" ]; then
+        ln -f "$VMLINUX" "$seeded" 2>/dev/null || cp "$VMLINUX" "$seeded"
+    fi
+fi
+
 # ---- initramfs ---------------------------------------------------------------------------------
 need_initramfs=0
 if [ ! -s "$INITRAMFS" ]; then
@@ -243,6 +261,6 @@ fi
 
 echo "kernel=$KERNEL"
 echo "initramfs=$INITRAMFS"
-[ "$want_vmlinux" = 1 ] && echo "vmlinux=$VMLINUX"
+[ "$want_vmlinux" = 1 ] && echo "vmlinux=$VMLINUX" && echo "kernel_cache=$KERNEL_CACHE_DIR"
 [ "$want_modules" = 1 ] && echo "modules=$MODROOT"
 exit 0

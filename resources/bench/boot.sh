@@ -154,11 +154,13 @@ export KERNEL INITRAMFS PLUGVM
 BENCH_RUNS="$runs" BENCH_MEMORY_MIB="$memory_mib" BENCH_CPUS="$cpus" BENCH_WARMUP="$warmup" \
     BENCH_TIMEOUT="$timeout_s" BENCH_SETTLE="$settle" BENCH_EXTRA_CMDLINE="$extra_cmdline" \
     BENCH_KEEP_LOGS="$keep_logs" BENCH_FIRMWARE="$(printf '%s\n' "${firmware[@]}")" \
+    BENCH_KERNEL_CACHE="$REPO/target/kernel-cache" \
     BENCH_MACHINES="$(printf '%s\n' "${machines[@]}")" \
     exec python3 - <<'PYEOF'
 import base64, os, shutil, statistics, subprocess, sys, tempfile, threading, time
 
 E = os.environ
+KERNEL_CACHE = E["BENCH_KERNEL_CACHE"]
 RUNS, MEM_MIB, CPUS = int(E["BENCH_RUNS"]), int(E["BENCH_MEMORY_MIB"]), int(E["BENCH_CPUS"])
 WARMUP, TIMEOUT, SETTLE = int(E["BENCH_WARMUP"]), float(E["BENCH_TIMEOUT"]), float(E["BENCH_SETTLE"])
 EXTRA = E["BENCH_EXTRA_CMDLINE"].strip()
@@ -182,7 +184,9 @@ def machine_arg(m):
 
 def vmm_cmd(vmm):
     if vmm == "plugvm":
-        return [PLUGVM, "--kernel", KERNEL, "--initramfs", INITRAMFS, "--cpus", f"boot={CPUS}",
+        # The bzImage's vmlinux is extracted once (in the warm-up boot) and then cached.
+        return [PLUGVM, "--kernel", KERNEL, "--kernel-cache", KERNEL_CACHE,
+                "--initramfs", INITRAMFS, "--cpus", f"boot={CPUS}",
                 "--memory", f"size={MEM_MIB}M", "--serial", "stdio", "--cmdline", cmdline]
     cmd = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", machine_arg(vmm)]
     for d in FIRMWARE:

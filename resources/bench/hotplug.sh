@@ -179,6 +179,7 @@ export KERNEL INITRAMFS PLUGVM
 BENCH_OPS="$ops" BENCH_PARTS="$parts" BENCH_MEM_MIB="${mem_mib[*]}" BENCH_MEM_REPS="$mem_reps" \
     BENCH_TOUCH_MB="$touch_mb" BENCH_MACHINE="$machine" BENCH_TIMEOUT="$timeout_s" \
     BENCH_HOTPLUG_MIB="$hotplug_mib" BENCH_KEEP_LOGS="$keep_logs" BENCH_MEM_OPTS="$mem_opts" \
+    BENCH_REPO="$REPO" \
     BENCH_FIRMWARE="$(printf '%s\n' "${firmware[@]}")" \
     exec python3 - <<'PYEOF'
 import base64, json, os, queue, re, shutil, socket, statistics, subprocess, sys, tempfile
@@ -192,6 +193,7 @@ HOTPLUG_MIB, KEEP = int(E["BENCH_HOTPLUG_MIB"]), E["BENCH_KEEP_LOGS"]
 FIRMWARE = [d for d in E["BENCH_FIRMWARE"].split("\n") if d]
 KERNEL, INITRAMFS, PLUGVM = E["KERNEL"], E["INITRAMFS"], E["PLUGVM"]
 BOOT_MIB = 512
+KERNEL_CACHE = os.path.join(E["BENCH_REPO"], "target", "kernel-cache")
 MEM_OPTS = E.get("BENCH_MEM_OPTS", "")
 CPU_IDS = [1, 2, 3]
 MIB = 1 << 20
@@ -435,7 +437,8 @@ class Plugvm(Vmm):
         # `API request served` lines carry plugvm's socket-to-socket time of each request.
         os.environ["RUST_LOG"] = ",".join(filter(None, [E.get("RUST_LOG") or "warn",
                                                          "vmm::api::connection=info"]))
-        self.start([PLUGVM, "--kernel", KERNEL, "--initramfs", INITRAMFS,
+        self.start([PLUGVM, "--kernel", KERNEL, "--kernel-cache", KERNEL_CACHE,
+                    "--initramfs", INITRAMFS,
                     "--cpus", "boot=1,max=4",
                     "--memory", f"size={BOOT_MIB}M,hotplug_size={HOTPLUG_MIB}M,hotplug_slots=8"
                     + (f",{MEM_OPTS}" if MEM_OPTS else ""),

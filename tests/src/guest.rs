@@ -33,6 +33,8 @@ pub struct GuestImage {
     pub initramfs: PathBuf,
     /// The ELF vmlinux extracted from the bzImage, if the script made one.
     pub vmlinux: Option<PathBuf>,
+    /// A `--kernel-cache` folder that already holds that vmlinux under plugvm's name for it.
+    pub kernel_cache: Option<PathBuf>,
 }
 
 impl GuestImage {
@@ -58,6 +60,7 @@ pub fn guest_image() -> GuestImage {
             kernel: get("kernel=").ok_or("guest-image.sh printed no kernel=")?,
             initramfs: get("initramfs=").ok_or("guest-image.sh printed no initramfs=")?,
             vmlinux: get("vmlinux="),
+            kernel_cache: get("kernel_cache="),
         })
     });
     match result {
