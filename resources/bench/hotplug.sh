@@ -232,6 +232,12 @@ def read_status_kib(pid, key="VmRSS"):
     raise BenchError(f"no {key} in /proc/{pid}/status")
 
 
+def read_minflt(pid):
+    """the process's minor page faults so far (all its threads): field 10 of /proc/PID/stat"""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def read_smaps(pid):
     """[(start, end, rss_kib)] of the anonymous read-write mappings, by address. Linux merges
     adjacent anonymous mappings (guest RAM with a malloc arena next to it, a slot with its
@@ -436,7 +442,8 @@ class Plugvm(Vmm):
         self.sock = os.path.join(tmp, "api.sock")
         # `API request served` lines carry plugvm's socket-to-socket time of each request.
         os.environ["RUST_LOG"] = ",".join(filter(None, [E.get("RUST_LOG") or "warn",
-                                                         "vmm::api::connection=info"]))
+                                                         "vmm::api::connection=info",
+                                                         "vmm::memory_manager=info"]))
         self.start([PLUGVM, "--kernel", KERNEL, "--kernel-cache", KERNEL_CACHE,
                     "--initramfs", INITRAMFS,
                     "--cpus", "boot=1,max=4",
@@ -484,6 +491,19 @@ class Plugvm(Vmm):
                 m = re.search(r"served_us=(\d+)", line)
                 return int(m.group(1)) if m else None
         return None
+
+    def log_fields(self, marker):
+        """the numeric fields (`key=N`) of plugvm's last log line containing `marker`"""
+        try:
+            with open(self.errpath, "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return {}
+        for line in reversed(text.splitlines()):
+            if marker in line:
+                line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+                return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)(?:\s|$)", line)}
+        return {}
 
     def tx(self, path, body):
         t0 = now()
@@ -573,6 +593,7 @@ class Plugvm(Vmm):
         r0, b0 = self.rss(), self.bootram_rss()
         _, m0 = self.regs()
         t0, t1, rec = self.tx("vm.add-memory", {"size": mib * MIB})
+        host = self.log_fields("memory slot backed")
         t_on = self.wait_online("memory", mib * MIB // self.block, f"the guest onlining {mib} MiB")
         slot = rec["targets"][0]["device"]["memory_slot"]
         self.guest("true")
@@ -580,10 +601,12 @@ class Plugvm(Vmm):
         return {"regs_add": m1 - m0, "commit_ms": (t1 - t0) * 1e3, "online_ms": (t_on - t0) * 1e3,
                 "journal_us": rec["duration_us"], "phases": self.phases(rec),
                 "handle": slot, "rss_before": r0, "bootram_before": b0, "maps_before": before,
-                "regs_m1": m1}
+                "regs_m1": m1, "mmap_us": host.get("mmap_us"), "kvm_add_us": host.get("kvm_us")}
 
     def remove_memory(self, res):
         t0, t1, rec = self.tx("vm.remove-memory", {"slot": res["handle"]})
+        host = self.log_fields("memory slot released")
+        res.update({"kvm_del_us": host.get("kvm_us"), "unmap_us": host.get("unmap_us")})
         self.guest("true")
         _, m2 = self.regs()
         time.sleep(RSS_SETTLE)
@@ -815,6 +838,7 @@ try:
                 n += 1
                 for v in (vmms if n % 2 == 1 else vmms[::-1]):
                     mt0 = v.memtotal_kib()
+                    f0 = read_minflt(v.proc.pid)
                     res = v.add_memory(mib)
                     grow = (v.memtotal_kib() - mt0) // 1024
                     if grow != mib:
@@ -822,6 +846,8 @@ try:
                     touch = min(TOUCH_MB, mib // 2)
                     v.touch(touch)
                     v.after_touch(res, mib)
+                    # Host page faults of the add, the guest's onlining and its first touch.
+                    res["faults"] = read_minflt(v.proc.pid) - f0
                     v.untouch()
                     v.remove_memory(res)
                     left = (v.memtotal_kib() - mt0) // 1024
@@ -995,6 +1021,29 @@ if PARTS in ("both", "memory") and any(mem.get(P, {}).values()) and any(mem.get(
             print(f"{sz:>6} {op:<7}" + "".join(f"{c:>{w}.0f}" for c, w in zip(cols, (9, 9, 9, 12, 8)))
                   + f"{total:>9.0f}{own:>7.0f}{share:>7.2f}{statistics.median([x[rg] for x in pm]):>6.0f}")
     print("  (own: total - await_guest; regs: memory-controller register accesses (VM exits) per operation)")
+    print()
+    print("host side (median): minor faults of add + online + touch; plugvm's mmap and KVM slot calls, microseconds")
+    hdr = (f"{'size':>6} {'touch MiB':>10}{'plugvm faults':>14}{Q + ' faults':>14}{'mmap':>8}{'kvm add':>9}"
+           f"{'kvm del':>9}{'unmap':>8}{'commit (rm)':>12}")
+    print(hdr)
+    print("-" * len(hdr))
+    worst_commit = None
+    for mib in MEM_MIB:
+        pm, qm = mem[P][mib], mem[Q][mib]
+        if not pm:
+            continue
+        sz = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        med = lambda xs, k: statistics.median([x[k] for x in xs if x.get(k) is not None] or [float("nan")])
+        commit_rm = med([{"c": x["del_phases"].get("commit", 0)} for x in pm], "c")
+        worst_commit = commit_rm if worst_commit is None else max(worst_commit, commit_rm)
+        print(f"{sz:>6} {min(TOUCH_MB, mib // 2):>10}{med(pm, 'faults'):>14.0f}{med(qm, 'faults'):>14.0f}"
+              f"{med(pm, 'mmap_us'):>8.0f}{med(pm, 'kvm_add_us'):>9.0f}{med(pm, 'kvm_del_us'):>9.0f}"
+              f"{med(pm, 'unmap_us'):>8.0f}{commit_rm:>12.0f}")
+    print("  (faults: the VMM process's minor page faults from the request to the end of the guest's touch;"
+          " kvm add/del: KVM_SET_USER_MEMORY_REGION; unmap: the slot's munmap at the removal's commit)")
+    if worst_commit is not None:
+        targets.append(f"target memory removal commit under 5 ms of VMM time at every size: worst median "
+                       f"{worst_commit / 1000:.1f} ms -> {'PASS' if worst_commit < 5000 else 'MISS'}")
     print()
     print("plugvm RSS (KiB): VmRSS before the add, after add + guest touch, after the removal")
     hdr = (f"{'size':>6}{'rep':>4}{'touch MiB':>10}{'before':>10}{'touched':>10}{'slot Rss':>10}{'after':>10}"
