@@ -22,6 +22,10 @@
 #                     (plugvm: ELF entry; QEMU: PVH entry of the same ELF) - what Firecracker's
 #                     reference boot uses; skips the in-guest XZ decompression. QEMU 7.2's
 #                     microvm hung after "ACPI: Core revision" with PVH here: use q35 with it
+#   --cloud-hypervisor PATH  also boot Cloud Hypervisor (the binary at PATH) as a peer: it boots
+#                     the ELF vmlinux (it has no bzImage loader) with --serial tty --console off;
+#                     the binary is copied under target/ so that the test bed sees it, and a
+#                     target line says whether plugvm reaches the ready line before it
 #   --no-build        do not run `cargo build --release --bins` first (use the binary as it is)
 #   --keep-logs DIR   keep every boot's console output and stderr in DIR (must be visible inside
 #                     the test bed: e.g. under the repository)
@@ -59,7 +63,7 @@ REPO="$(cd "$RES/.." && pwd -P)"
 
 usage_err() {
     echo "boot-bench: $*" >&2
-    echo "usage: boot.sh [--runs N] [--memory SIZE] [--cpus N] [--qemu-machine M]... [--warmup N] [--timeout SECS] [--settle SECS] [--extra-cmdline STR] [--vmlinux] [--no-build] [--keep-logs DIR]" >&2
+    echo "usage: boot.sh [--runs N] [--memory SIZE] [--cpus N] [--qemu-machine M]... [--warmup N] [--timeout SECS] [--settle SECS] [--extra-cmdline STR] [--vmlinux] [--cloud-hypervisor PATH] [--no-build] [--keep-logs DIR]" >&2
     exit 2
 }
 
@@ -74,9 +78,10 @@ extra_cmdline=""
 build=1
 keep_logs=""
 vmlinux=0
+ch=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --runs | --memory | --cpus | --qemu-machine | --warmup | --timeout | --settle | --extra-cmdline | --keep-logs)
+        --runs | --memory | --cpus | --qemu-machine | --warmup | --timeout | --settle | --extra-cmdline | --keep-logs | --cloud-hypervisor)
             [ $# -ge 2 ] || usage_err "$1 needs a value"
             case "$1" in
                 --runs) runs="$2" ;;
@@ -88,13 +93,14 @@ while [ $# -gt 0 ]; do
                 --settle) settle="$2" ;;
                 --extra-cmdline) extra_cmdline="$2" ;;
                 --keep-logs) keep_logs="$2" ;;
+                --cloud-hypervisor) ch="$2" ;;
             esac
             shift
             ;;
         --no-build) build=0 ;;
         --vmlinux) vmlinux=1 ;;
         -h | --help)
-            sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,57p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) usage_err "unknown argument: $1" ;;
@@ -127,8 +133,14 @@ if [ -z "${PLUGVM_KVMHOST_INSIDE:-}" ]; then
         --timeout "$timeout_s" --settle "$settle" --extra-cmdline "$extra_cmdline" --no-build)
     for m in "${machines[@]}"; do args+=(--qemu-machine "$m"); done
     [ "$vmlinux" = 0 ] || args+=(--vmlinux)
+    if [ -n "$ch" ]; then
+        [ -x "$ch" ] || usage_err "--cloud-hypervisor: $ch is not an executable"
+        mkdir -p "$REPO/target/bench-peers"
+        cp -f "$ch" "$REPO/target/bench-peers/cloud-hypervisor"
+        args+=(--cloud-hypervisor "$REPO/target/bench-peers/cloud-hypervisor")
+    fi
     [ -z "$keep_logs" ] || args+=(--keep-logs "$(mkdir -p "$keep_logs" && cd "$keep_logs" && pwd -P)")
-    boots=$(((runs + warmup) * (1 + ${#machines[@]})))
+    boots=$(((runs + warmup) * (2 + ${#machines[@]})))
     cd "$REPO"
     exec "$RES/kvm-host.sh" --timeout $((300 + boots * timeout_s)) -- "$SCRIPT_DIR/$(basename "$0")" "${args[@]}"
 fi
@@ -141,6 +153,8 @@ else
     KERNEL="$(sed -n 's/^kernel=//p' <<<"$images")"
 fi
 INITRAMFS="$(sed -n 's/^initramfs=//p' <<<"$images")"
+VMLINUX="$(sed -n 's/^vmlinux=//p' <<<"$images")"
+[ -z "$ch" ] || [ -n "$VMLINUX" ] || { echo "boot-bench: Cloud Hypervisor needs the vmlinux" >&2; exit 1; }
 PLUGVM="${CARGO_TARGET_DIR:-$REPO/target}/release/plugvm"
 [ -c /dev/kvm ] || { echo "boot-bench: /dev/kvm missing" >&2; exit 1; }
 [ -x "$PLUGVM" ] || { echo "boot-bench: $PLUGVM missing (cargo build --release --bins)" >&2; exit 1; }
@@ -154,13 +168,14 @@ export KERNEL INITRAMFS PLUGVM
 BENCH_RUNS="$runs" BENCH_MEMORY_MIB="$memory_mib" BENCH_CPUS="$cpus" BENCH_WARMUP="$warmup" \
     BENCH_TIMEOUT="$timeout_s" BENCH_SETTLE="$settle" BENCH_EXTRA_CMDLINE="$extra_cmdline" \
     BENCH_KEEP_LOGS="$keep_logs" BENCH_FIRMWARE="$(printf '%s\n' "${firmware[@]}")" \
-    BENCH_KERNEL_CACHE="$REPO/target/kernel-cache" \
+    BENCH_KERNEL_CACHE="$REPO/target/kernel-cache" BENCH_CH="$ch" BENCH_VMLINUX="$VMLINUX" \
     BENCH_MACHINES="$(printf '%s\n' "${machines[@]}")" \
     exec python3 - <<'PYEOF'
 import base64, os, shutil, statistics, subprocess, sys, tempfile, threading, time
 
 E = os.environ
 KERNEL_CACHE = E["BENCH_KERNEL_CACHE"]
+CH, VMLINUX = E["BENCH_CH"], E["BENCH_VMLINUX"]
 RUNS, MEM_MIB, CPUS = int(E["BENCH_RUNS"]), int(E["BENCH_MEMORY_MIB"]), int(E["BENCH_CPUS"])
 WARMUP, TIMEOUT, SETTLE = int(E["BENCH_WARMUP"]), float(E["BENCH_TIMEOUT"]), float(E["BENCH_SETTLE"])
 EXTRA = E["BENCH_EXTRA_CMDLINE"].strip()
@@ -188,6 +203,10 @@ def vmm_cmd(vmm):
         return [PLUGVM, "--kernel", KERNEL, "--kernel-cache", KERNEL_CACHE,
                 "--initramfs", INITRAMFS, "--cpus", f"boot={CPUS}",
                 "--memory", f"size={MEM_MIB}M", "--serial", "stdio", "--cmdline", cmdline]
+    if vmm == CH_NAME:
+        return [CH, "--kernel", VMLINUX, "--initramfs", INITRAMFS, "--cmdline", cmdline,
+                "--cpus", f"boot={CPUS}", "--memory", f"size={MEM_MIB}M",
+                "--serial", "tty", "--console", "off"]
     cmd = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", machine_arg(vmm)]
     for d in FIRMWARE:
         cmd += ["-L", d]
@@ -195,8 +214,10 @@ def vmm_cmd(vmm):
                   "-nographic", "-no-reboot", "-serial", "stdio",
                   "-kernel", KERNEL, "-initrd", INITRAMFS, "-append", cmdline]
 
+CH_NAME = "cloud-hypervisor"
+
 def label(vmm):
-    return vmm if vmm == "plugvm" else "qemu-" + vmm
+    return vmm if vmm in ("plugvm", CH_NAME) else "qemu-" + vmm
 
 def read_status(pid):
     out = {}
@@ -230,7 +251,8 @@ def guest_mappings(maps):
     """The guest RAM: anonymous mapping(s) of exactly the guest memory size (plugvm splits RAM
     larger than 3 GiB around the MMIO hole; QEMU keeps one block)."""
     total = MEM_MIB * 1024
-    anon = [m for m in maps if m["name"] in ("", "[anon]") or m["name"].startswith("[anon:")]
+    anon = [m for m in maps if m["name"] in ("", "[anon]") or m["name"].startswith("[anon:")
+            or m["name"].startswith("/memfd:")]
     exact = [m for m in anon if m["size"] == total]
     if exact:
         return [max(exact, key=lambda m: m["rss"])]
@@ -350,7 +372,8 @@ METRICS = [  # key, unit, fmt
 
 logdir = KEEP or tempfile.mkdtemp(prefix="boot-bench.")
 os.makedirs(logdir, exist_ok=True)
-vmms = ["plugvm"] + MACHINES
+PEERS = MACHINES + ([CH_NAME] if CH else [])
+vmms = ["plugvm"] + PEERS
 results = {v: [] for v in vmms}
 failures = []
 log(f"kernel {KERNEL}\nboot-bench: initramfs {INITRAMFS}\nboot-bench: plugvm {PLUGVM}")
@@ -390,7 +413,7 @@ print(f"boot-bench: {CPUS} vCPU, {MEM_MIB} MiB guest, runs: " +
       ", ".join(f"{label(v)} {len(results[v])}/{RUNS}" for v in vmms) +
       f" (kvm {os.environ.get('PLUGVM_KVMHOST_INSIDE')})")
 hdr = f"{'metric':<14}{'unit':<5}{'plugvm med':>11}{'min':>9}"
-for m in MACHINES:
+for m in PEERS:
     q = label(m)[:20]
     hdr += f" | {q + ' med':>24}{'min':>9}{'ratio med':>10}{'min':>7}"
 print(hdr)
@@ -398,7 +421,7 @@ print("-" * len(hdr))
 for k, unit, fmt in METRICS:
     pmed, pmin = stat("plugvm", k, statistics.median), stat("plugvm", k, min)
     row = f"{k:<14}{unit:<5}{cell(pmed):>11}{cell(pmin):>9}"
-    for m in MACHINES:
+    for m in PEERS:
         qmed, qmin = stat(m, k, statistics.median), stat(m, k, min)
         rmed = pmed / qmed if pmed is not None and qmed else None
         rmin = pmin / qmin if pmin is not None and qmin else None
@@ -413,6 +436,13 @@ if pready is not None and qready:
           f"{ratio * 100:.0f}% -> {'PASS' if ratio <= 0.5 else 'MISS'}")
 else:
     print(f"target boot-to-ready <= 50% of {label(ref)}: no data")
+if CH:
+    cready = stat(CH_NAME, "ready_ms", statistics.median)
+    if pready is not None and cready:
+        print(f"target boot-to-ready ahead of Cloud Hypervisor's (its vmlinux): plugvm {pready:.0f} ms / "
+              f"{cready:.0f} ms = {pready / cready:.2f}x -> {'PASS' if pready < cready else 'MISS'}")
+    else:
+        print("target boot-to-ready ahead of Cloud Hypervisor's: no data")
 povh = stat("plugvm", "overhead_kib", statistics.median)
 pmax = stat("plugvm", "overhead_kib", max)
 if povh is not None:
