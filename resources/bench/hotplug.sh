@@ -457,27 +457,58 @@ class Plugvm(Vmm):
                     + (f",{MEM_OPTS}" if MEM_OPTS else ""),
                     "--api-socket", self.sock, "--serial", "stdio", "--cmdline", CMDLINE], tmp)
 
+    def connection(self):
+        """The kept-alive API connection (as QMP's is for QEMU), opened again when plugvm has
+        closed it (it ends connections idle for longer than its request timeout)."""
+        s = getattr(self, "conn", None)
+        if s is not None:
+            try:
+                s.setblocking(False)
+                try:
+                    alive = s.recv(1, socket.MSG_PEEK) != b""
+                except BlockingIOError:
+                    alive = True
+                s.setblocking(True)
+            except OSError:
+                alive = False
+            if alive:
+                return s
+            s.close()
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.sock)
+        self.conn, self.conn_in = s, s.makefile("rb")
+        return s
+
     def api(self, method, path, body=None, timeout=None):
         data = b"" if body is None else json.dumps(body).encode()
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(timeout or TIMEOUT)
         try:
-            s.connect(self.sock)
+            s = self.connection()
+            s.settimeout(timeout or TIMEOUT)
             s.sendall((f"{method} /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\n"
                        f"Accept: application/json\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
-            resp = b""
+                       f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
+            status = self.conn_in.readline().split()
+            length, close = 0, False
             while True:
-                chunk = s.recv(65536)
-                if not chunk:
+                line = self.conn_in.readline()
+                if not line:
+                    raise OSError("connection closed in the answer's head")
+                if line in (b"\r\n", b"\n"):
                     break
-                resp += chunk
-        except OSError as e:
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+                elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+                    close = True
+            payload = self.conn_in.read(length) if length else b""
+            if close:
+                self.conn.close()
+                self.conn = None
+        except (OSError, ValueError) as e:
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
+            self.conn = None
             raise BenchError(f"plugvm API {path}: {e}")
-        finally:
-            s.close()
-        head, _, payload = resp.partition(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].split()
         code = int(status[1]) if len(status) > 1 else 0
         if not 200 <= code < 300:
             raise BenchError(f"plugvm API {path}: HTTP {code}: {payload.decode(errors='replace')[:500]}")
@@ -512,6 +543,10 @@ class Plugvm(Vmm):
         return {}
 
     def tx(self, path, body):
+        try:
+            self.connection()  # (re)connecting is not part of the request's time
+        except OSError as e:
+            raise BenchError(f"plugvm API: {e}")
         t0 = now()
         r = self.api("PUT", path, body)
         t1 = now()

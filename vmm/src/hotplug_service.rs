@@ -3,7 +3,6 @@
 //! turns outcomes into HTTP answers.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use hotplug::{Clock, Completion, Directive, Engine, GuestEvent, Report, Request, TxId, TxStatus};
 use serde_json::json;
 
-use crate::api::{ApiResponse, RequestError};
+use crate::api::{ApiResponse, RequestError, Responder};
 use crate::counters::HotplugCounters;
 use crate::events::EventLog;
 pub use crate::guest_observations::{
@@ -37,7 +36,7 @@ pub struct HotplugService {
     clock: Arc<dyn Clock>,
     observations: ObservationReceiver,
     timer: TimerFd,
-    waiters: BTreeMap<TxId, Vec<Sender<ApiResponse>>>,
+    waiters: BTreeMap<TxId, Vec<Responder>>,
     eject_hooks: Vec<EjectHook>,
     refused_eject_hooks: Vec<EjectHook>,
     refused_ejects: u64,
@@ -139,7 +138,8 @@ impl HotplugService {
 
     /// Starts `request`. With `wait`, `respond` gets the outcome when the transaction ends;
     /// without, it gets 202 and the transaction id at once.
-    pub fn request(&mut self, request: Request, wait: bool, respond: Sender<ApiResponse>) {
+    pub fn request(&mut self, request: Request, wait: bool, respond: impl Into<Responder>) {
+        let respond = respond.into();
         tracing::info!(?request, "hotplug request");
         if self.paused {
             self.count_refused(&request, Refusal::Paused);

@@ -1,20 +1,22 @@
-//! One connection's thread: reads each request (bounded in size and time), routes it, gets
-//! the answer (the server's own, or the VMM's through the channel and the wake eventfd) and
-//! writes it, until the client closes, a limit is hit or the server stops.
+//! One connection's thread: reads each request (bounded in size and time), routes it, and
+//! writes the server's own answer, or sends the request to the VMM (the channel and the wake
+//! eventfd), whose loop writes the answer itself; until the client closes, a limit is hit or
+//! the server stops.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use super::encode::{encode_body, error_body};
 use super::event_stream::stream_events;
 use super::http::{self, DeadlineReader, HeadError};
+use super::responder::Written;
 use super::routing::{self, Action};
 use super::server::{max_streams, Activity, Shared, LINGER_BYTES, LINGER_TIMEOUT};
-use super::{ApiMessage, ApiRequest, ApiResponse, RequestError, MAX_BODY_BYTES};
+use super::{ApiMessage, ApiRequest, ApiResponse, RequestError, Responder, MAX_BODY_BYTES};
 use plugvm_remote::wire::TOO_MANY_CONNECTIONS;
 
 /// Serves requests on connection `id` until it closes, fails, times out or is evicted.
@@ -60,11 +62,11 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
             }
         };
         let body = {
-            if head.expect_continue && len > 0 {
-                use std::io::Write;
-                if writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
-                    return;
-                }
+            if head.expect_continue
+                && len > 0
+                && writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+            {
+                return;
             }
             match http::read_body(&mut reader, len) {
                 Ok(body) => body,
@@ -96,25 +98,36 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
             return stream_events(shared, &mut writer, from);
         }
         shared.answering.fetch_add(1, Ordering::SeqCst);
-        let (response, allow) = handle(shared, action);
-        let body = encode_body(&response);
-        let written = http::write_response(
-            &mut writer,
-            response.status,
-            body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
-            allow.as_deref(),
-            head.keep_alive,
-        );
+        let served = match action {
+            Ok(Action::Forward(request)) => ask_vmm(shared, request, &mut writer, head.keep_alive),
+            other => {
+                let (response, allow) = own_answer(other);
+                let body = encode_body(&response);
+                let written = http::write_response(
+                    &mut writer,
+                    response.status,
+                    body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
+                    allow.as_deref(),
+                    head.keep_alive,
+                );
+                Served {
+                    status: response.status,
+                    at: Instant::now(),
+                    ok: written.is_ok(),
+                }
+            }
+        };
         shared.answering.fetch_sub(1, Ordering::SeqCst);
         // Benchmarks subtract the guest's share (the journal's await_guest) from this.
         tracing::info!(
             method = %head.method,
             target = %head.target,
-            status = response.status,
-            served_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX),
+            status = served.status,
+            served_us = u64::try_from(served.at.saturating_duration_since(received).as_micros())
+                .unwrap_or(u64::MAX),
             "API request served"
         );
-        if written.is_err() || !head.keep_alive {
+        if !served.ok || !head.keep_alive {
             return;
         }
         // Kept alive: idle again, and so the first to give way when the server is full.
@@ -124,14 +137,19 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
 
 /// Answers `error` (the connection then closes).
 pub(super) fn fail(writer: &mut UnixStream, error: &RequestError) {
+    let _ = fail_with(writer, error, false);
+}
+
+/// Answers `error`, saying whether the connection stays open.
+fn fail_with(writer: &mut UnixStream, error: &RequestError, keep_alive: bool) -> io::Result<()> {
     let body = error_body(&error.to_string());
-    let _ = http::write_response(
+    http::write_response(
         writer,
         error.status(),
         Some((http::JSON, &body)),
         None,
-        false,
-    );
+        keep_alive,
+    )
 }
 
 /// [`fail`], then [`linger`]: for an answer given before the whole request was read.
@@ -154,11 +172,23 @@ fn linger(reader: &mut BufReader<DeadlineReader>, writer: &UnixStream) {
     let _ = io::copy(&mut reader.by_ref().take(LINGER_BYTES), &mut io::sink());
 }
 
-/// Gets the answer to a routed request: the server's own, or the VMM's.
-fn handle(shared: &Shared, action: Result<Action, RequestError>) -> (ApiResponse, Option<String>) {
+/// How an answer went: its status, when its last byte left, and whether the connection
+/// can go on.
+struct Served {
+    status: u16,
+    at: Instant,
+    ok: bool,
+}
+
+/// The server's own answer to a request that does not go to the VMM.
+fn own_answer(action: Result<Action, RequestError>) -> (ApiResponse, Option<String>) {
     match action {
         Ok(Action::Reply(response)) => (response, None),
-        Ok(Action::Forward(request)) => (ask_vmm(shared, request), None),
+        Ok(Action::Forward(request)) => (
+            RequestError::HostFailure(format!("{} cannot be answered here.", request.endpoint()))
+                .into(),
+            None,
+        ),
         Ok(Action::Stream(_)) => (
             RequestError::HostFailure("The event stream cannot be answered here.".into()).into(),
             None,
@@ -170,35 +200,110 @@ fn handle(shared: &Shared, action: Result<Action, RequestError>) -> (ApiResponse
     }
 }
 
-/// Sends `request` to the VMM, wakes it, and waits for the answer.
-fn ask_vmm(shared: &Shared, request: ApiRequest) -> ApiResponse {
+/// Sends `request` to the VMM and wakes it; the VMM writes the answer to the client itself
+/// (see [`Responder`]). This thread answers only when the VMM does not: 503 when it does not
+/// answer within the VMM timeout or drops the request, and it sends what the VMM could not
+/// write without waiting.
+fn ask_vmm(
+    shared: &Shared,
+    request: ApiRequest,
+    writer: &mut UnixStream,
+    keep_alive: bool,
+) -> Served {
     let endpoint = request.endpoint();
-    let (respond, answer) = mpsc::channel();
+    let claim = Arc::new(AtomicBool::new(false));
+    let (done, written) = mpsc::channel();
+    let unanswered = |writer: &mut UnixStream, error: RequestError| {
+        let status = error.status();
+        let ok = fail_with(writer, &error, keep_alive).is_ok();
+        Served {
+            status,
+            at: Instant::now(),
+            ok,
+        }
+    };
+    let answer_writer = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            return unanswered(
+                writer,
+                RequestError::HostFailure(format!("Cannot answer {endpoint}: {e}.")),
+            )
+        }
+    };
+    let respond = Responder::socket(
+        answer_writer,
+        keep_alive,
+        endpoint,
+        Arc::clone(&claim),
+        done,
+    );
     if shared.to_vmm.send(ApiMessage { request, respond }).is_err() {
-        return RequestError::VmmUnavailable("The VMM is not running.".into()).into();
+        return unanswered(
+            writer,
+            RequestError::VmmUnavailable("The VMM is not running.".into()),
+        );
     }
     if let Err(e) = shared.wake.write(1) {
-        return RequestError::VmmUnavailable(format!("Cannot wake the VMM: {e}.")).into();
+        // The message is queued: whoever claims first answers.
+        if !claim.swap(true, Ordering::SeqCst) {
+            return unanswered(
+                writer,
+                RequestError::VmmUnavailable(format!("Cannot wake the VMM: {e}.")),
+            );
+        }
     }
     let timeout = shared.config.vmm_timeout;
-    match answer.recv_timeout(timeout) {
-        Ok(response) if (200..=599).contains(&response.status) => response,
-        Ok(response) => RequestError::HostFailure(format!(
-            "The VMM answered {endpoint} with invalid status {}.",
-            response.status
-        ))
-        .into(),
-        Err(mpsc::RecvTimeoutError::Timeout) => {
+    let outcome = match written.recv_timeout(timeout) {
+        Ok(outcome) => outcome,
+        Err(mpsc::RecvTimeoutError::Timeout) if !claim.swap(true, Ordering::SeqCst) => {
             tracing::warn!("the VMM did not answer {endpoint} within {timeout:?}");
-            RequestError::VmmUnavailable(format!(
-                "The VMM did not answer {endpoint} within {} s.",
-                timeout.as_secs_f64()
-            ))
-            .into()
+            return unanswered(
+                writer,
+                RequestError::VmmUnavailable(format!(
+                    "The VMM did not answer {endpoint} within {} s.",
+                    timeout.as_secs_f64()
+                )),
+            );
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => RequestError::VmmUnavailable(format!(
-            "The VMM dropped the {endpoint} request unanswered."
-        ))
-        .into(),
+        Err(mpsc::RecvTimeoutError::Disconnected) if !claim.swap(true, Ordering::SeqCst) => {
+            return unanswered(
+                writer,
+                RequestError::VmmUnavailable(format!(
+                    "The VMM dropped the {endpoint} request unanswered."
+                )),
+            );
+        }
+        // The VMM claimed the answer just now: its write does not wait, so neither does this.
+        Err(_) => written
+            .recv_timeout(LATE_ANSWER_WAIT)
+            .unwrap_or(Written::Failed { status: 503 }),
+    };
+    match outcome {
+        Written::Sent { status, at } => Served {
+            status,
+            at,
+            ok: true,
+        },
+        Written::Rest { status, rest } => {
+            let ok = writer
+                .write_all(&rest)
+                .and_then(|()| writer.flush())
+                .is_ok();
+            Served {
+                status,
+                at: Instant::now(),
+                ok,
+            }
+        }
+        Written::Failed { status } => Served {
+            status,
+            at: Instant::now(),
+            ok: false,
+        },
     }
 }
+
+/// How long the connection's thread waits for an answer the VMM claimed as the VMM timeout
+/// expired: its write does not wait, so this is only scheduling.
+const LATE_ANSWER_WAIT: Duration = Duration::from_secs(1);

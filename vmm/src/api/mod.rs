@@ -7,7 +7,9 @@
 //!
 //! Requests that need the VMM travel as [`ApiMessage`]s over an
 //! [`mpsc`] channel. After each send the server writes 1 to the `wake`
-//! [`EventFd`], so the event loop can poll that fd and drain the channel:
+//! [`EventFd`], so the event loop can poll that fd and drain the channel. Each message's
+//! [`Responder`] holds the client's socket: the loop's answer goes straight to the client,
+//! without waking the connection's thread first (see `responder.rs`).
 //!
 //! ```no_run
 //! use std::sync::mpsc;
@@ -39,6 +41,7 @@ pub(crate) mod encode;
 mod error;
 mod event_stream;
 pub(crate) mod http;
+mod responder;
 pub(crate) mod routing;
 mod server;
 mod socket;
@@ -68,6 +71,7 @@ pub use plugvm_remote::wire::{
     AddMemoryBody, AddVcpuBody, RemoveMemoryBody, RemoveVcpuBody, ResizeBody, API_PREFIX,
     METRICS_PATH,
 };
+pub use responder::Responder;
 pub use server::ApiServerHandle;
 
 /// Largest request body the server reads, in bytes; larger ones get 413.
@@ -247,9 +251,6 @@ impl ApiResponse {
     }
 }
 
-/// Where the VMM sends its answer to one request.
-pub type Responder = mpsc::Sender<ApiResponse>;
-
 /// A request for the VMM and the channel on which to answer it.
 ///
 /// Answer exactly once; dropping `respond` makes the client get 503.
@@ -258,7 +259,7 @@ pub struct ApiMessage {
     /// What the client asked for.
     pub request: ApiRequest,
     /// Where to send the answer.
-    pub respond: mpsc::Sender<ApiResponse>,
+    pub respond: Responder,
 }
 
 /// Tunables of the API server; [`ApiConfig::default`] suits production.

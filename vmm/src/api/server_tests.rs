@@ -561,3 +561,58 @@ fn the_event_stream_lets_the_last_events_out_when_the_server_stops() {
     assert_eq!(events[2000].event, "shutdown");
     assert_eq!(events[2000].id.as_deref(), Some("2001"));
 }
+
+/// The VMM's answer is on the client's socket when the VMM's `send` returns: the loop writes
+/// it, not the connection's thread after a wake-up. The connection then serves the next
+/// request (keep-alive), and the answer of a VMM too late is the server's 503 alone.
+#[test]
+fn api_server_lets_the_vmm_write_its_answer_to_the_client() {
+    let dir = TempDir::new();
+    let path = dir.0.join("direct.sock");
+    let (to_vmm, from_api) = mpsc::channel::<ApiMessage>();
+    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+    let config = ApiConfig {
+        vmm_timeout: Duration::from_millis(300),
+        ..quick_config()
+    };
+    let _server = start_with_config(&path, to_vmm, wake, config).unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    let request =
+        b"PUT /api/v1/vm.add-vcpu HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{\"id\":1}";
+    for round in 0..2 {
+        client.write_all(request).unwrap();
+        let message = from_api.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            message.request,
+            ApiRequest::AddVcpu {
+                id: Some(1),
+                wait: true
+            }
+        );
+        assert!(message
+            .respond
+            .send(ApiResponse::ok(json!({ "round": round }))));
+        // Read without waiting: the whole answer is there already.
+        client.set_nonblocking(true).unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = client.read(&mut got).expect("the answer, at once");
+        client.set_nonblocking(false).unwrap();
+        let text = String::from_utf8_lossy(&got[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200 \r\n"), "{text}");
+        assert!(text.ends_with(&format!("{{\"round\":{round}}}")), "{text}");
+        assert!(!text.contains("Connection: close"), "{text}");
+    }
+    // Too late: the server has answered 503 and the VMM's answer goes nowhere.
+    client.write_all(request).unwrap();
+    let message = from_api.recv_timeout(Duration::from_secs(5)).unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let late = read_response(&mut reader).unwrap();
+    assert_eq!(late.status, 503);
+    assert!(!message.respond.send(ApiResponse::ok(json!({"late": true}))));
+    // And the connection still serves requests, with nothing of the late answer in between.
+    client
+        .write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let ping = read_response(&mut reader).unwrap();
+    assert_eq!(ping.status, 200);
+}

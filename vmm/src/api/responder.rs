@@ -1,0 +1,339 @@
+//! Where the VMM's answer to one request goes.
+//!
+//! A request read by a connection's thread reaches the event loop with a [`Responder`] that
+//! holds the client's socket: the loop writes the answer itself, the moment it has it, instead
+//! of handing it back to the connection's thread and waking that thread first. Under a
+//! nested, emulated host a thread wake-up costs about as much as all of the VMM's own work
+//! for a vCPU hot-add, and the answer's hop was one of the two the request made.
+//!
+//! The loop must never block, so it writes without waiting: an answer the socket cannot take
+//! whole (a client that does not read, a full buffer) goes back, the part not sent, to the
+//! connection's thread, which writes it within the connection's write timeout. The
+//! connection's thread and the loop race for one claim, so that exactly one of them answers:
+//! the loop with the VMM's answer, or the thread with 503 when the VMM does not answer in
+//! time or drops the request.
+
+use std::io::{ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use super::encode::encode_body;
+use super::{http, ApiResponse, RequestError};
+
+/// Where the VMM sends its answer to one request. Answer at most once: later answers are
+/// dropped. Dropping it unanswered makes the client get 503.
+#[derive(Debug)]
+pub struct Responder(Route);
+
+#[derive(Debug)]
+enum Route {
+    /// An in-process channel (tests, the fuzz rig, embedders).
+    Channel(mpsc::Sender<ApiResponse>),
+    /// The client's socket, written by whoever holds the responder.
+    Socket(SocketAnswer),
+}
+
+/// What became of an answer written to the client's socket, for the connection's thread.
+#[derive(Debug)]
+pub(super) enum Written {
+    /// All of it went out; the last byte at `at`.
+    Sent {
+        /// The answer's HTTP status.
+        status: u16,
+        /// When the last byte was handed to the socket.
+        at: Instant,
+    },
+    /// The socket took only part of it: `rest` is for the connection's thread to send.
+    Rest {
+        /// The answer's HTTP status.
+        status: u16,
+        /// The bytes not yet sent.
+        rest: Vec<u8>,
+    },
+    /// Writing failed (the client has gone): the connection ends.
+    Failed {
+        /// The answer's HTTP status.
+        status: u16,
+    },
+}
+
+#[derive(Debug)]
+struct SocketAnswer {
+    writer: UnixStream,
+    keep_alive: bool,
+    endpoint: &'static str,
+    claim: Arc<AtomicBool>,
+    written: mpsc::Sender<Written>,
+}
+
+impl Responder {
+    /// A responder for a request read from `writer`'s connection. `claim` is shared with the
+    /// connection's thread (whoever sets it first answers); `written` tells that thread what
+    /// became of the answer.
+    pub(super) fn socket(
+        writer: UnixStream,
+        keep_alive: bool,
+        endpoint: &'static str,
+        claim: Arc<AtomicBool>,
+        written: mpsc::Sender<Written>,
+    ) -> Self {
+        Responder(Route::Socket(SocketAnswer {
+            writer,
+            keep_alive,
+            endpoint,
+            claim,
+            written,
+        }))
+    }
+
+    /// Answers the request. `false` when the answer could not be given: the client has gone,
+    /// or somebody answered before (the server's timeout, or an earlier answer).
+    pub fn send(&self, response: ApiResponse) -> bool {
+        match &self.0 {
+            Route::Channel(sender) => sender.send(response).is_ok(),
+            Route::Socket(answer) => answer.send(response),
+        }
+    }
+}
+
+impl From<mpsc::Sender<ApiResponse>> for Responder {
+    fn from(sender: mpsc::Sender<ApiResponse>) -> Self {
+        Responder(Route::Channel(sender))
+    }
+}
+
+impl SocketAnswer {
+    fn send(&self, response: ApiResponse) -> bool {
+        if self.claim.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let response = if (200..=599).contains(&response.status) {
+            response
+        } else {
+            RequestError::HostFailure(format!(
+                "The VMM answered {} with invalid status {}.",
+                self.endpoint, response.status
+            ))
+            .into()
+        };
+        let status = response.status;
+        let body = encode_body(&response);
+        let mut message = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = http::write_response(
+            &mut message,
+            status,
+            body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
+            None,
+            self.keep_alive,
+        );
+        let outcome = match write_without_waiting(&self.writer, &message) {
+            Ok(sent) if sent == message.len() => Written::Sent {
+                status,
+                at: Instant::now(),
+            },
+            Ok(sent) => Written::Rest {
+                status,
+                rest: message.get(sent..).unwrap_or_default().to_vec(),
+            },
+            Err(e) => {
+                tracing::debug!("the answer to {} could not be written: {e}", self.endpoint);
+                Written::Failed { status }
+            }
+        };
+        let delivered = !matches!(outcome, Written::Failed { .. });
+        // The connection's thread waits for this (bounded by the VMM timeout); if it has gone,
+        // so has the connection.
+        let _ = self.written.send(outcome);
+        delivered
+    }
+}
+
+/// Writes as much of `bytes` as the socket takes now; how much that was.
+///
+/// The socket is non-blocking only for the call: the connection's thread, which shares the
+/// file, is waiting for this answer and does not touch the socket meanwhile.
+fn write_without_waiting(writer: &UnixStream, bytes: &[u8]) -> std::io::Result<usize> {
+    writer.set_nonblocking(true)?;
+    let mut sent = 0;
+    let result = loop {
+        match (&*writer).write(bytes.get(sent..).unwrap_or_default()) {
+            Ok(0) => break Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                sent += n;
+                if sent >= bytes.len() {
+                    break Ok(sent);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break Ok(sent),
+            Err(e) => break Err(e),
+        }
+    };
+    // Back to blocking for the connection's thread, whatever the write did.
+    let restored = writer.set_nonblocking(false);
+    let sent = result?;
+    restored?;
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::Duration;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        UnixStream::pair().expect("socketpair")
+    }
+
+    fn responder(
+        server: &UnixStream,
+        keep_alive: bool,
+    ) -> (Responder, Arc<AtomicBool>, mpsc::Receiver<Written>) {
+        let claim = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let r = Responder::socket(
+            server.try_clone().expect("clone"),
+            keep_alive,
+            "vm.add-vcpu",
+            Arc::clone(&claim),
+            tx,
+        );
+        (r, claim, rx)
+    }
+
+    fn read_available(client: &UnixStream) -> Vec<u8> {
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match (&*client).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_answer_is_on_the_socket_when_send_returns() {
+        let (server, client) = pair();
+        let (r, claim, written) = responder(&server, true);
+        assert!(r.send(ApiResponse::ok(serde_json::json!({"id": 7}))));
+        // Nobody else wrote: the bytes were on the client's side before send returned.
+        let text = String::from_utf8(read_available(&client)).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 200 \r\n"), "{text}");
+        assert!(!text.contains("Connection: close"), "{text}");
+        assert!(text.ends_with("{\"id\":7}"), "{text}");
+        assert!(claim.load(Ordering::SeqCst));
+        match written.try_recv() {
+            Ok(Written::Sent { status: 200, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Still blocking for the connection's thread.
+        server
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .expect("timeout");
+        let e = (&server).read(&mut [0u8; 1]).expect_err("nothing to read");
+        assert!(matches!(
+            e.kind(),
+            ErrorKind::WouldBlock | ErrorKind::TimedOut
+        ));
+    }
+
+    #[test]
+    fn only_the_first_answer_goes_out() {
+        let (server, client) = pair();
+        let (r, _claim, written) = responder(&server, false);
+        assert!(r.send(ApiResponse::no_content()));
+        assert!(!r.send(ApiResponse::ok(serde_json::json!({}))));
+        let text = String::from_utf8(read_available(&client)).expect("utf-8");
+        assert_eq!(
+            text,
+            "HTTP/1.1 204 \r\nServer: plugvm\r\nConnection: close\r\n\r\n"
+        );
+        assert!(matches!(
+            written.try_recv(),
+            Ok(Written::Sent { status: 204, .. })
+        ));
+        assert!(written.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_answer_claimed_by_the_server_is_not_written() {
+        let (server, client) = pair();
+        let (r, claim, written) = responder(&server, true);
+        claim.store(true, Ordering::SeqCst);
+        assert!(!r.send(ApiResponse::no_content()));
+        assert!(read_available(&client).is_empty());
+        assert!(written.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_full_socket_hands_the_rest_back_without_waiting() {
+        let (server, client) = pair();
+        // Fill the socket's buffer: the client reads nothing.
+        server.set_nonblocking(true).expect("nonblocking");
+        let junk = vec![b'x'; 65536];
+        let mut filled = 0usize;
+        while let Ok(n) = (&server).write(&junk) {
+            filled += n;
+        }
+        server.set_nonblocking(false).expect("blocking");
+        let (r, _claim, written) = responder(&server, true);
+        let big = "y".repeat(4096);
+        assert!(r.send(ApiResponse::ok(serde_json::json!({ "big": big }))));
+        let rest = match written.try_recv() {
+            Ok(Written::Rest { status: 200, rest }) => rest,
+            other => panic!("{other:?}"),
+        };
+        assert!(rest.ends_with(format!("{big}\"}}").as_bytes()));
+        // The junk and whatever part of the answer went out, then the rest, make one answer.
+        let mut got = read_available(&client);
+        assert!(got.len() >= filled);
+        got.drain(..filled);
+        got.extend_from_slice(&rest);
+        let text = String::from_utf8(got).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 200 \r\n"), "{}", &text[..40]);
+        drop(client);
+    }
+
+    #[test]
+    fn a_closed_client_is_a_failed_answer() {
+        let (server, client) = pair();
+        drop(client);
+        let (r, _claim, written) = responder(&server, true);
+        assert!(!r.send(ApiResponse::no_content()));
+        assert!(matches!(
+            written.try_recv(),
+            Ok(Written::Failed { status: 204 })
+        ));
+    }
+
+    #[test]
+    fn an_invalid_status_is_answered_as_the_hosts_failure() {
+        let (server, client) = pair();
+        let (r, _claim, _written) = responder(&server, false);
+        let mut bad = ApiResponse::no_content();
+        bad.status = 99;
+        assert!(r.send(bad));
+        let text = String::from_utf8(read_available(&client)).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 500 \r\n"), "{text}");
+        assert!(text.contains("invalid status 99"), "{text}");
+    }
+
+    #[test]
+    fn a_channel_responder_sends_on_its_channel() {
+        let (tx, rx) = mpsc::channel();
+        let r = Responder::from(tx);
+        assert!(r.send(ApiResponse::no_content()));
+        assert_eq!(rx.try_recv().ok(), Some(ApiResponse::no_content()));
+        drop(rx);
+        assert!(!r.send(ApiResponse::no_content()));
+    }
+}
