@@ -168,8 +168,8 @@ impl HotplugService {
         };
         match begun.completed {
             Some(done) => {
-                self.tally(&done);
                 let _ = respond.send(self.answer(&done));
+                self.tally(&done);
             }
             None if wait => self.waiters.entry(begun.id).or_default().push(respond),
             None => {
@@ -274,15 +274,18 @@ impl HotplugService {
                 }
             }
         }
-        // The journal's follower logs how each transaction ended, in its span.
+        // The waiting callers first: counting is the loop's own business, and nothing the
+        // client asks next is handled before this returns (the loop is one thread), so the
+        // counts it reads are already up to date. The journal's follower logs how each
+        // transaction ended, in its span.
         for done in &report.completed {
-            self.tally(done);
             if let Some(waiters) = self.waiters.remove(&done.id) {
                 let answer = self.answer(done);
                 for w in waiters {
                     let _ = w.send(answer.clone());
                 }
             }
+            self.tally(done);
         }
     }
 

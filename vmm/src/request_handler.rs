@@ -112,7 +112,8 @@ impl RequestHandler {
     fn handle(&mut self, msg: ApiMessage) {
         tracing::debug!(endpoint = msg.request.endpoint(), "API request");
         // The client may have gone away by the time of the answer; nothing to do then.
-        let respond = msg.respond;
+        let mut respond = msg.respond;
+        respond.note_taken();
         let (request, wait) = match msg.request {
             ApiRequest::Shutdown => return self.end_vm(ExitReason::Shutdown, respond),
             ApiRequest::Delete => return self.end_vm(ExitReason::Delete, respond),

@@ -113,18 +113,23 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
                 Served {
                     status: response.status,
                     at: Instant::now(),
+                    taken: None,
                     ok: written.is_ok(),
                 }
             }
         };
         shared.answering.fetch_sub(1, Ordering::SeqCst);
-        // Benchmarks subtract the guest's share (the journal's await_guest) from this.
+        // Benchmarks subtract the guest's share (the journal's await_guest) from served_us;
+        // queued_us is the part before the event loop took the request.
+        let micros = |from: Instant, to: Instant| {
+            u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
+        };
         tracing::info!(
             method = %head.method,
             target = %head.target,
             status = served.status,
-            served_us = u64::try_from(served.at.saturating_duration_since(received).as_micros())
-                .unwrap_or(u64::MAX),
+            served_us = micros(received, served.at),
+            queued_us = served.taken.map(|t| micros(received, t)),
             "API request served"
         );
         if !served.ok || !head.keep_alive {
@@ -177,6 +182,8 @@ fn linger(reader: &mut BufReader<DeadlineReader>, writer: &UnixStream) {
 struct Served {
     status: u16,
     at: Instant,
+    /// When the VMM's loop took the request, if it went to the VMM and the loop said so.
+    taken: Option<Instant>,
     ok: bool,
 }
 
@@ -219,6 +226,7 @@ fn ask_vmm(
         Served {
             status,
             at: Instant::now(),
+            taken: None,
             ok,
         }
     };
@@ -280,9 +288,10 @@ fn ask_vmm(
             .unwrap_or(Written::Failed { status: 503 }),
     };
     match outcome {
-        Written::Sent { status, at } => Served {
+        Written::Sent { status, at, taken } => Served {
             status,
             at,
+            taken,
             ok: true,
         },
         Written::Rest { status, rest } => {
@@ -293,12 +302,14 @@ fn ask_vmm(
             Served {
                 status,
                 at: Instant::now(),
+                taken: None,
                 ok,
             }
         }
         Written::Failed { status } => Served {
             status,
             at: Instant::now(),
+            taken: None,
             ok: false,
         },
     }

@@ -44,6 +44,8 @@ pub(super) enum Written {
         status: u16,
         /// When the last byte was handed to the socket.
         at: Instant,
+        /// When the event loop took the request from the channel, if it said so.
+        taken: Option<Instant>,
     },
     /// The socket took only part of it: `rest` is for the connection's thread to send.
     Rest {
@@ -66,6 +68,7 @@ struct SocketAnswer {
     endpoint: &'static str,
     claim: Arc<AtomicBool>,
     written: mpsc::Sender<Written>,
+    taken: Option<Instant>,
 }
 
 impl Responder {
@@ -85,7 +88,16 @@ impl Responder {
             endpoint,
             claim,
             written,
+            taken: None,
         }))
+    }
+
+    /// The event loop has taken the request from the channel: the time from the request's
+    /// arrival to this is the wait for the loop, logged with the answer (`queued_us`).
+    pub fn note_taken(&mut self) {
+        if let Route::Socket(answer) = &mut self.0 {
+            answer.taken = Some(Instant::now());
+        }
     }
 
     /// Answers the request. `false` when the answer could not be given: the client has gone,
@@ -133,6 +145,7 @@ impl SocketAnswer {
             Ok(sent) if sent == message.len() => Written::Sent {
                 status,
                 at: Instant::now(),
+                taken: self.taken,
             },
             Ok(sent) => Written::Rest {
                 status,
