@@ -136,7 +136,9 @@ if [ -z "${PLUGVM_KVMHOST_INSIDE:-}" ]; then
     if [ -n "$ch" ]; then
         [ -x "$ch" ] || usage_err "--cloud-hypervisor: $ch is not an executable"
         mkdir -p "$REPO/target/bench-peers"
-        cp -f "$ch" "$REPO/target/bench-peers/cloud-hypervisor"
+        # (already there when a previous run copied it and this one was given that copy)
+        [ "$ch" -ef "$REPO/target/bench-peers/cloud-hypervisor" ] ||
+            cp -f "$ch" "$REPO/target/bench-peers/cloud-hypervisor"
         args+=(--cloud-hypervisor "$REPO/target/bench-peers/cloud-hypervisor")
     fi
     [ -z "$keep_logs" ] || args+=(--keep-logs "$(mkdir -p "$keep_logs" && cd "$keep_logs" && pwd -P)")

@@ -307,12 +307,18 @@ impl HotplugService {
 
     /// The HTTP answer for a finished transaction.
     pub fn answer(&self, done: &Completion) -> ApiResponse {
-        let record = self.record_json(done.id);
         match done.outcome.status {
             TxStatus::Committed | TxStatus::PartiallyCommitted => {
-                ApiResponse::ok(json!({ "transaction": record }))
+                /// `{"transaction": record}`, serialized without a JSON tree in between.
+                #[derive(serde::Serialize)]
+                struct Committed<'a> {
+                    transaction: Option<&'a hotplug::TxRecord>,
+                }
+                let transaction = self.engine.transaction(done.id);
+                ApiResponse::json_of(200, &Committed { transaction })
             }
             TxStatus::RolledBack | TxStatus::Rejected => {
+                let record = self.record_json(done.id);
                 let error = match failure(&done.outcome) {
                     Some((device, reason)) => RequestError::HotplugFailed {
                         reason: Some(reason.clone()),

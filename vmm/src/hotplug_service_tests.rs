@@ -245,5 +245,5 @@ fn paused_refuses_and_shutdown_answers_every_waiter() {
     s.abandon_waiters("the VM is shutting down");
     let r = answer.try_recv().unwrap();
     assert_eq!(r.status, 503);
-    assert!(r.body["transaction"]["id"].is_u64(), "{:?}", r.body);
+    assert!(r.json()["transaction"]["id"].is_u64(), "{:?}", r);
 }

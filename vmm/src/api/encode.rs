@@ -35,7 +35,7 @@ pub(crate) fn encode_body(response: &ApiResponse) -> Option<(&'static str, Vec<u
 /// `json` with every non-ASCII character escaped (`\uXXXX`): Cloud Hypervisor's client
 /// decodes each 256-byte read as UTF-8 on its own and fails on a character split between
 /// two reads. Outside strings JSON is ASCII already, so only string contents change.
-pub(super) fn ascii_json(json: Vec<u8>) -> Vec<u8> {
+pub(crate) fn ascii_json(json: Vec<u8>) -> Vec<u8> {
     if json.is_ascii() {
         return json;
     }
@@ -52,4 +52,33 @@ pub(super) fn ascii_json(json: Vec<u8>) -> Vec<u8> {
         }
     }
     out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        id: u64,
+        reason: &'a str,
+    }
+
+    #[test]
+    fn a_body_serialized_once_goes_out_as_the_same_ascii_json() {
+        let record = Record {
+            id: 7,
+            reason: "gerät",
+        };
+        let direct = ApiResponse::json_of(200, &record);
+        assert_eq!(direct.status, 200);
+        let (kind, bytes) = encode_body(&direct).expect("a body");
+        assert_eq!(kind, http::JSON);
+        assert_eq!(bytes, br#"{"id":7,"reason":"ger\u00e4t"}"#);
+        // The same bytes as the tree would have given, and the same value read back.
+        let tree = ApiResponse::ok(serde_json::json!({"id": 7, "reason": "gerät"}));
+        assert_eq!(encode_body(&tree).map(|(_, b)| b), Some(bytes));
+        assert_eq!(direct.json(), tree.json());
+        assert_eq!(direct.json()["reason"], "gerät");
+    }
 }
