@@ -257,7 +257,7 @@ impl Machine {
         if size == 0 {
             return Err(ValidationError::MemorySizeZero);
         }
-        if size % block_size != 0 {
+        if !size.is_multiple_of(block_size) {
             return Err(ValidationError::MemoryNotBlockAligned { size, block_size });
         }
         Ok(())
