@@ -39,7 +39,8 @@ pub struct ApiEndpoint {
 impl ApiEndpoint {
     /// Answers every request still queued with 503.
     fn refuse_pending(&self, why: &str) {
-        for msg in self.requests.try_iter() {
+        for mut msg in self.requests.try_iter() {
+            msg.respond.note_taken();
             let _ = msg.respond.send(
                 RequestError::VmmUnavailable(format!(
                     "{} was not handled: {why}",
@@ -299,7 +300,8 @@ impl<'k> Vmm<'k> {
 
     /// Answers one request while no VM runs; `Some` when the VMM's state moves on.
     fn handle_without_vm(&mut self, msg: ApiMessage) -> Option<Step> {
-        let respond = msg.respond;
+        let mut respond = msg.respond;
+        respond.note_taken();
         let endpoint = msg.request.endpoint();
         let not_running = |what: &str| {
             RequestError::WrongVmState(format!("{endpoint}: the VM is not running ({what})."))

@@ -8,12 +8,12 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::encode::{encode_body, error_body};
 use super::event_stream::stream_events;
 use super::http::{self, DeadlineReader, HeadError};
-use super::responder::Written;
+use super::responder::{Delivery, Written};
 use super::routing::{self, Action};
 use super::server::{max_streams, Activity, Shared, LINGER_BYTES, LINGER_TIMEOUT};
 use super::{ApiMessage, ApiRequest, ApiResponse, RequestError, Responder, MAX_BODY_BYTES};
@@ -130,6 +130,7 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
             status = served.status,
             served_us = micros(received, served.at),
             queued_us = served.taken.map(|t| micros(received, t)),
+            delivered = served.ok,
             "API request served"
         );
         if !served.ok || !head.keep_alive {
@@ -282,19 +283,34 @@ fn ask_vmm(
                 )),
             );
         }
-        // The VMM claimed the answer just now: its write does not wait, so neither does this.
-        Err(_) => written
-            .recv_timeout(LATE_ANSWER_WAIT)
-            .unwrap_or(Written::Failed { status: 503 }),
+        // The VMM claimed the answer just now: its write does not wait, so this wait is only
+        // scheduling. (A responder reports before it is dropped; were it not, the connection
+        // would end here.)
+        Err(_) => match written.recv() {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Served {
+                    status: 500,
+                    at: Instant::now(),
+                    taken: None,
+                    ok: false,
+                }
+            }
+        },
     };
-    match outcome {
-        Written::Sent { status, at, taken } => Served {
+    let Written {
+        status,
+        taken,
+        delivery,
+    } = outcome;
+    match delivery {
+        Delivery::Sent(at) => Served {
             status,
             at,
             taken,
             ok: true,
         },
-        Written::Rest { status, rest } => {
+        Delivery::Rest(rest) => {
             let ok = writer
                 .write_all(&rest)
                 .and_then(|()| writer.flush())
@@ -302,19 +318,15 @@ fn ask_vmm(
             Served {
                 status,
                 at: Instant::now(),
-                taken: None,
+                taken,
                 ok,
             }
         }
-        Written::Failed { status } => Served {
+        Delivery::Failed => Served {
             status,
             at: Instant::now(),
-            taken: None,
+            taken,
             ok: false,
         },
     }
 }
-
-/// How long the connection's thread waits for an answer the VMM claimed as the VMM timeout
-/// expired: its write does not wait, so this is only scheduling.
-const LATE_ANSWER_WAIT: Duration = Duration::from_secs(1);

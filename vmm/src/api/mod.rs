@@ -239,18 +239,18 @@ impl ApiResponse {
     /// [`ApiResponse::json`].
     pub fn json_of<T: serde::Serialize>(status: u16, value: &T) -> Self {
         match serde_json::to_vec(value) {
-            Ok(bytes) => {
-                // Escaped to ASCII as every JSON body is (see `encode.rs`): a valid string.
-                let text = String::from_utf8(encode::ascii_json(bytes)).unwrap_or_default();
-                ApiResponse {
+            // Escaped to ASCII as every JSON body is (see `encode.rs`).
+            Ok(bytes) => match String::from_utf8(encode::ascii_json(bytes)) {
+                Ok(text) => ApiResponse {
                     status,
                     body: Value::Null,
                     text: Some(TextBody {
                         content_type: http::JSON,
                         text,
                     }),
-                }
-            }
+                },
+                Err(e) => RequestError::HostFailure(format!("The answer is not text: {e}.")).into(),
+            },
             Err(e) => {
                 RequestError::HostFailure(format!("The answer could not be encoded: {e}.")).into()
             }
@@ -288,9 +288,9 @@ impl ApiResponse {
     }
 }
 
-/// A request for the VMM and the channel on which to answer it.
+/// A request for the VMM and where to answer it.
 ///
-/// Answer exactly once; dropping `respond` makes the client get 503.
+/// [`Responder::send`] answers it; dropping `respond` unanswered makes the client get 503.
 #[derive(Debug)]
 pub struct ApiMessage {
     /// What the client asked for.

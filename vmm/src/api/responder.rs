@@ -22,8 +22,8 @@ use std::time::Instant;
 use super::encode::encode_body;
 use super::{http, ApiResponse, RequestError};
 
-/// Where the VMM sends its answer to one request. Answer at most once: later answers are
-/// dropped. Dropping it unanswered makes the client get 503.
+/// Where the VMM sends its answer to one request: [`Responder::send`] takes it, so a request
+/// is answered once. Dropping it unanswered makes the client get 503.
 #[derive(Debug)]
 pub struct Responder(Route);
 
@@ -37,28 +37,24 @@ enum Route {
 
 /// What became of an answer written to the client's socket, for the connection's thread.
 #[derive(Debug)]
-pub(super) enum Written {
-    /// All of it went out; the last byte at `at`.
-    Sent {
-        /// The answer's HTTP status.
-        status: u16,
-        /// When the last byte was handed to the socket.
-        at: Instant,
-        /// When the event loop took the request from the channel, if it said so.
-        taken: Option<Instant>,
-    },
-    /// The socket took only part of it: `rest` is for the connection's thread to send.
-    Rest {
-        /// The answer's HTTP status.
-        status: u16,
-        /// The bytes not yet sent.
-        rest: Vec<u8>,
-    },
+pub(super) struct Written {
+    /// The answer's HTTP status.
+    pub status: u16,
+    /// When the event loop took the request from the channel, if it said so.
+    pub taken: Option<Instant>,
+    /// How far the answer got.
+    pub delivery: Delivery,
+}
+
+/// How far an answer written by the event loop got.
+#[derive(Debug)]
+pub(super) enum Delivery {
+    /// All of it went out; the last byte at this instant.
+    Sent(Instant),
+    /// The socket took only part of it: these bytes are for the connection's thread to send.
+    Rest(Vec<u8>),
     /// Writing failed (the client has gone): the connection ends.
-    Failed {
-        /// The answer's HTTP status.
-        status: u16,
-    },
+    Failed,
 }
 
 #[derive(Debug)]
@@ -101,8 +97,8 @@ impl Responder {
     }
 
     /// Answers the request. `false` when the answer could not be given: the client has gone,
-    /// or somebody answered before (the server's timeout, or an earlier answer).
-    pub fn send(&self, response: ApiResponse) -> bool {
+    /// or the server answered before (503, the VMM being too late).
+    pub fn send(self, response: ApiResponse) -> bool {
         match &self.0 {
             Route::Channel(sender) => sender.send(response).is_ok(),
             Route::Socket(answer) => answer.send(response),
@@ -141,25 +137,21 @@ impl SocketAnswer {
             None,
             self.keep_alive,
         );
-        let outcome = match write_without_waiting(&self.writer, &message) {
-            Ok(sent) if sent == message.len() => Written::Sent {
-                status,
-                at: Instant::now(),
-                taken: self.taken,
-            },
-            Ok(sent) => Written::Rest {
-                status,
-                rest: message.get(sent..).unwrap_or_default().to_vec(),
-            },
+        let delivery = match write_without_waiting(&self.writer, &message) {
+            Ok(sent) if sent == message.len() => Delivery::Sent(Instant::now()),
+            Ok(sent) => Delivery::Rest(message.get(sent..).unwrap_or_default().to_vec()),
             Err(e) => {
                 tracing::debug!("the answer to {} could not be written: {e}", self.endpoint);
-                Written::Failed { status }
+                Delivery::Failed
             }
         };
-        let delivered = !matches!(outcome, Written::Failed { .. });
-        // The connection's thread waits for this (bounded by the VMM timeout); if it has gone,
-        // so has the connection.
-        let _ = self.written.send(outcome);
+        let delivered = !matches!(delivery, Delivery::Failed);
+        // The connection's thread waits for this; if it has gone, so has the connection.
+        let _ = self.written.send(Written {
+            status,
+            taken: self.taken,
+            delivery,
+        });
         delivered
     }
 }
@@ -245,7 +237,11 @@ mod tests {
         assert!(text.ends_with("{\"id\":7}"), "{text}");
         assert!(claim.load(Ordering::SeqCst));
         match written.try_recv() {
-            Ok(Written::Sent { status: 200, .. }) => {}
+            Ok(Written {
+                status: 200,
+                delivery: Delivery::Sent(_),
+                ..
+            }) => {}
             other => panic!("{other:?}"),
         }
         // Still blocking for the connection's thread.
@@ -260,20 +256,24 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_answer_goes_out() {
+    fn a_closing_answer_says_so_and_reports_when_the_loop_took_it() {
         let (server, client) = pair();
-        let (r, _claim, written) = responder(&server, false);
+        let (mut r, _claim, written) = responder(&server, false);
+        r.note_taken();
         assert!(r.send(ApiResponse::no_content()));
-        assert!(!r.send(ApiResponse::ok(serde_json::json!({}))));
         let text = String::from_utf8(read_available(&client)).expect("utf-8");
         assert_eq!(
             text,
             "HTTP/1.1 204 \r\nServer: plugvm\r\nConnection: close\r\n\r\n"
         );
-        assert!(matches!(
-            written.try_recv(),
-            Ok(Written::Sent { status: 204, .. })
-        ));
+        match written.try_recv() {
+            Ok(Written {
+                status: 204,
+                taken: Some(taken),
+                delivery: Delivery::Sent(at),
+            }) => assert!(taken <= at),
+            other => panic!("{other:?}"),
+        }
         assert!(written.try_recv().is_err());
     }
 
@@ -302,7 +302,11 @@ mod tests {
         let big = "y".repeat(4096);
         assert!(r.send(ApiResponse::ok(serde_json::json!({ "big": big }))));
         let rest = match written.try_recv() {
-            Ok(Written::Rest { status: 200, rest }) => rest,
+            Ok(Written {
+                status: 200,
+                delivery: Delivery::Rest(rest),
+                ..
+            }) => rest,
             other => panic!("{other:?}"),
         };
         assert!(rest.ends_with(format!("{big}\"}}").as_bytes()));
@@ -324,7 +328,11 @@ mod tests {
         assert!(!r.send(ApiResponse::no_content()));
         assert!(matches!(
             written.try_recv(),
-            Ok(Written::Failed { status: 204 })
+            Ok(Written {
+                status: 204,
+                delivery: Delivery::Failed,
+                ..
+            })
         ));
     }
 
@@ -343,10 +351,9 @@ mod tests {
     #[test]
     fn a_channel_responder_sends_on_its_channel() {
         let (tx, rx) = mpsc::channel();
-        let r = Responder::from(tx);
-        assert!(r.send(ApiResponse::no_content()));
+        assert!(Responder::from(tx.clone()).send(ApiResponse::no_content()));
         assert_eq!(rx.try_recv().ok(), Some(ApiResponse::no_content()));
         drop(rx);
-        assert!(!r.send(ApiResponse::no_content()));
+        assert!(!Responder::from(tx).send(ApiResponse::no_content()));
     }
 }
