@@ -134,6 +134,9 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
             "API request served"
         );
         if !served.ok || !head.keep_alive {
+            // The end of the answer for the client even while the VMM still holds a copy of
+            // the socket (its responder, when this thread answered 503 for it).
+            let _ = writer.shutdown(Shutdown::Write);
             return;
         }
         // Kept alive: idle again, and so the first to give way when the server is full.

@@ -616,3 +616,33 @@ fn api_server_lets_the_vmm_write_its_answer_to_the_client() {
     let ping = read_response(&mut reader).unwrap();
     assert_eq!(ping.status, 200);
 }
+
+/// A client that reads to the end of the stream gets it after the server's 503, although the
+/// VMM still holds the request (and a copy of the socket) unanswered.
+#[test]
+fn api_server_ends_a_closing_connection_after_its_503_while_the_vmm_holds_the_request() {
+    let dir = TempDir::new();
+    let path = dir.0.join("held.sock");
+    let (to_vmm, from_api) = mpsc::channel::<ApiMessage>();
+    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+    let config = ApiConfig {
+        vmm_timeout: Duration::from_millis(200),
+        ..quick_config()
+    };
+    let _server = start_with_config(&path, to_vmm, wake, config).unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    client
+        .write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let held = from_api.recv_timeout(Duration::from_secs(5)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut all = String::new();
+    client
+        .read_to_string(&mut all)
+        .expect("the end of the stream");
+    assert!(all.starts_with("HTTP/1.1 503 \r\n"), "{all}");
+    assert!(all.contains("Connection: close"), "{all}");
+    drop(held);
+}
