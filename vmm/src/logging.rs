@@ -252,3 +252,9 @@ mod tests {
         assert_eq!(line["level"], "INFO", "{line}");
     }
 }
+
+/// Microseconds from `from` to `to` (0 if `to` is earlier), for the log lines that time a step
+/// (`served_us`, `mmap_us`, ...).
+pub(crate) fn micros_between(from: std::time::Instant, to: std::time::Instant) -> u64 {
+    u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
+}

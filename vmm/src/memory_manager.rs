@@ -424,7 +424,7 @@ impl DeviceParticipant<MemoryKind> for MemoryControllerParticipant {
 
 /// Microseconds since `started`, for the log.
 fn micros(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    crate::logging::micros_between(started, Instant::now())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use super::responder::{Delivery, Written};
 use super::routing::{self, Action};
 use super::server::{max_streams, Activity, Shared, LINGER_BYTES, LINGER_TIMEOUT};
 use super::{ApiMessage, ApiRequest, ApiResponse, RequestError, Responder, MAX_BODY_BYTES};
+use crate::logging::micros_between;
 use plugvm_remote::wire::TOO_MANY_CONNECTIONS;
 
 /// Serves requests on connection `id` until it closes, fails, times out or is evicted.
@@ -121,15 +122,12 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
         shared.answering.fetch_sub(1, Ordering::SeqCst);
         // Benchmarks subtract the guest's share (the journal's await_guest) from served_us;
         // queued_us is the part before the event loop took the request.
-        let micros = |from: Instant, to: Instant| {
-            u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
-        };
         tracing::info!(
             method = %head.method,
             target = %head.target,
             status = served.status,
-            served_us = micros(received, served.at),
-            queued_us = served.taken.map(|t| micros(received, t)),
+            served_us = micros_between(received, served.at),
+            queued_us = served.taken.map(|t| micros_between(received, t)),
             delivered = served.ok,
             "API request served"
         );
