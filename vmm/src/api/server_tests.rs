@@ -570,21 +570,36 @@ fn the_event_stream_lets_the_last_events_out_when_the_server_stops() {
     assert_eq!(events[2000].id.as_deref(), Some("2001"));
 }
 
+/// A server whose VMM is the test itself (it takes each message from the returned channel and
+/// answers, or not, by hand), with `vmm_timeout`, and a client connected to it. The folder of
+/// the socket lives as long as the server.
+fn hand_driven_vmm(
+    vmm_timeout: Duration,
+) -> (
+    (ApiServerHandle, TempDir),
+    mpsc::Receiver<ApiMessage>,
+    UnixStream,
+) {
+    let dir = TempDir::new();
+    let path = dir.0.join("api.sock");
+    let (to_vmm, from_api) = mpsc::channel::<ApiMessage>();
+    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+    let config = ApiConfig {
+        vmm_timeout,
+        ..quick_config()
+    };
+    let server = start_with_config(&path, to_vmm, wake, config).unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    // The server first: it removes its socket before the folder goes.
+    ((server, dir), from_api, client)
+}
+
 /// The VMM's answer is on the client's socket when the VMM's `send` returns: the loop writes
 /// it, not the connection's thread after a wake-up. The connection then serves the next
 /// request (keep-alive), and the answer of a VMM too late is the server's 503 alone.
 #[test]
 fn api_server_lets_the_vmm_write_its_answer_to_the_client() {
-    let dir = TempDir::new();
-    let path = dir.0.join("direct.sock");
-    let (to_vmm, from_api) = mpsc::channel::<ApiMessage>();
-    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
-    let config = ApiConfig {
-        vmm_timeout: Duration::from_millis(300),
-        ..quick_config()
-    };
-    let _server = start_with_config(&path, to_vmm, wake, config).unwrap();
-    let mut client = UnixStream::connect(&path).unwrap();
+    let (_server, from_api, mut client) = hand_driven_vmm(Duration::from_millis(300));
     let request =
         b"PUT /api/v1/vm.add-vcpu HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{\"id\":1}";
     for round in 0..2 {
@@ -629,16 +644,7 @@ fn api_server_lets_the_vmm_write_its_answer_to_the_client() {
 /// VMM still holds the request (and a copy of the socket) unanswered.
 #[test]
 fn api_server_ends_a_closing_connection_after_its_503_while_the_vmm_holds_the_request() {
-    let dir = TempDir::new();
-    let path = dir.0.join("held.sock");
-    let (to_vmm, from_api) = mpsc::channel::<ApiMessage>();
-    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
-    let config = ApiConfig {
-        vmm_timeout: Duration::from_millis(200),
-        ..quick_config()
-    };
-    let _server = start_with_config(&path, to_vmm, wake, config).unwrap();
-    let mut client = UnixStream::connect(&path).unwrap();
+    let (_server, from_api, mut client) = hand_driven_vmm(Duration::from_millis(200));
     client
         .write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
