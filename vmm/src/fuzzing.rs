@@ -103,15 +103,8 @@ fn check_error_answer(error: RequestError) {
 
 fn check_wire(response: &ApiResponse) {
     let mut wire = Vec::new();
-    let body = crate::api::encode::encode_body(response);
-    http::write_response(
-        &mut wire,
-        response.status,
-        body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
-        None,
-        true,
-    )
-    .unwrap_or_else(|e| panic!("writing a response into memory failed: {e}"));
+    crate::api::encode::write_answer(&mut wire, response, None, true)
+        .unwrap_or_else(|e| panic!("writing a response into memory failed: {e}"));
     assert!(wire.is_ascii(), "a response that is not ASCII: {wire:?}");
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use super::encode::{encode_body, error_body};
+use super::encode::{error_body, write_answer};
 use super::event_stream::stream_events;
 use super::http::{self, DeadlineReader, HeadError};
 use super::responder::{Delivery, Written};
@@ -99,24 +99,18 @@ pub(super) fn serve_connection(shared: &Shared, id: u64, stream: UnixStream) {
             return stream_events(shared, &mut writer, from);
         }
         shared.answering.fetch_add(1, Ordering::SeqCst);
+        let keep_alive = head.keep_alive;
         let served = match action {
-            Ok(Action::Forward(request)) => ask_vmm(shared, request, &mut writer, head.keep_alive),
-            other => {
-                let (response, allow) = own_answer(other);
-                let body = encode_body(&response);
-                let written = http::write_response(
-                    &mut writer,
-                    response.status,
-                    body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
-                    allow.as_deref(),
-                    head.keep_alive,
-                );
-                Served {
-                    status: response.status,
-                    at: Instant::now(),
-                    taken: None,
-                    ok: written.is_ok(),
-                }
+            Ok(Action::Forward(request)) => ask_vmm(shared, request, &mut writer, keep_alive),
+            Ok(Action::Reply(response)) => answer_here(&mut writer, &response, None, keep_alive),
+            Ok(Action::Stream(_)) => {
+                let error =
+                    RequestError::HostFailure("The event stream cannot be answered here.".into());
+                answer_here(&mut writer, &error.into(), None, keep_alive)
+            }
+            Err(e) => {
+                let allow = e.allow().map(str::to_string);
+                answer_here(&mut writer, &e.into(), allow.as_deref(), keep_alive)
             }
         };
         shared.answering.fetch_sub(1, Ordering::SeqCst);
@@ -189,23 +183,19 @@ struct Served {
     ok: bool,
 }
 
-/// The server's own answer to a request that does not go to the VMM.
-fn own_answer(action: Result<Action, RequestError>) -> (ApiResponse, Option<String>) {
-    match action {
-        Ok(Action::Reply(response)) => (response, None),
-        Ok(Action::Forward(request)) => (
-            RequestError::HostFailure(format!("{} cannot be answered here.", request.endpoint()))
-                .into(),
-            None,
-        ),
-        Ok(Action::Stream(_)) => (
-            RequestError::HostFailure("The event stream cannot be answered here.".into()).into(),
-            None,
-        ),
-        Err(e) => {
-            let allow = e.allow().map(str::to_string);
-            (e.into(), allow)
-        }
+/// Writes the server's own answer to a request that does not go to the VMM.
+fn answer_here(
+    writer: &mut UnixStream,
+    response: &ApiResponse,
+    allow: Option<&str>,
+    keep_alive: bool,
+) -> Served {
+    let written = write_answer(writer, response, allow, keep_alive);
+    Served {
+        status: response.status,
+        at: Instant::now(),
+        taken: None,
+        ok: written.is_ok(),
     }
 }
 

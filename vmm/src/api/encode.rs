@@ -1,7 +1,27 @@
 //! Response bodies as they go on the wire: JSON escaped to ASCII.
 
+use std::io::{self, Write};
+
 use super::http;
 use super::ApiResponse;
+
+/// Writes `response` to `out` as it goes on the wire: its body ([`encode_body`]), an `Allow`
+/// header if given, and whether the connection stays open.
+pub(crate) fn write_answer<W: Write>(
+    out: &mut W,
+    response: &ApiResponse,
+    allow: Option<&str>,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let body = encode_body(response);
+    http::write_response(
+        out,
+        response.status,
+        body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
+        allow,
+        keep_alive,
+    )
+}
 
 /// `{"error": message}`, as sent.
 pub(super) fn error_body(message: &str) -> Vec<u8> {

@@ -8,8 +8,9 @@
 //!
 //! The loop must never block, so it writes without waiting (`MSG_DONTWAIT`): an answer the
 //! socket cannot take whole (a client that does not read, a full buffer) goes back, the part
-//! not sent, to the connection's thread, which writes it within the connection's write timeout. The
-//! connection's thread and the loop race for one claim, so that exactly one of them answers:
+//! not sent, to the connection's thread, which writes it within the connection's write
+//! timeout. The connection's thread and the loop race for one claim, so that exactly one of
+//! them answers:
 //! the loop with the VMM's answer, or the thread with 503 when the VMM does not answer in
 //! time or drops the request.
 
@@ -19,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use super::encode::encode_body;
-use super::{http, ApiResponse, RequestError};
+use super::encode::write_answer;
+use super::{ApiResponse, RequestError};
 
 /// Where the VMM sends its answer to one request: [`Responder::send`] takes it, so a request
 /// is answered once. Dropping it unanswered makes the client get 503.
@@ -127,16 +128,9 @@ impl SocketAnswer {
             .into()
         };
         let status = response.status;
-        let body = encode_body(&response);
         let mut message = Vec::new();
         // Writing to a Vec cannot fail.
-        let _ = http::write_response(
-            &mut message,
-            status,
-            body.as_ref().map(|(kind, bytes)| (*kind, bytes.as_slice())),
-            None,
-            self.keep_alive,
-        );
+        let _ = write_answer(&mut message, &response, None, self.keep_alive);
         let delivery = match write_without_waiting(&self.writer, &message) {
             Ok(sent) if sent == message.len() => Delivery::Sent(Instant::now()),
             Ok(sent) => Delivery::Rest(message.get(sent..).unwrap_or_default().to_vec()),
