@@ -7,8 +7,8 @@
 /// Guest physical address of the RSDP; the other tables follow it. Linux finds it both
 /// through `boot_params.acpi_rsdp_addr` and by scanning the BIOS area 0xE0000-0xFFFFF.
 pub const RSDP_ADDR: u64 = 0x000e_0000;
-/// First address past the area the ACPI tables may occupy.
-pub const ACPI_TABLES_END: u64 = 0x0010_0000;
+/// First address past the area the ACPI tables may occupy (the hotplug status page follows).
+pub const ACPI_TABLES_END: u64 = status_page::ADDR;
 
 /// IOAPIC MMIO base (KVM's in-kernel IOAPIC).
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
@@ -85,93 +85,125 @@ pub mod ged {
     pub const IRQ: u32 = 5;
 }
 
-/// CPU hotplug controller: selects a CPU by its ACPI UID (= APIC id = vCPU index) and
-/// reports/acknowledges its hotplug state.
+/// What the guest-to-VMM registers of both hotplug controllers have in common: four write-only
+/// registers, each naming the device it acts on, so there is no selector and no state shared
+/// between accesses (the AML needs no lock, and two vCPUs cannot mix up each other's device).
+/// The VMM-to-guest half (which devices are present, which have an event pending) is not in
+/// registers at all but in the [`status_page`], which the AML reads without a VM exit.
 ///
 /// | offset | width | access | meaning |
 /// |---|---|---|---|
-/// | 0x00 | 32 | RW | selector: the UID of the CPU the other registers refer to |
-/// | 0x04 | 8 | R | status: bit 0 enabled, bit 1 insert pending, bit 2 remove pending |
-/// | 0x04 | 8 | W | bit 1: acknowledge insert, bit 2: acknowledge remove, bit 3: eject (`_EJ0`) |
-/// | 0x08 | 32 | W | `_OST` source event for the selected CPU |
-/// | 0x0c | 32 | W | `_OST` status for the selected CPU: writing it records (event, status) |
-/// | 0x10 | 32 | R | next event: selects the next CPU (from the selector, cyclic) with an insert or remove pending and returns its UID, or [`cpu_hotplug::NO_EVENT`] |
-pub mod cpu_hotplug {
-    /// MMIO base.
-    pub const MMIO_BASE: u64 = 0xfe00_1000;
-    /// Size of the register block.
-    pub const MMIO_SIZE: u64 = 0x14;
-    /// Offset of the 32-bit selector register.
-    pub const SELECTOR: u64 = 0x00;
-    /// Offset of the 8-bit status/command register.
-    pub const STATUS: u64 = 0x04;
-    /// Offset of the 32-bit `_OST` source event register.
-    pub const OST_EVENT: u64 = 0x08;
-    /// Offset of the 32-bit `_OST` status register.
-    pub const OST_STATUS: u64 = 0x0c;
-    /// Offset of the 32-bit next-event register.
-    pub const NEXT_EVENT: u64 = 0x10;
-    /// Status bit: the CPU is present (enabled).
-    pub const STATUS_ENABLED: u8 = 1 << 0;
-    /// Status bit: an insert is pending (read); acknowledge it (write 1).
-    pub const STATUS_INSERTING: u8 = 1 << 1;
-    /// Status bit: a remove is pending (read); acknowledge it (write 1).
-    pub const STATUS_REMOVING: u8 = 1 << 2;
-    /// Status bit (write only): eject the selected CPU.
-    pub const STATUS_EJECT: u8 = 1 << 3;
-    /// Value of the next-event register when no CPU has an event pending.
-    pub const NO_EVENT: u32 = 0xffff_ffff;
+/// | 0x00 | 32 | W | acknowledge the insert event of device UID (the value written) |
+/// | 0x04 | 32 | W | acknowledge the remove event of device UID |
+/// | 0x08 | 32 | W | eject device UID (`_EJ0`) |
+/// | 0x10 | 64 | W | `_OST`: bits 0-15 UID, 16-31 source event, 32-63 status code |
+///
+/// Reads return zero. A hot-add of one device costs the guest two VM exits (acknowledge,
+/// `_OST`); a removal four (acknowledge, `_OST` "in progress", `_EJ0`, `_OST`).
+pub mod hotplug_registers {
+    /// Size of each controller's register block.
+    pub const MMIO_SIZE: u64 = 0x18;
+    /// Offset of the 32-bit acknowledge-insert register.
+    pub const ACK_INSERT: u64 = 0x00;
+    /// Offset of the 32-bit acknowledge-remove register.
+    pub const ACK_REMOVE: u64 = 0x04;
+    /// Offset of the 32-bit eject register.
+    pub const EJECT: u64 = 0x08;
+    /// Offset of the 64-bit `_OST` register.
+    pub const OST: u64 = 0x10;
+    /// Shift of the source event in the `_OST` register (the UID is below it).
+    pub const OST_EVENT_SHIFT: u32 = 16;
+    /// Shift of the status code in the `_OST` register.
+    pub const OST_STATUS_SHIFT: u32 = 32;
+    /// Mask of a UID in the `_OST` register and in an event word; also of the source event
+    /// (`_OST` source events are defined up to 0xFFFF, the rest is reserved).
+    pub const UID_MASK: u32 = 0xffff;
 }
 
-/// Memory hotplug controller: selects a hotplug memory slot by its ACPI UID (the slot id,
-/// 1..=slots; slot 0 is boot memory and has no device) and reports its range and state.
+/// The hotplug status page: one page of guest RAM (in the BIOS area, which the E820 map never
+/// gives the guest as RAM) that the VMM keeps up to date and the AML reads as plain memory.
+/// Everything the guest's hotplug methods read (`_STA`, a memory slot's range and proximity,
+/// the next pending event) costs no VM exit; only what the guest tells the VMM does
+/// ([`hotplug_registers`]). The VMM writes a device's entry before raising the GED interrupt
+/// and, for the guest's own writes, before the write's VM exit returns, so the guest never
+/// reads a state older than its own last write. The guest can write the page too; the VMM
+/// never reads it back, so that hurts only the guest's own view.
 ///
-/// | offset | width | access | meaning |
-/// |---|---|---|---|
-/// | 0x00 | 32 | RW | selector: the UID of the slot the other registers refer to |
-/// | 0x04 | 32 | R | base address, low half |
-/// | 0x08 | 32 | R | base address, high half |
-/// | 0x0c | 32 | R | length, low half |
-/// | 0x10 | 32 | R | length, high half |
-/// | 0x14 | 32 | R | proximity domain |
-/// | 0x18 | 8 | R | status: bit 0 enabled, bit 1 insert pending, bit 2 remove pending |
-/// | 0x18 | 8 | W | bit 1: acknowledge insert, bit 2: acknowledge remove, bit 3: eject (`_EJ0`) |
-/// | 0x1c | 32 | W | `_OST` source event for the selected slot |
-/// | 0x20 | 32 | W | `_OST` status for the selected slot: writing it records (event, status) |
-/// | 0x24 | 32 | R | next event: selects the next slot (from the selector, cyclic) with an insert or remove pending and returns its UID, or [`memory_hotplug::NO_EVENT`] |
-pub mod memory_hotplug {
-    /// MMIO base.
-    pub const MMIO_BASE: u64 = 0xfe00_2000;
-    /// Size of the register block.
-    pub const MMIO_SIZE: u64 = 0x28;
-    /// Offset of the 32-bit selector register.
-    pub const SELECTOR: u64 = 0x00;
-    /// Offset of the low half of the slot's base address.
-    pub const BASE_LOW: u64 = 0x04;
-    /// Offset of the high half of the slot's base address.
-    pub const BASE_HIGH: u64 = 0x08;
-    /// Offset of the low half of the slot's length.
-    pub const LENGTH_LOW: u64 = 0x0c;
-    /// Offset of the high half of the slot's length.
-    pub const LENGTH_HIGH: u64 = 0x10;
-    /// Offset of the proximity domain.
-    pub const PROXIMITY: u64 = 0x14;
-    /// Offset of the 8-bit status/command register.
-    pub const STATUS: u64 = 0x18;
-    /// Offset of the 32-bit `_OST` source event register.
-    pub const OST_EVENT: u64 = 0x1c;
-    /// Offset of the 32-bit `_OST` status register.
-    pub const OST_STATUS: u64 = 0x20;
-    /// Offset of the 32-bit next-event register.
-    pub const NEXT_EVENT: u64 = 0x24;
-    /// Status bit: the slot holds memory (enabled).
-    pub const STATUS_ENABLED: u8 = 1 << 0;
-    /// Status bit: an insert is pending (read); acknowledge it (write 1).
-    pub const STATUS_INSERTING: u8 = 1 << 1;
-    /// Status bit: a remove is pending (read); acknowledge it (write 1).
-    pub const STATUS_REMOVING: u8 = 1 << 2;
-    /// Status bit (write only): eject the selected slot.
-    pub const STATUS_EJECT: u8 = 1 << 3;
-    /// Value of the next-event register when no slot has an event pending.
+/// Each controller has a window: an event word at its start, then per-device entries.
+pub mod status_page {
+    /// Guest physical address of the page (the ACPI tables end below it).
+    pub const ADDR: u64 = 0x000f_e000;
+    /// Size of the page.
+    pub const SIZE: u64 = 0x1000;
+    /// Event word: a device with an event pending (its UID in bits 0-15, and
+    /// [`EVENT_INSERT`] or [`EVENT_REMOVE`]), or [`NO_EVENT`]. The VMM picks the devices in
+    /// turn (cyclically after the last one acknowledged), so none is starved.
+    pub const EVENT: u64 = 0x00;
+    /// Event word bit: the device has an insert pending.
+    pub const EVENT_INSERT: u32 = 1 << 16;
+    /// Event word bit: the device has a remove pending.
+    pub const EVENT_REMOVE: u32 = 1 << 17;
+    /// Event word when no device has an event pending.
     pub const NO_EVENT: u32 = 0xffff_ffff;
+    /// A device's `_STA` byte when it is present: present, enabled, shown, functioning.
+    pub const STA_PRESENT: u8 = 0x0f;
+    /// A device's `_STA` byte when it is absent.
+    pub const STA_ABSENT: u8 = 0x00;
+}
+
+/// CPU hotplug controller: the [`hotplug_registers`] at [`cpu_hotplug::MMIO_BASE`] and a
+/// window of the [`status_page`]. A CPU's UID is its ACPI UID = APIC id = vCPU index.
+///
+/// | window offset | width | meaning |
+/// |---|---|---|
+/// | 0x00 | 32 | event word ([`status_page::EVENT`]) |
+/// | 0x10 + UID | 8 | the CPU's `_STA` |
+pub mod cpu_hotplug {
+    /// MMIO base of the register block.
+    pub const MMIO_BASE: u64 = 0xfe00_1000;
+    /// Guest physical address of the controller's window in the status page.
+    pub const WINDOW: u64 = super::status_page::ADDR;
+    /// Size of the window (room for `crate::MAX_CPUS` `_STA` bytes).
+    pub const WINDOW_SIZE: u64 = 0x400;
+    /// Window offset of the first CPU's `_STA` byte.
+    pub const STA: u64 = 0x10;
+}
+
+/// Memory hotplug controller: the [`hotplug_registers`] at [`memory_hotplug::MMIO_BASE`]
+/// and a window of the [`status_page`]. A slot's UID is its slot id, 1..=slots (slot 0 is
+/// boot memory and has no device); its entry is at `SLOTS + (UID - 1) * SLOT_STRIDE`.
+///
+/// | entry offset | width | meaning |
+/// |---|---|---|
+/// | 0x00 | 64 | base address |
+/// | 0x08 | 64 | length (0: the slot is empty) |
+/// | 0x10 | 32 | proximity domain |
+/// | 0x14 | 8 | the slot's `_STA` |
+pub mod memory_hotplug {
+    /// MMIO base of the register block.
+    pub const MMIO_BASE: u64 = 0xfe00_2000;
+    /// Guest physical address of the controller's window in the status page.
+    pub const WINDOW: u64 = super::status_page::ADDR + 0x400;
+    /// Size of the window (room for `crate::MAX_HOTPLUG_SLOTS` entries).
+    pub const WINDOW_SIZE: u64 = 0xc00;
+    /// Window offset of slot 1's entry.
+    pub const SLOTS: u64 = 0x10;
+    /// Size of one slot's entry.
+    pub const SLOT_STRIDE: u64 = 0x20;
+    /// Entry offset of the base address.
+    pub const SLOT_BASE: u64 = 0x00;
+    /// Entry offset of the length.
+    pub const SLOT_LENGTH: u64 = 0x08;
+    /// Entry offset of the proximity domain.
+    pub const SLOT_PROXIMITY: u64 = 0x10;
+    /// Entry offset of the `_STA` byte.
+    pub const SLOT_STA: u64 = 0x14;
+
+    /// Window offset of the entry of slot `uid` (1-based; `None` for 0).
+    pub const fn slot_entry(uid: u32) -> Option<u64> {
+        match uid.checked_sub(1) {
+            Some(i) => Some(SLOTS + i as u64 * SLOT_STRIDE),
+            None => None,
+        }
+    }
 }

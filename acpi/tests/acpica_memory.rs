@@ -1,7 +1,7 @@
 //! The memory hotplug AML executed by `acpiexec`: `_STA`, `_CRS` (also decoded by ACPICA's
 //! resource manager, which Linux's `acpi_walk_resources` uses), `_PXM`, `_OST`, `_EJ0`,
-//! `MSCN` and the GED's `_EVT`, with a helper SSDT that plays the device by writing the
-//! registers (acpiexec backs SystemMemory regions with plain memory).
+//! `MSCN` and the GED's `_EVT`, with a helper SSDT that plays the VMM by writing the status
+//! page and reads back the registers (acpiexec backs SystemMemory regions with plain memory).
 //!
 //! Needs `iasl` and `acpiexec` (Debian `acpica-tools`); skipped without them unless
 //! `PLUGVM_REQUIRE_ACPICA=1` is set.
@@ -9,6 +9,7 @@
 mod common;
 
 use acpi::build_tables;
+use acpi::layout::status_page;
 use common::{
     acpiexec, compile_helper, desc, have, notifies, returned_buffer, returned_integer, run, workdir,
 };
@@ -16,71 +17,83 @@ use common::{
 /// Slot counts executed (the largest with few CPUs: the CPU test covers CPUs).
 const SLOTS: &[u32] = &[1, 8, 64];
 
-const HELPER_ASL: &str = r#"
+/// The helper SSDT for a machine with `slots` slots: it plays the VMM by writing the status
+/// page (slot 1's and the last slot's entries, the event word) and reads back what the AML
+/// wrote to the registers.
+fn helper_asl(slots: u32) -> String {
+    let insert = status_page::EVENT_INSERT;
+    let remove = status_page::EVENT_REMOVE;
+    let present = status_page::STA_PRESENT;
+    let last = format!("{slots:03X}");
+    let mut externals = std::collections::BTreeSet::new();
+    for name in [
+        "MEVT", "MAKI", "MAKR", "MEJR", "MOSR", "B001", "L001", "P001", "S001",
+    ] {
+        externals.insert(name.to_string());
+    }
+    for prefix in ['B', 'L', 'S'] {
+        externals.insert(format!("{prefix}{last}"));
+    }
+    let externals: String = externals
+        .iter()
+        .map(|n| format!("    External (\\_SB.MHPC.{n}, FieldUnitObj)\n"))
+        .collect();
+    format!(
+        r#"
 DefinitionBlock ("", "SSDT", 2, "PLUGVM", "MEMTEST", 1)
-{
-    External (\_SB.MHPC.MSEL, FieldUnitObj)
-    External (\_SB.MHPC.MBAL, FieldUnitObj)
-    External (\_SB.MHPC.MBAH, FieldUnitObj)
-    External (\_SB.MHPC.MLNL, FieldUnitObj)
-    External (\_SB.MHPC.MLNH, FieldUnitObj)
-    External (\_SB.MHPC.MPXM, FieldUnitObj)
-    External (\_SB.MHPC.MPEN, FieldUnitObj)
-    External (\_SB.MHPC.MINS, FieldUnitObj)
-    External (\_SB.MHPC.MRMV, FieldUnitObj)
-    External (\_SB.MHPC.MOEV, FieldUnitObj)
-    External (\_SB.MHPC.MOSS, FieldUnitObj)
-    External (\_SB.MHPC.MNXT, FieldUnitObj)
-    External (\_SB.MHPC.MSCN, MethodObj)
+{{
+{externals}    External (\_SB.MHPC.MSCN, MethodObj)
     External (\_SB.GED.GDAT, FieldUnitObj)
     External (\_SB.GED._EVT, MethodObj)
-    Method (TRNG, 4, NotSerialized)
-    {
-        \_SB.MHPC.MBAL = Arg0
-        \_SB.MHPC.MBAH = Arg1
-        \_SB.MHPC.MLNL = Arg2
-        \_SB.MHPC.MLNH = Arg3
-        \_SB.MHPC.MPEN = One
-    }
+    Method (TRNG, 2, NotSerialized)
+    {{
+        \_SB.MHPC.B{last} = Arg0
+        \_SB.MHPC.L{last} = Arg1
+        \_SB.MHPC.S{last} = {present}
+    }}
+    Method (TRN1, 2, NotSerialized)
+    {{
+        \_SB.MHPC.B001 = Arg0
+        \_SB.MHPC.L001 = Arg1
+        \_SB.MHPC.S001 = {present}
+    }}
     Method (TPXM, 1, NotSerialized)
-    {
-        \_SB.MHPC.MPXM = Arg0
-    }
-    Method (TSEL, 0, NotSerialized)
-    {
-        Return (\_SB.MHPC.MSEL)
-    }
+    {{
+        \_SB.MHPC.P001 = Arg0
+    }}
     Method (TOST, 0, NotSerialized)
-    {
-        Return (((\_SB.MHPC.MOEV << 0x10) | \_SB.MHPC.MOSS))
-    }
+    {{
+        Return (\_SB.MHPC.MOSR)
+    }}
+    Method (TEJR, 0, NotSerialized)
+    {{
+        Return (\_SB.MHPC.MEJR)
+    }}
     Method (TINS, 1, NotSerialized)
-    {
-        \_SB.MHPC.MNXT = Arg0
-        \_SB.MHPC.MINS = One
+    {{
+        \_SB.MHPC.MEVT = (Arg0 | {insert})
         \_SB.MHPC.MSCN ()
-    }
+    }}
     Method (TRMV, 1, NotSerialized)
-    {
-        \_SB.MHPC.MNXT = Arg0
-        \_SB.MHPC.MRMV = One
+    {{
+        \_SB.MHPC.MEVT = (Arg0 | {remove})
         \_SB.MHPC.MSCN ()
-    }
-    Method (TNON, 1, NotSerialized)
-    {
-        \_SB.MHPC.MNXT = Arg0
-        \_SB.MHPC.MPEN = Zero
+    }}
+    Method (TEVT, 1, NotSerialized)
+    {{
+        \_SB.MHPC.MEVT = Arg0
         \_SB.MHPC.MSCN ()
-    }
+    }}
     Method (TGED, 2, NotSerialized)
-    {
+    {{
         \_SB.GED.GDAT = Arg0
-        \_SB.MHPC.MNXT = Arg1
-        \_SB.MHPC.MINS = One
+        \_SB.MHPC.MEVT = (Arg1 | {insert})
         \_SB.GED._EVT (0x05)
-    }
+    }}
+}}
+"#
+    )
 }
-"#;
 
 /// (min, max, length) of the QWordMemory descriptor `_CRS` returned.
 fn crs_range(section: &str) -> (u64, u64, u64) {
@@ -101,59 +114,60 @@ fn acpiexec_runs_the_memory_hotplug_methods() {
         let tables = build_tables(&desc(2, 8, slots)).unwrap();
         let dir = workdir(&format!("memexec-{slots}"));
         tables.write_to_dir(&dir).unwrap();
-        compile_helper(&dir, "memhelper", HELPER_ASL);
+        compile_helper(&dir, "memhelper", &helper_asl(slots));
 
         let last = format!("M{slots:03X}");
         let bound = 2 * slots as usize;
         let cmds = [
-            format!("\\_SB.MHPC.{last}._STA"),  // 0: memory reads 0: absent
-            "TSEL".to_string(),                 // 1: _STA selected the slot
-            "\\_SB.MHPC.M001._CRS".to_string(), // 2: empty slot: min = max = 0
-            "TRNG 0x40000000 1 0x40000000 0".to_string(), // 3: 1 GiB at 5 GiB, enabled
-            format!("\\_SB.MHPC.{last}._STA"),  // 4: present
-            format!("\\_SB.MHPC.{last}._CRS"),  // 5
-            "TSEL".to_string(),                 // 6: _CRS selected the slot
-            "TRNG 0 2 0 1".to_string(),         // 7: 4 GiB at 8 GiB (high halves)
-            "\\_SB.MHPC.M001._CRS".to_string(), // 8
-            "TPXM 3".to_string(),               // 9
-            "\\_SB.MHPC.M001._PXM".to_string(), // 10
-            format!("\\_SB.MHPC.{last}._OST 3 0x84 (00)"), // 11: eject in progress
-            "TOST".to_string(),                 // 12
-            "TSEL".to_string(),                 // 13: _OST selected the slot
-            "\\_SB.MHPC.M001._EJ0 1".to_string(), // 14
-            "\\_SB.MHPC.M001._STA".to_string(), // 15: eject wrote zeros over MPEN
-            "TINS 0xFFFFFFFF".to_string(),      // 16: NO_EVENT: nothing
-            "TNON 1".to_string(),               // 17: no flag pending: break
-            "TGED 1 1".to_string(),             // 18: CPU bit only: no memory scan
-            "TINS 1".to_string(),               // 19: insert on slot 1
-            format!("TRMV {slots}"),            // 20: remove on the last slot
-            "TGED 2 1".to_string(),             // 21: memory bit -> scan
-            "TGED 3 1".to_string(),             // 22: both bits -> both scans
+            format!("\\_SB.MHPC.{last}._STA"),  // 0: the page reads 0: absent
+            "\\_SB.MHPC.M001._CRS".to_string(), // 1: empty slot: min = max = 0
+            "TRNG 0x140000000 0x40000000".to_string(), // 2: 1 GiB at 5 GiB, present
+            format!("\\_SB.MHPC.{last}._STA"),  // 3: present
+            format!("\\_SB.MHPC.{last}._CRS"),  // 4
+            "TRN1 0x200000000 0x100000000".to_string(), // 5: 4 GiB at 8 GiB
+            "\\_SB.MHPC.M001._CRS".to_string(), // 6
+            "TPXM 3".to_string(),               // 7
+            "\\_SB.MHPC.M001._PXM".to_string(), // 8
+            format!("\\_SB.MHPC.{last}._OST 3 0x84 (00)"), // 9: eject in progress
+            "TOST".to_string(),                 // 10: one 64-bit value
+            "\\_SB.MHPC.M001._EJ0 1".to_string(), // 11
+            "TEJR".to_string(),                 // 12: the eject names slot 1
+            "TEVT 0xFFFFFFFF".to_string(),      // 13: NO_EVENT: nothing
+            "TEVT 1".to_string(),               // 14: no flag pending: break
+            "TGED 1 1".to_string(),             // 15: CPU bit only: no memory scan
+            "TINS 1".to_string(),               // 16: insert on slot 1
+            format!("TRMV {slots}"),            // 17: remove on the last slot
+            "TGED 2 1".to_string(),             // 18: memory bit -> scan
+            "TGED 3 1".to_string(),             // 19: both bits -> both scans
         ];
         let cmd_refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
         let out = acpiexec(&dir, &["DSDT.dat", "memhelper.aml"], &cmd_refs);
 
         assert_eq!(returned_integer(&out[0]), 0);
-        assert_eq!(returned_integer(&out[1]), u64::from(slots));
-        assert_eq!(crs_range(&out[2]), (0, 0, 0));
-        assert_eq!(returned_integer(&out[4]), 0xf);
-        assert_eq!(crs_range(&out[5]), (5 << 30, (6 << 30) - 1, 1 << 30));
-        assert_eq!(returned_integer(&out[6]), u64::from(slots));
-        assert_eq!(crs_range(&out[8]), (8 << 30, (12 << 30) - 1, 4 << 30));
-        assert_eq!(returned_integer(&out[10]), 3);
-        assert_eq!(returned_integer(&out[12]), (3 << 16) | 0x84);
-        assert_eq!(returned_integer(&out[13]), u64::from(slots));
-        assert_eq!(returned_integer(&out[15]), 0);
-        for quiet in [16, 17, 18] {
+        assert_eq!(crs_range(&out[1]), (0, 0, 0));
+        assert_eq!(
+            returned_integer(&out[3]),
+            u64::from(status_page::STA_PRESENT)
+        );
+        assert_eq!(crs_range(&out[4]), (5 << 30, (6 << 30) - 1, 1 << 30));
+        assert_eq!(crs_range(&out[6]), (8 << 30, (12 << 30) - 1, 4 << 30));
+        assert_eq!(returned_integer(&out[8]), 3);
+        assert_eq!(
+            returned_integer(&out[10]),
+            u64::from(slots) | 3 << 16 | 0x84 << 32
+        );
+        assert_eq!(returned_integer(&out[12]), 1);
+        for quiet in [13, 14, 15] {
             assert_eq!(notifies(&out[quiet]), vec![], "command {quiet}");
         }
-        // acpiexec's memory never clears the flag, so the scan runs to its bound.
+        // acpiexec's memory is not the VMM: the event word never clears, so the scan runs to
+        // its bound.
         let m001_insert = vec![("M001".to_string(), 1); bound];
+        assert_eq!(notifies(&out[16]), m001_insert);
+        assert_eq!(notifies(&out[17]), vec![(last.clone(), 3); bound]);
+        assert_eq!(notifies(&out[18]), m001_insert);
+        // The CPU scan of command 19 finds an all-zero event word (UID 0, no flag) and stops.
         assert_eq!(notifies(&out[19]), m001_insert);
-        assert_eq!(notifies(&out[20]), vec![(last.clone(), 3); bound]);
-        assert_eq!(notifies(&out[21]), m001_insert);
-        // The CPU scan of command 22 finds the CPU registers all zero and stops at once.
-        assert_eq!(notifies(&out[22]), m001_insert);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -169,8 +183,8 @@ fn acpica_decodes_crs_as_a_memory_range() {
     let tables = build_tables(&desc(1, 1, 8)).unwrap();
     let dir = workdir("memres");
     tables.write_to_dir(&dir).unwrap();
-    compile_helper(&dir, "memhelper", HELPER_ASL);
-    let batch = "execute TRNG 0x40000000 1 0 1; resources \\_SB.MHPC.M008";
+    compile_helper(&dir, "memhelper", &helper_asl(8));
+    let batch = "execute TRNG 0x140000000 0x100000000; resources \\_SB.MHPC.M008";
     let (out, text) = run(
         &dir,
         "acpiexec",

@@ -1,25 +1,27 @@
-//! The CPU and memory hotplug controllers: the register blocks behind the hotplug devices'
-//! `_STA`, `_CRS`, `_EJ0` and `_OST` and the guest's scans (layouts in
+//! The CPU and memory hotplug controllers: the registers behind the hotplug devices'
+//! `_EJ0` and `_OST` and the guest's scans, and the windows of the status page behind their
+//! `_STA`, `_CRS` and `_PXM` (layouts in [`acpi::layout::hotplug_registers`],
 //! [`acpi::layout::cpu_hotplug`] and [`acpi::layout::memory_hotplug`]).
 //!
 //! The VMM drives the host side (which slots are present, which have an insert or a remove
-//! pending, where a memory slot lies); the guest reads and acknowledges through the
-//! registers. Every guest access is checked: a bad selector, width or offset, or an eject of
-//! a slot that was not asked to leave, is ignored and logged (rate-limited). What the guest
-//! reports comes back to the VMM as [`HotplugObservation`]s.
+//! pending, where a memory slot lies); the controller publishes it in its window of the
+//! status page, which the guest reads without a VM exit, and the guest acknowledges, ejects
+//! and reports `_OST` through the registers. Every guest write is checked: a bad UID, width
+//! or offset, or an eject of a slot that was not asked to leave, is ignored and logged
+//! (rate-limited). What the guest reports comes back to the VMM as [`HotplugObservation`]s.
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use acpi::layout::{cpu_hotplug as cpu, memory_hotplug as mem};
+use acpi::layout::{
+    cpu_hotplug as cpu, hotplug_registers as regs, memory_hotplug as mem, status_page as page,
+};
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::DeviceMmio;
 
 use crate::guest_log::{guest_warn, GuestLog};
-use crate::slot_registers::{
-    HotplugObservation, HotplugSlotState, RegisterError, SlotRegisters, StatusBits,
-};
+use crate::slot_registers::{HotplugObservation, HotplugSlotState, RegisterError, SlotRegisters};
 
 /// Why a guest write to a controller was ignored (logged, rate-limited, as `NAME: ignored:
 /// <this>`).
@@ -29,14 +31,14 @@ pub(crate) enum ControllerError {
     /// half-updated, so the guest gets no more writes through.
     #[error("state lock poisoned")]
     Poisoned,
-    /// A 4-byte write to an offset that is read-only or no register at all.
-    #[error("write to read-only or unknown offset {offset:#x}")]
+    /// A write to an offset that is no register.
+    #[error("write to unknown offset {offset:#x}")]
     UnknownOffset {
         /// The offset in the register block.
         offset: u64,
     },
-    /// A write of a width the register at `offset` does not have (the status register is
-    /// one byte, the others four).
+    /// A write of a width the register at `offset` does not have (`_OST` is eight bytes,
+    /// the others four).
     #[error("{len}-byte write at offset {offset:#x}")]
     BadWidth {
         /// The offset in the register block.
@@ -44,7 +46,7 @@ pub(crate) enum ControllerError {
         /// The width the guest used, in bytes.
         len: usize,
     },
-    /// The register model refused the value (a bad selector or eject).
+    /// The register model refused the value (an unknown UID or a bad eject).
     #[error(transparent)]
     Register(#[from] RegisterError),
 }
@@ -60,50 +62,33 @@ pub struct SlotRange {
     pub proximity: u32,
 }
 
-/// The register offsets of one controller kind.
+/// Where a controller publishes its window of the hotplug status page: guest RAM at the
+/// window's address ([`acpi::layout::cpu_hotplug::WINDOW`], ...), which the VMM provides.
+pub trait StatusWindow: Send + Sync {
+    /// Writes `bytes` at `offset` in the window. A 4-byte aligned write of 4 bytes must be
+    /// one store (the guest reads the event word while the VMM may update it).
+    fn write(&self, offset: u64, bytes: &[u8]);
+}
+
+/// How one controller kind lays out its window of the status page.
 pub trait ControllerLayout: Send + Sync + 'static {
     /// Name for logs.
     const NAME: &'static str;
-    /// Selector register.
-    const SELECTOR: u64;
-    /// Status/command byte.
-    const STATUS: u64;
-    /// `_OST` event register.
-    const OST_EVENT: u64;
-    /// `_OST` status register.
-    const OST_STATUS: u64;
-    /// Next-event register.
-    const NEXT_EVENT: u64;
-    /// Value of the next-event register when nothing is pending.
-    const NO_EVENT: u32;
-    /// Status bits.
+    /// Size of the window.
+    const WINDOW_SIZE: u64;
+
+    /// Writes the window entry of slot `uid` into `window` (the whole window's image).
     #[doc(hidden)]
-    const BITS: StatusBitsDef;
-
-    /// Layout-specific 32-bit read-only registers of the selected slot.
-    fn extra_read(_offset: u64, _range: Option<SlotRange>) -> Option<u32> {
-        None
-    }
+    fn write_entry(uid: u32, slot: HotplugSlotState, range: SlotRange, window: &mut [u8]);
 }
 
-/// The status bits of a layout (a plain mirror of the private register model's type).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub struct StatusBitsDef {
-    enabled: u8,
-    inserting: u8,
-    removing: u8,
-    eject: u8,
-}
-
-impl StatusBitsDef {
-    fn bits(self) -> StatusBits {
-        StatusBits {
-            enabled: self.enabled,
-            inserting: self.inserting,
-            removing: self.removing,
-            eject: self.eject,
-        }
+/// `bytes` into `window` at `offset`, if it fits (the layouts' tests show that it does).
+fn put(window: &mut [u8], offset: u64, bytes: &[u8]) {
+    let Ok(at) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(dst) = window.get_mut(at..at.saturating_add(bytes.len())) {
+        dst.copy_from_slice(bytes);
     }
 }
 
@@ -113,18 +98,11 @@ pub struct CpuLayout;
 
 impl ControllerLayout for CpuLayout {
     const NAME: &'static str = "cpu-hotplug";
-    const SELECTOR: u64 = cpu::SELECTOR;
-    const STATUS: u64 = cpu::STATUS;
-    const OST_EVENT: u64 = cpu::OST_EVENT;
-    const OST_STATUS: u64 = cpu::OST_STATUS;
-    const NEXT_EVENT: u64 = cpu::NEXT_EVENT;
-    const NO_EVENT: u32 = cpu::NO_EVENT;
-    const BITS: StatusBitsDef = StatusBitsDef {
-        enabled: cpu::STATUS_ENABLED,
-        inserting: cpu::STATUS_INSERTING,
-        removing: cpu::STATUS_REMOVING,
-        eject: cpu::STATUS_EJECT,
-    };
+    const WINDOW_SIZE: u64 = cpu::WINDOW_SIZE;
+
+    fn write_entry(uid: u32, slot: HotplugSlotState, _: SlotRange, window: &mut [u8]) {
+        put(window, cpu::STA + u64::from(uid), &[slot.sta()]);
+    }
 }
 
 /// The memory controller's layout.
@@ -133,33 +111,37 @@ pub struct MemoryLayout;
 
 impl ControllerLayout for MemoryLayout {
     const NAME: &'static str = "memory-hotplug";
-    const SELECTOR: u64 = mem::SELECTOR;
-    const STATUS: u64 = mem::STATUS;
-    const OST_EVENT: u64 = mem::OST_EVENT;
-    const OST_STATUS: u64 = mem::OST_STATUS;
-    const NEXT_EVENT: u64 = mem::NEXT_EVENT;
-    const NO_EVENT: u32 = mem::NO_EVENT;
-    const BITS: StatusBitsDef = StatusBitsDef {
-        enabled: mem::STATUS_ENABLED,
-        inserting: mem::STATUS_INSERTING,
-        removing: mem::STATUS_REMOVING,
-        eject: mem::STATUS_EJECT,
-    };
+    const WINDOW_SIZE: u64 = mem::WINDOW_SIZE;
 
-    fn extra_read(offset: u64, range: Option<SlotRange>) -> Option<u32> {
-        let r = range.unwrap_or_default();
-        let lo = |v: u64| v as u32;
-        let hi = |v: u64| (v >> 32) as u32;
-        match offset {
-            mem::BASE_LOW => Some(lo(r.base)),
-            mem::BASE_HIGH => Some(hi(r.base)),
-            mem::LENGTH_LOW => Some(lo(r.length)),
-            mem::LENGTH_HIGH => Some(hi(r.length)),
-            mem::PROXIMITY => Some(r.proximity),
-            _ => None,
-        }
+    fn write_entry(uid: u32, slot: HotplugSlotState, range: SlotRange, window: &mut [u8]) {
+        let Some(at) = mem::slot_entry(uid) else {
+            return;
+        };
+        put(window, at + mem::SLOT_BASE, &range.base.to_le_bytes());
+        put(window, at + mem::SLOT_LENGTH, &range.length.to_le_bytes());
+        put(
+            window,
+            at + mem::SLOT_PROXIMITY,
+            &range.proximity.to_le_bytes(),
+        );
+        put(window, at + mem::SLOT_STA, &[slot.sta()]);
     }
 }
+
+// The windows hold every device a machine may have, inside the page and apart, and start with
+// the event word (`publish` writes it as the first four bytes, last).
+const _: () = {
+    assert!(page::EVENT == 0);
+    assert!(cpu::STA >= 4 && mem::SLOTS >= 4);
+    assert!(cpu::STA + acpi::MAX_CPUS as u64 <= cpu::WINDOW_SIZE);
+    match mem::slot_entry(acpi::MAX_HOTPLUG_SLOTS) {
+        Some(last) => assert!(last + mem::SLOT_STRIDE <= mem::WINDOW_SIZE),
+        None => panic!("no last slot"),
+    }
+    assert!(mem::SLOT_STA < mem::SLOT_STRIDE && mem::SLOT_PROXIMITY + 4 <= mem::SLOT_STA);
+    assert!(cpu::WINDOW >= page::ADDR && cpu::WINDOW + cpu::WINDOW_SIZE <= mem::WINDOW);
+    assert!(mem::WINDOW + mem::WINDOW_SIZE <= page::ADDR + page::SIZE);
+};
 
 type Observer = Box<dyn Fn(HotplugObservation) + Send + Sync>;
 
@@ -175,12 +157,27 @@ impl State {
         let i = usize::try_from(uid.checked_sub(self.first_uid)?).ok()?;
         self.ranges.get(i).copied().flatten()
     }
+
+    /// The window as the guest should see it now.
+    fn image<L: ControllerLayout>(&self) -> Vec<u8> {
+        let mut window = vec![0u8; usize::try_from(L::WINDOW_SIZE).unwrap_or(0)];
+        put(
+            &mut window,
+            page::EVENT,
+            &self.regs.event_word().to_le_bytes(),
+        );
+        for (uid, slot) in self.regs.slots() {
+            L::write_entry(uid, slot, self.range(uid).unwrap_or_default(), &mut window);
+        }
+        window
+    }
 }
 
 /// A hotplug controller of layout `L`.
 pub struct HotplugController<L: ControllerLayout> {
     state: Mutex<State>,
     observer: Option<Observer>,
+    window: Option<Box<dyn StatusWindow>>,
     accesses: AtomicU64,
     /// Held across an access and the observation it makes, so that observations reach the
     /// VMM in the order of the guest's accesses, even from different vCPUs.
@@ -227,11 +224,12 @@ impl<L: ControllerLayout> HotplugController<L> {
         let n = slots.len();
         HotplugController {
             state: Mutex::new(State {
-                regs: SlotRegisters::new(first_uid, slots, L::BITS.bits()),
+                regs: SlotRegisters::new(first_uid, slots),
                 ranges: vec![None; n],
                 first_uid,
             }),
             observer: None,
+            window: None,
             accesses: AtomicU64::new(0),
             order: Mutex::new(()),
             bad_access: GuestLog::new(),
@@ -243,6 +241,39 @@ impl<L: ControllerLayout> HotplugController<L> {
     /// access, with no controller lock held).
     pub fn set_observer(&mut self, observer: Observer) {
         self.observer = Some(observer);
+    }
+
+    /// Publishes the controller's state in `window` from now on, starting with the whole
+    /// window (the guest must find it filled in before its first look, at boot).
+    pub fn set_window(&mut self, window: Box<dyn StatusWindow>) {
+        self.window = Some(window);
+        if let Ok(state) = self.state.lock() {
+            self.publish(&state);
+        }
+    }
+
+    /// Writes the window's image: the entries first, then the event word, so that a guest
+    /// that sees an event also sees the entry it refers to.
+    fn publish(&self, state: &State) {
+        let Some(window) = &self.window else {
+            return;
+        };
+        let image = state.image::<L>();
+        // The event word is the window's first four bytes (a test ties this to the layout).
+        if let Some(rest) = image.get(4..) {
+            window.write(4, rest);
+        }
+        if let Some(word) = image.get(..4) {
+            window.write(page::EVENT, word);
+        }
+    }
+
+    /// The window as the guest sees it (for tests and diagnostics).
+    pub fn window_image(&self) -> Vec<u8> {
+        self.state
+            .lock()
+            .map(|s| s.image::<L>())
+            .unwrap_or_default()
     }
 
     /// Projects the engine's guest-eject policy: whether an `_EJ0` of a device nobody asked
@@ -259,7 +290,8 @@ impl<L: ControllerLayout> HotplugController<L> {
         self.state.lock().ok()?.regs.slot(uid)
     }
 
-    /// Applies `f` to the state of slot `uid`; `false` if there is no such slot.
+    /// Applies `f` to the state of slot `uid` and publishes the result; `false` if there is
+    /// no such slot.
     pub fn update(&self, uid: u32, f: impl FnOnce(&mut HotplugSlotState)) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return false;
@@ -267,6 +299,7 @@ impl<L: ControllerLayout> HotplugController<L> {
         match state.regs.slot_mut(uid) {
             Some(slot) => {
                 f(slot);
+                self.publish(&state);
                 true
             }
             None => false,
@@ -294,12 +327,11 @@ impl<L: ControllerLayout> HotplugController<L> {
 
     /// Where memory slot `uid` lies, as the guest reads it; `None` if unset or no such slot.
     pub fn range(&self, uid: u32) -> Option<SlotRange> {
-        let state = self.state.lock().ok()?;
-        let i = usize::try_from(uid.checked_sub(state.first_uid)?).ok()?;
-        state.ranges.get(i).copied().flatten()
+        self.state.lock().ok()?.range(uid)
     }
 
-    /// Sets (or clears) where memory slot `uid` lies; `false` if there is no such slot.
+    /// Sets (or clears) where memory slot `uid` lies and publishes it; `false` if there is
+    /// no such slot.
     pub fn set_range(&self, uid: u32, range: Option<SlotRange>) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return false;
@@ -313,6 +345,7 @@ impl<L: ControllerLayout> HotplugController<L> {
         match state.ranges.get_mut(i) {
             Some(r) => {
                 *r = range;
+                self.publish(&state);
                 true
             }
             None => false,
@@ -330,82 +363,49 @@ impl<L: ControllerLayout> HotplugController<L> {
         }
     }
 
-    fn read(&self, offset: u64, len: usize) -> Option<(Vec<u8>, Option<HotplugObservation>)> {
-        let mut state = self.state.lock().ok()?;
-        if offset == L::STATUS && len == 1 {
-            let (v, obs) = state.regs.read_status()?;
-            return Some((vec![v], Some(obs)));
-        }
-        if len != 4 {
-            return None;
-        }
-        let value = match offset {
-            o if o == L::SELECTOR => state.regs.selector(),
-            o if o == L::NEXT_EVENT => state.regs.next_event().unwrap_or(L::NO_EVENT),
-            o => {
-                let range = state.range(state.regs.selector());
-                L::extra_read(o, range)?
-            }
-        };
-        Some((value.to_le_bytes().to_vec(), None))
-    }
-
     fn write(
         &self,
         offset: u64,
         data: &[u8],
     ) -> Result<Option<HotplugObservation>, ControllerError> {
         let mut state = self.state.lock().map_err(|_| ControllerError::Poisoned)?;
-        match (offset, data) {
-            (o, [v]) if o == L::STATUS => Ok(state.regs.write_status(*v)?),
-            (o, &[a, b, c, d]) => {
-                let value = u32::from_le_bytes([a, b, c, d]);
-                match o {
-                    o if o == L::SELECTOR => {
-                        state.regs.select(value)?;
-                        Ok(None)
-                    }
-                    o if o == L::OST_EVENT => {
-                        state.regs.set_ost_event(value);
-                        Ok(None)
-                    }
-                    o if o == L::OST_STATUS => Ok(Some(state.regs.ost(value))),
-                    _ => Err(ControllerError::UnknownOffset { offset }),
+        let bad_width = || ControllerError::BadWidth {
+            offset,
+            len: data.len(),
+        };
+        let obs = match offset {
+            regs::ACK_INSERT | regs::ACK_REMOVE | regs::EJECT => {
+                let uid = u32::from_le_bytes(data.try_into().map_err(|_| bad_width())?);
+                match offset {
+                    regs::ACK_INSERT => state.regs.acknowledge(uid, false)?,
+                    regs::ACK_REMOVE => state.regs.acknowledge(uid, true)?,
+                    _ => Some(state.regs.eject(uid)?),
                 }
             }
-            _ => Err(ControllerError::BadWidth {
-                offset,
-                len: data.len(),
-            }),
-        }
+            regs::OST => {
+                let value = u64::from_le_bytes(data.try_into().map_err(|_| bad_width())?);
+                // _OST changes nothing the guest reads: no need to publish.
+                return Ok(Some(state.regs.ost(value)?));
+            }
+            _ => return Err(ControllerError::UnknownOffset { offset }),
+        };
+        // Before the write's VM exit returns: the guest's next read sees its own write.
+        self.publish(&state);
+        Ok(obs)
     }
 }
 
 impl<L: ControllerLayout> DeviceMmio for HotplugController<L> {
+    /// The registers are write-only: reads return zero.
     fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         self.accesses.fetch_add(1, Ordering::Relaxed);
-        // The observer never blocks (a bounded queue it does not wait on), so holding this is
-        // cheap.
-        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        match self.read(offset, data.len()) {
-            Some((bytes, obs)) => {
-                data.copy_from_slice(&bytes);
-                self.observe(obs);
-            }
-            None => {
-                guest_warn!(
-                    self.bad_access,
-                    "{}: {}-byte read at offset {offset:#x} ignored",
-                    L::NAME,
-                    data.len()
-                );
-                data.fill(0);
-            }
-        }
+        tracing::trace!(controller = L::NAME, offset, len = data.len(), "guest read");
+        data.fill(0);
     }
 
     fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
         self.accesses.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(controller = L::NAME, offset, value = ?data, "guest write");
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         match self.write(offset, data) {
             Ok(obs) => self.observe(obs),

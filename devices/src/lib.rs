@@ -20,7 +20,7 @@ pub use exit::{ExitReason, ExitSignal};
 pub use ged::{Ged, GedEvent};
 pub use hotplug_controller::{
     ControllerLayout, CpuHotplugController, CpuLayout, HotplugController, MemoryHotplugController,
-    MemoryLayout, SlotRange,
+    MemoryLayout, SlotRange, StatusWindow,
 };
 pub use power::AcpiPowerDevice;
 pub use pvpanic::PvPanicDevice;

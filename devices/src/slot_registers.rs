@@ -1,6 +1,9 @@
-//! The register model shared by the CPU and memory hotplug controllers: a selector, a
-//! per-slot status byte with acknowledge and eject bits, `_OST` event/status registers and a
-//! next-event register. Each controller maps its own offsets (from [`acpi::layout`]) onto it.
+//! The register model shared by the CPU and memory hotplug controllers
+//! ([`acpi::layout::hotplug_registers`]): per-slot state, the guest's four writes (acknowledge
+//! an insert, acknowledge a remove, eject, `_OST`), each naming its slot, and the event word
+//! the VMM publishes in the status page ([`acpi::layout::status_page`]).
+
+use acpi::layout::{hotplug_registers as regs, status_page as page};
 
 /// What the controller knows of one hotpluggable slot (a CPU or a memory slot).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -15,11 +18,24 @@ pub struct HotplugSlotState {
     pub eject_allowed: bool,
 }
 
+impl HotplugSlotState {
+    /// The slot's `_STA` byte in the status page.
+    pub(crate) fn sta(self) -> u8 {
+        if self.enabled {
+            page::STA_PRESENT
+        } else {
+            page::STA_ABSENT
+        }
+    }
+}
+
 /// Something the guest did that the hotplug framework needs to hear about. `uid` is the
 /// ACPI UID of the device (CPU id or memory slot id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HotplugObservation {
-    /// The guest read the status of `uid` (it looked at the device).
+    /// The guest's scan saw the pending event of `uid` and acknowledged it (it looked at the
+    /// device). Only an acknowledgement that clears a pending event counts, so a guest
+    /// cannot make more of these than the VMM raised events.
     StatusRead {
         /// Device UID.
         uid: u32,
@@ -51,8 +67,8 @@ pub enum HotplugObservation {
 /// A guest access the slot registers refuse; the controller logs it and ignores the access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RegisterError {
-    /// The guest selected, or acted on, a UID that is not one of this controller's slots.
-    #[error("selector {uid} is not a hotplug slot")]
+    /// The guest acted on a UID that is not one of this controller's slots.
+    #[error("UID {uid} is not a hotplug slot")]
     UnknownSlot {
         /// The UID the guest gave.
         uid: u32,
@@ -65,36 +81,26 @@ pub(crate) enum RegisterError {
     },
 }
 
-/// The status register's bits of one layout.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct StatusBits {
-    pub enabled: u8,
-    pub inserting: u8,
-    pub removing: u8,
-    pub eject: u8,
-}
-
-/// Registers over slots with UIDs `first_uid..first_uid + len`.
+/// The slots with UIDs `first_uid..first_uid + len`, and what the guest does to them.
 #[derive(Debug)]
 pub(crate) struct SlotRegisters {
     first_uid: u32,
-    selector: u32,
-    ost_event: u32,
+    /// Index of the slot whose event the guest acknowledged last: the event word offers the
+    /// slots after it first, so a slot whose events keep coming cannot starve the others.
+    cursor: usize,
     slots: Vec<HotplugSlotState>,
-    bits: StatusBits,
     /// The engine's guest-eject policy, projected: a guest may eject a device nobody asked
     /// to leave.
     guest_eject: bool,
 }
 
 impl SlotRegisters {
-    pub(crate) fn new(first_uid: u32, slots: Vec<HotplugSlotState>, bits: StatusBits) -> Self {
+    pub(crate) fn new(first_uid: u32, slots: Vec<HotplugSlotState>) -> Self {
+        let last = slots.len().saturating_sub(1);
         SlotRegisters {
             first_uid,
-            selector: first_uid,
-            ost_event: 0,
+            cursor: last,
             slots,
-            bits,
             guest_eject: false,
         }
     }
@@ -108,6 +114,11 @@ impl SlotRegisters {
         (i < self.slots.len()).then_some(i)
     }
 
+    /// Every slot with its UID.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, HotplugSlotState)> + '_ {
+        (self.first_uid..).zip(self.slots.iter().copied())
+    }
+
     pub(crate) fn slot(&self, uid: u32) -> Option<HotplugSlotState> {
         self.index(uid).map(|i| self.slots[i])
     }
@@ -116,87 +127,83 @@ impl SlotRegisters {
         self.index(uid).map(|i| &mut self.slots[i])
     }
 
-    pub(crate) fn selector(&self) -> u32 {
-        self.selector
+    fn known(&mut self, uid: u32) -> Result<(usize, &mut HotplugSlotState), RegisterError> {
+        let i = self.index(uid).ok_or(RegisterError::UnknownSlot { uid })?;
+        Ok((i, &mut self.slots[i]))
     }
 
-    pub(crate) fn select(&mut self, uid: u32) -> Result<(), RegisterError> {
+    /// The guest acknowledged the insert (`remove` false) or remove event of `uid`.
+    pub(crate) fn acknowledge(
+        &mut self,
+        uid: u32,
+        remove: bool,
+    ) -> Result<Option<HotplugObservation>, RegisterError> {
+        let (i, slot) = self.known(uid)?;
+        let pending = if remove {
+            &mut slot.removing
+        } else {
+            &mut slot.inserting
+        };
+        let was = std::mem::take(pending);
+        self.cursor = i;
+        Ok(was.then_some(HotplugObservation::StatusRead { uid }))
+    }
+
+    /// The guest ejected `uid` (`_EJ0`).
+    pub(crate) fn eject(&mut self, uid: u32) -> Result<HotplugObservation, RegisterError> {
+        let guest_eject = self.guest_eject;
+        let (_, slot) = self.known(uid)?;
+        if !slot.enabled {
+            return Err(RegisterError::EjectAbsent { uid });
+        }
+        if !slot.eject_allowed && !guest_eject {
+            // The guest has already let the device go on its side: offer it again.
+            slot.inserting = true;
+            return Ok(HotplugObservation::EjectRefused { uid });
+        }
+        *slot = HotplugSlotState::default();
+        Ok(HotplugObservation::Ejected { uid })
+    }
+
+    /// The guest evaluated `_OST`: `value` as written to the 64-bit register.
+    pub(crate) fn ost(&self, value: u64) -> Result<HotplugObservation, RegisterError> {
+        // Truncations are the register's layout: 16 bits of UID and of source event, 32 of
+        // status.
+        let low = value as u32;
+        let uid = low & regs::UID_MASK;
+        let event = (low >> regs::OST_EVENT_SHIFT) & regs::UID_MASK;
+        let status = (value >> regs::OST_STATUS_SHIFT) as u32;
         if self.index(uid).is_none() {
             return Err(RegisterError::UnknownSlot { uid });
         }
-        self.selector = uid;
-        Ok(())
+        Ok(HotplugObservation::Ost { uid, event, status })
     }
 
-    pub(crate) fn read_status(&self) -> Option<(u8, HotplugObservation)> {
-        let slot = self.slot(self.selector)?;
-        let b = self.bits;
-        let mut s = 0;
-        if slot.enabled {
-            s |= b.enabled;
-        }
+    /// The event word: the first slot after the cursor (cyclic) with an event pending, its
+    /// UID and insert/remove bits, or [`page::NO_EVENT`].
+    pub(crate) fn event_word(&self) -> u32 {
+        let n = self.slots.len();
+        let found = (1..=n)
+            .map(|k| (self.cursor + k) % n)
+            .find(|&i| self.slots[i].inserting || self.slots[i].removing);
+        let Some(i) = found else {
+            return page::NO_EVENT;
+        };
+        let Some(uid) = u32::try_from(i)
+            .ok()
+            .and_then(|i| self.first_uid.checked_add(i))
+            .filter(|&uid| uid <= regs::UID_MASK)
+        else {
+            return page::NO_EVENT;
+        };
+        let slot = self.slots[i];
+        let mut word = uid;
         if slot.inserting {
-            s |= b.inserting;
+            word |= page::EVENT_INSERT;
         }
         if slot.removing {
-            s |= b.removing;
+            word |= page::EVENT_REMOVE;
         }
-        Some((s, HotplugObservation::StatusRead { uid: self.selector }))
-    }
-
-    pub(crate) fn write_status(
-        &mut self,
-        value: u8,
-    ) -> Result<Option<HotplugObservation>, RegisterError> {
-        let uid = self.selector;
-        let b = self.bits;
-        let guest_eject = self.guest_eject;
-        let slot = self
-            .slot_mut(uid)
-            .ok_or(RegisterError::UnknownSlot { uid })?;
-        if value & b.inserting != 0 {
-            slot.inserting = false;
-        }
-        if value & b.removing != 0 {
-            slot.removing = false;
-        }
-        if value & b.eject != 0 {
-            if !slot.enabled {
-                return Err(RegisterError::EjectAbsent { uid });
-            }
-            if !slot.eject_allowed && !guest_eject {
-                // The guest has already let the device go on its side: offer it again.
-                slot.inserting = true;
-                return Ok(Some(HotplugObservation::EjectRefused { uid }));
-            }
-            *slot = HotplugSlotState::default();
-            return Ok(Some(HotplugObservation::Ejected { uid }));
-        }
-        Ok(None)
-    }
-
-    pub(crate) fn set_ost_event(&mut self, event: u32) {
-        self.ost_event = event;
-    }
-
-    pub(crate) fn ost(&self, status: u32) -> HotplugObservation {
-        HotplugObservation::Ost {
-            uid: self.selector,
-            event: self.ost_event,
-            status,
-        }
-    }
-
-    /// Selects the next slot after the selector (cyclic) with an event pending and returns
-    /// its UID, or `None`.
-    pub(crate) fn next_event(&mut self) -> Option<u32> {
-        let n = self.slots.len();
-        let start = self.index(self.selector).unwrap_or(0);
-        let i = (1..=n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.slots[i].inserting || self.slots[i].removing)?;
-        let uid = self.first_uid + u32::try_from(i).ok()?;
-        self.selector = uid;
-        Some(uid)
+        word
     }
 }

@@ -4,7 +4,6 @@
 //! every turn of the loop the engine, the controllers and the journal must agree.
 #![no_main]
 
-use acpi::layout::{cpu_hotplug as cpu, memory_hotplug as mem};
 use arbitrary::Arbitrary;
 use hotplug::{GuestEjectPolicy, Request};
 use libfuzzer_sys::fuzz_target;
@@ -28,11 +27,16 @@ enum Op {
         offset: u64,
         value: u32,
     },
-    /// Selects a slot and writes its status byte (acknowledge an insert, eject, ...).
-    Status {
+    /// Acknowledges a slot's insert (or remove) event.
+    Ack {
         memory: bool,
         uid: u8,
-        bits: u8,
+        remove: bool,
+    },
+    /// Ejects a slot.
+    Eject {
+        memory: bool,
+        uid: u8,
     },
     /// `_OST(event, status)` for a slot.
     Ost {
@@ -41,7 +45,8 @@ enum Op {
         event: u32,
         status: u32,
     },
-    /// What Linux does for an eject request: `_OST(3, 0x80)`, `_EJ0`, `_OST(3, 0)`.
+    /// What Linux does for an eject request: acknowledge, `_OST(3, 0x80)`, `_EJ0`,
+    /// `_OST(3, 0)`.
     LinuxEject {
         memory: bool,
         uid: u8,
@@ -72,25 +77,6 @@ fn block(memory: bool) -> Block {
     }
 }
 
-fn regs(memory: bool) -> (u64, u64, u64, u64) {
-    if memory {
-        (mem::SELECTOR, mem::STATUS, mem::OST_EVENT, mem::OST_STATUS)
-    } else {
-        (cpu::SELECTOR, cpu::STATUS, cpu::OST_EVENT, cpu::OST_STATUS)
-    }
-}
-
-fn select(rig: &HotplugRig, memory: bool, uid: u8) {
-    let (selector, ..) = regs(memory);
-    rig.guest_write(block(memory), selector, &u32::from(uid % 8).to_le_bytes());
-}
-
-fn ost(rig: &HotplugRig, memory: bool, event: u32, status: u32) {
-    let (_, _, ost_event, ost_status) = regs(memory);
-    rig.guest_write(block(memory), ost_event, &event.to_le_bytes());
-    rig.guest_write(block(memory), ost_status, &status.to_le_bytes());
-}
-
 fuzz_target!(|input: (bool, Vec<Op>)| {
     let (allow, ops) = input;
     let policy = if allow {
@@ -114,7 +100,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
             } => {
                 rig.guest_read(
                     block(memory),
-                    u64::from(offset % 0x30),
+                    u64::from(offset % 0x20),
                     usize::from(len % 9),
                 );
             }
@@ -127,7 +113,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 let bytes = value.to_le_bytes();
                 rig.guest_write(
                     block(memory),
-                    u64::from(offset % 0x30),
+                    u64::from(offset % 0x20),
                     &bytes[..usize::from(len % 9)],
                 );
             }
@@ -138,42 +124,36 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
             } => {
                 rig.guest_write(block(memory), offset, &value.to_le_bytes());
             }
-            Op::Status { memory, uid, bits } => {
-                select(&rig, memory, uid);
-                let (_, status, ..) = regs(memory);
-                rig.guest_write(block(memory), status, &[bits]);
+            Op::Ack {
+                memory,
+                uid,
+                remove,
+            } => {
+                let uid = u32::from(uid % 8);
+                if remove {
+                    rig.ack_remove(block(memory), uid);
+                } else {
+                    rig.ack_insert(block(memory), uid);
+                }
             }
+            Op::Eject { memory, uid } => rig.eject(block(memory), u32::from(uid % 8)),
             Op::Ost {
                 memory,
                 uid,
                 event,
                 status,
-            } => {
-                select(&rig, memory, uid);
-                ost(&rig, memory, event, status);
-            }
+            } => rig.ost(block(memory), u32::from(uid % 8), event, status),
             Op::LinuxEject { memory, uid } => {
-                select(&rig, memory, uid);
-                ost(&rig, memory, 3, 0x80);
-                let (_, status, ..) = regs(memory);
-                let eject = if memory {
-                    mem::STATUS_EJECT
-                } else {
-                    cpu::STATUS_EJECT
-                };
-                rig.guest_write(block(memory), status, &[eject]);
-                ost(&rig, memory, 3, 0);
+                let (b, uid) = (block(memory), u32::from(uid % 8));
+                rig.ack_remove(b, uid);
+                rig.ost(b, uid, 3, 0x80);
+                rig.eject(b, uid);
+                rig.ost(b, uid, 3, 0);
             }
             Op::LinuxInsert { memory, uid } => {
-                select(&rig, memory, uid);
-                let (_, status, ..) = regs(memory);
-                let ack = if memory {
-                    mem::STATUS_INSERTING
-                } else {
-                    cpu::STATUS_INSERTING
-                };
-                rig.guest_write(block(memory), status, &[ack]);
-                ost(&rig, memory, 1, 0);
+                let (b, uid) = (block(memory), u32::from(uid % 8));
+                rig.ack_insert(b, uid);
+                rig.ost(b, uid, 1, 0);
             }
             Op::AddCpu(id) => rig.request(Request::AddCpu {
                 id: id.map(|i| u32::from(i % 8)),

@@ -135,7 +135,9 @@ pub enum GuestEventKind {
     },
     /// `_EJ0`.
     Eject,
-    /// The guest read the device's status (only the first read per device is journaled).
+    /// The guest saw the device's event: its scan acknowledged the pending insert or remove
+    /// (only the first per device is journaled; the name is from when that was a status
+    /// register read).
     StatusRead,
 }
 

@@ -258,8 +258,9 @@ pub enum GuestEvent {
     },
     /// The guest evaluated `_EJ0`: from the guest's side the device is gone.
     Eject,
-    /// The guest read the device's status (`_STA`, or the controller's status register with
-    /// the device selected): proof that it looked at the device.
+    /// The guest saw the device's event (its scan acknowledged the pending insert or
+    /// remove): proof that it looked at the device. The name is from when that was a status
+    /// register read; `_STA` itself is read from memory and costs no VM exit.
     StatusRead,
 }
 

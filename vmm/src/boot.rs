@@ -447,6 +447,9 @@ mod tests {
     fn reset_stub_writes_the_reset_register_and_fits_below_1m() {
         let stub = reset_vector_stub();
         assert!(RESET_VECTOR + stub.len() as u64 <= HIMEM_START);
+        // The hotplug status page is rewritten while the guest runs: not over the stub.
+        let page = acpi::layout::status_page::ADDR..acpi::layout::status_page::ADDR + 0x1000;
+        assert!(RESET_VECTOR >= page.end || RESET_VECTOR + (stub.len() as u64) <= page.start);
         let port = acpi::layout::power::RESET_PORT.to_le_bytes();
         assert_eq!(
             &stub[..6],

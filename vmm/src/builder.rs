@@ -95,6 +95,7 @@ pub struct Devices {
 
 fn create_devices(
     vm: &VmFd,
+    mem: &vm_memory::GuestMemoryMmap,
     config: &VmConfig,
     exit: &Arc<ExitSignal>,
     serial_out: Box<dyn std::io::Write + Send>,
@@ -117,10 +118,18 @@ fn create_devices(
             .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))
     };
     cpu_hotplug.set_observer(hotplug_service::observer(queue()?, DeviceId::cpu));
+    cpu_hotplug.set_window(Box::new(memory::StatusPageWindow::new(
+        mem,
+        layout::cpu_hotplug::WINDOW,
+    )));
     let cpu_hotplug = Arc::new(cpu_hotplug);
     let memory_hotplug = if config.memory.hotplug_size > 0 {
         let mut controller = MemoryHotplugController::for_memory_slots(config.memory.hotplug_slots);
         controller.set_observer(hotplug_service::observer(queue()?, DeviceId::memory_slot));
+        controller.set_window(Box::new(memory::StatusPageWindow::new(
+            mem,
+            layout::memory_hotplug::WINDOW,
+        )));
         Some(Arc::new(controller))
     } else {
         None
@@ -153,7 +162,7 @@ fn create_devices(
     io.register_mmio(
         mmio(
             layout::cpu_hotplug::MMIO_BASE,
-            layout::cpu_hotplug::MMIO_SIZE,
+            layout::hotplug_registers::MMIO_SIZE,
         )
         .map_err(bus("cpu-hotplug"))?,
         cpu_hotplug.clone(),
@@ -163,7 +172,7 @@ fn create_devices(
         io.register_mmio(
             mmio(
                 layout::memory_hotplug::MMIO_BASE,
-                layout::memory_hotplug::MMIO_SIZE,
+                layout::hotplug_registers::MMIO_SIZE,
             )
             .map_err(bus("memory-hotplug"))?,
             controller.clone(),
@@ -366,7 +375,7 @@ pub fn build(
         .map_err(|e| VmError::EventLoop(format!("console thread: {e}")))?;
     let (obs_tx, obs_rx) = hotplug_service::observation_queue()
         .map_err(|e| VmError::EventLoop(format!("eventfd: {e}")))?;
-    let devices = create_devices(&fd, config, &exit, Box::new(console.clone()), &obs_tx)?;
+    let devices = create_devices(&fd, &mem, config, &exit, Box::new(console.clone()), &obs_tx)?;
     let terminal = match (&config.serial, socket) {
         (SerialConfig::Stdio, _) => {
             let guard = TerminalGuard::raw_if_tty();

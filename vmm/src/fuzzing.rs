@@ -10,6 +10,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
+use acpi::layout::hotplug_registers as regs;
 use devices::{CpuHotplugController, Ged, MemoryHotplugController};
 use hotplug::{
     DeviceId, Engine, EngineConfig, FakeClock, GuestEjectPolicy, MachineConfig, Request,
@@ -246,6 +247,29 @@ impl HotplugRig {
         }
     }
 
+    /// The guest acknowledges the insert event of `uid` (as its scan does).
+    pub fn ack_insert(&self, block: Block, uid: u32) {
+        self.guest_write(block, regs::ACK_INSERT, &uid.to_le_bytes());
+    }
+
+    /// The guest acknowledges the remove event of `uid`.
+    pub fn ack_remove(&self, block: Block, uid: u32) {
+        self.guest_write(block, regs::ACK_REMOVE, &uid.to_le_bytes());
+    }
+
+    /// The guest ejects `uid` (`_EJ0`).
+    pub fn eject(&self, block: Block, uid: u32) {
+        self.guest_write(block, regs::EJECT, &uid.to_le_bytes());
+    }
+
+    /// The guest evaluates `_OST(event, status)` for `uid`: one 64-bit write.
+    pub fn ost(&self, block: Block, uid: u32, event: u32, status: u32) {
+        let value = u64::from(uid & regs::UID_MASK)
+            | u64::from(event & regs::UID_MASK) << regs::OST_EVENT_SHIFT
+            | u64::from(status) << regs::OST_STATUS_SHIFT;
+        self.guest_write(block, regs::OST, &value.to_le_bytes());
+    }
+
     /// An API request, answered when its transaction ends (or at once when refused).
     pub fn request(&mut self, request: Request) {
         self.waiting += 1;
@@ -372,20 +396,10 @@ impl HotplugRig {
 mod tests {
     //! Crashes the fuzz targets found, kept as regression tests.
     use super::*;
-    use acpi::layout::cpu_hotplug as cpu;
 
-    fn select(rig: &HotplugRig, uid: u32) {
-        rig.guest_write(Block::Cpu, cpu::SELECTOR, &uid.to_le_bytes());
-    }
-
-    fn ost(rig: &HotplugRig, event: u32, status: u32) {
-        rig.guest_write(Block::Cpu, cpu::OST_EVENT, &event.to_le_bytes());
-        rig.guest_write(Block::Cpu, cpu::OST_STATUS, &status.to_le_bytes());
-    }
-
-    /// `hotplug_registers`: the guest accepted CPU 1 of a resize, then ejected it (after
-    /// selecting a CPU beyond max, which left CPU 1 selected) while the batch still waited for
-    /// the others. Under `allow` the engine committed a CPU its controller had let go.
+    /// `hotplug_registers`: the guest accepted CPU 1 of a resize, then ejected it (with the
+    /// old selector register, after selecting a CPU beyond max, which left CPU 1 selected)
+    /// while the batch still waited for the others. Under `allow` the engine committed a CPU its controller had let go.
     #[test]
     fn an_eject_during_a_pending_batch_leaves_engine_and_controller_agreeing() {
         for policy in [GuestEjectPolicy::Deny, GuestEjectPolicy::Allow] {
@@ -397,13 +411,11 @@ mod tests {
             });
             rig.step();
             rig.check();
-            select(&rig, 1);
-            rig.guest_write(Block::Cpu, cpu::STATUS, &[cpu::STATUS_INSERTING]);
-            ost(&rig, 1, 0);
-            select(&rig, 5);
-            ost(&rig, 3, 0x80);
-            rig.guest_write(Block::Cpu, cpu::STATUS, &[cpu::STATUS_EJECT]);
-            ost(&rig, 3, 0);
+            rig.ack_insert(Block::Cpu, 1);
+            rig.ost(Block::Cpu, 1, 1, 0);
+            rig.ost(Block::Cpu, 1, 3, 0x80);
+            rig.eject(Block::Cpu, 1);
+            rig.ost(Block::Cpu, 1, 3, 0);
             rig.step();
             rig.check();
             rig.finish();

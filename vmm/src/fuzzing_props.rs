@@ -6,7 +6,6 @@
 //! its bounds, and in the end every request got exactly one answer (checked by
 //! [`HotplugRig`]). The fuzz target `hotplug_registers` explores the same space unguided.
 
-use acpi::layout::{cpu_hotplug as cpu, memory_hotplug as mem};
 use hotplug::{GuestEjectPolicy, Request};
 use proptest::prelude::*;
 
@@ -15,13 +14,13 @@ use crate::fuzzing::{Block, HotplugRig, RIG_BLOCK};
 #[derive(Debug, Clone)]
 enum Op {
     Request(Request),
-    /// Linux's insert: ack the insert bit, `_OST(1, status)`.
+    /// Linux's insert: acknowledge the insert, `_OST(1, status)`.
     Insert {
         memory: bool,
         uid: u32,
         status: u32,
     },
-    /// Linux's eject: `_OST(3, 0x80)`, `_EJ0`, `_OST(3, status)`.
+    /// Linux's eject: acknowledge the remove, `_OST(3, 0x80)`, `_EJ0`, `_OST(3, status)`.
     Eject {
         memory: bool,
         uid: u32,
@@ -63,7 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(memory, uid, status)| Op::Insert { memory, uid, status }),
         3 => (any::<bool>(), 0u32..5, status)
             .prop_map(|(memory, uid, status)| Op::Eject { memory, uid, status }),
-        1 => (any::<bool>(), 0u64..0x30, proptest::collection::vec(any::<u8>(), 1..=8))
+        1 => (any::<bool>(), 0u64..0x20, proptest::collection::vec(any::<u8>(), 1..=8))
             .prop_map(|(memory, offset, bytes)| Op::Stray { memory, offset, bytes }),
         1 => (0u64..12_000).prop_map(Op::Advance),
         3 => Just(Op::Step),
@@ -78,15 +77,6 @@ fn block(memory: bool) -> Block {
     }
 }
 
-/// Selector, status, `_OST` event and `_OST` status offsets, and the eject and insert bits.
-fn regs(memory: bool) -> [u64; 4] {
-    if memory {
-        [mem::SELECTOR, mem::STATUS, mem::OST_EVENT, mem::OST_STATUS]
-    } else {
-        [cpu::SELECTOR, cpu::STATUS, cpu::OST_EVENT, cpu::OST_STATUS]
-    }
-}
-
 fn apply(rig: &mut HotplugRig, op: Op) {
     match op {
         Op::Request(r) => rig.request(r),
@@ -95,27 +85,20 @@ fn apply(rig: &mut HotplugRig, op: Op) {
             uid,
             status,
         } => {
-            let [sel, sta, ev, st] = regs(memory);
             let b = block(memory);
-            rig.guest_write(b, sel, &uid.to_le_bytes());
-            rig.guest_read(b, sta, 1);
-            rig.guest_write(b, sta, &[cpu::STATUS_INSERTING]);
-            rig.guest_write(b, ev, &1u32.to_le_bytes());
-            rig.guest_write(b, st, &status.to_le_bytes());
+            rig.ack_insert(b, uid);
+            rig.ost(b, uid, 1, status);
         }
         Op::Eject {
             memory,
             uid,
             status,
         } => {
-            let [sel, sta, ev, st] = regs(memory);
             let b = block(memory);
-            rig.guest_write(b, sel, &uid.to_le_bytes());
-            rig.guest_write(b, ev, &3u32.to_le_bytes());
-            rig.guest_write(b, st, &0x80u32.to_le_bytes());
-            rig.guest_write(b, sta, &[cpu::STATUS_EJECT]);
-            rig.guest_write(b, ev, &3u32.to_le_bytes());
-            rig.guest_write(b, st, &status.to_le_bytes());
+            rig.ack_remove(b, uid);
+            rig.ost(b, uid, 3, 0x80);
+            rig.eject(b, uid);
+            rig.ost(b, uid, 3, status);
         }
         Op::Stray {
             memory,

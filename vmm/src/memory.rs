@@ -5,7 +5,8 @@ use acpi::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
 };
 
 use crate::memory_backing::Backing;
@@ -159,6 +160,44 @@ pub fn register_memory_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<u32, Me
         slot += 1;
     }
     Ok(slot)
+}
+
+/// A hotplug controller's window of the status page ([`acpi::layout::status_page`]), in boot
+/// RAM, which lives as long as the VM (the clone of the boot memory keeps its mapping).
+pub struct StatusPageWindow {
+    mem: GuestMemoryMmap,
+    base: GuestAddress,
+}
+
+impl StatusPageWindow {
+    /// The window at guest address `base` of `mem`.
+    pub fn new(mem: &GuestMemoryMmap, base: u64) -> Self {
+        StatusPageWindow {
+            mem: mem.clone(),
+            base: GuestAddress(base),
+        }
+    }
+}
+
+impl devices::StatusWindow for StatusPageWindow {
+    fn write(&self, offset: u64, bytes: &[u8]) {
+        let addr = self.base.unchecked_add(offset);
+        let done = match <[u8; 4]>::try_from(bytes) {
+            // The event word, which the guest may be reading: one atomic store.
+            Ok(word) if offset.is_multiple_of(4) => self
+                .mem
+                .store(
+                    u32::from_le_bytes(word),
+                    addr,
+                    std::sync::atomic::Ordering::Release,
+                )
+                .map(|_| ()),
+            _ => self.mem.write_slice(bytes, addr),
+        };
+        if let Err(e) = done {
+            tracing::error!(addr = addr.0, "hotplug status page not written: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

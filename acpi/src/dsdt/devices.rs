@@ -76,11 +76,11 @@ pub(crate) fn motherboard(desc: &MachineDescription) -> Result<Vec<u8>, Error> {
     let ged = mmio(layout::ged::MMIO_BASE, layout::ged::MMIO_SIZE)?;
     let cpu = mmio(
         layout::cpu_hotplug::MMIO_BASE,
-        layout::cpu_hotplug::MMIO_SIZE,
+        layout::hotplug_registers::MMIO_SIZE,
     )?;
     let memory = mmio(
         layout::memory_hotplug::MMIO_BASE,
-        layout::memory_hotplug::MMIO_SIZE,
+        layout::hotplug_registers::MMIO_SIZE,
     )?;
     let ports = IO::new(
         power::SLEEP_CONTROL_PORT,

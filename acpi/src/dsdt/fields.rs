@@ -9,35 +9,21 @@ use crate::aml_ext::path;
 use crate::Error;
 
 /// One named field unit: `bit_offset` from the start of the region, `bits` wide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FieldUnit {
-    pub name: &'static str,
+    pub name: String,
     pub bit_offset: u64,
     pub bits: u64,
 }
 
 impl FieldUnit {
     /// A register of `bytes` bytes at byte `offset`.
-    pub(crate) fn register(name: &'static str, offset: u64, bytes: u64) -> Self {
+    pub(crate) fn register(name: impl Into<String>, offset: u64, bytes: u64) -> Self {
         FieldUnit {
-            name,
+            name: name.into(),
             bit_offset: offset * 8,
             bits: bytes * 8,
         }
-    }
-
-    /// The single bit set in `mask` of the byte register at `offset`.
-    pub(crate) fn flag(name: &'static str, offset: u64, mask: u8) -> Result<Self, Error> {
-        if mask.count_ones() != 1 {
-            return Err(Error::InvalidLayout(format!(
-                "{name}: mask {mask:#x} is not a single bit"
-            )));
-        }
-        Ok(FieldUnit {
-            name,
-            bit_offset: offset * 8 + u64::from(mask.trailing_zeros()),
-            bits: 1,
-        })
     }
 }
 
@@ -59,8 +45,8 @@ pub(crate) fn field(
             .name
             .as_bytes()
             .try_into()
-            .map_err(|_| Error::InvalidName(u.name.to_string()))?;
-        path(u.name)?;
+            .map_err(|_| Error::InvalidName(u.name.clone()))?;
+        path(&u.name)?;
         if u.bit_offset < at {
             return Err(Error::InvalidLayout(format!(
                 "{} at bit {} overlaps the previous field (ends at bit {at})",
@@ -126,28 +112,19 @@ mod tests {
     }
 
     #[test]
-    fn rejects_overlap_overrun_and_bad_masks() {
+    fn rejects_overlap_overrun_and_bad_names() {
         let dword = FieldAccessType::DWord;
         let wz = FieldUpdateRule::WriteAsZeroes;
         let a = FieldUnit::register("AAAA", 0, 4);
         let b = FieldUnit::register("BBBB", 2, 4);
         assert!(matches!(
-            field("REGS", dword, wz, 8, &[a, b]),
+            field("REGS", dword, wz, 8, &[a.clone(), b]),
             Err(Error::InvalidLayout(_))
         ));
         assert!(matches!(
             field("REGS", dword, wz, 3, &[a]),
             Err(Error::InvalidLayout(_))
         ));
-        assert!(matches!(
-            FieldUnit::flag("FLAG", 0, 0x3),
-            Err(Error::InvalidLayout(_))
-        ));
-        assert!(matches!(
-            FieldUnit::flag("FLAG", 0, 0),
-            Err(Error::InvalidLayout(_))
-        ));
-        assert_eq!(FieldUnit::flag("FLAG", 4, 1 << 3).unwrap().bit_offset, 35);
         let bad = FieldUnit::register("AAA", 0, 4);
         assert!(matches!(
             field("REGS", dword, wz, 8, &[bad]),

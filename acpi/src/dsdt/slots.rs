@@ -1,124 +1,152 @@
 //! The AML both hotplug controllers share. The CPU and the memory hotplug controller have the
-//! same protocol (see [`crate::layout`]): a selector picks a device by UID, a status byte
-//! reads enabled/inserting/removing and, written, acknowledges or ejects, two registers
-//! record `_OST`, and reading NEXT_EVENT selects the next device with a pending event.
-//! Only the names differ, so the methods are generated from a [`Controller`]:
+//! same protocol (see [`crate::layout::hotplug_registers`] and
+//! [`crate::layout::status_page`]): the guest reads what the VMM publishes from the status
+//! page (plain memory, no VM exit) and tells the VMM what it did through four write-only
+//! registers, each naming its device. Only the names differ, so the methods are generated
+//! from a [`Controller`]:
 //!
 //! ```text
-//! xSTA(uid)            select uid, read the enabled flag          -> 0xF or 0
-//! xEJ0(uid)            select uid, write the eject bit
-//! xOST(uid, ev, st)    select uid, write OST_EVENT, OST_STATUS
+//! xOST(uid, ev, st)    xOSR = uid | (ev & 0xFFFF) << 16 | st << 32     (one 64-bit write)
 //! xTFY(uid, code)      Notify(device with that uid, code)
-//! xSCN()               Local0 = NEXT_EVENT
+//! xSCN()               Local0 = xEVT                                    (status page)
 //!                      while Local0 != NO_EVENT (bounded):
-//!                          insert pending -> xTFY(Local0, 1), ack insert
-//!                          remove pending -> xTFY(Local0, 3), ack remove
-//!                          neither        -> break (device and AML disagree)
-//!                          Local0 = NEXT_EVENT
+//!                          Local2 = Local0 & 0xFFFF
+//!                          insert pending -> xTFY(Local2, 1), xAKI = Local2
+//!                          remove pending -> xTFY(Local2, 3), xAKR = Local2
+//!                          neither        -> break
+//!                          Local0 = xEVT         (the acknowledgement updated it)
+//! Device: _STA         Return (the device's status page byte)
+//!         _EJ0         xEJR = uid
+//!         _OST         xOST(uid, Arg0, Arg1)
 //! ```
 //!
-//! All of them hold the controller's mutex because the selector is shared state. `Notify`
-//! only queues work in Linux (the hotplug work then evaluates `_STA`/`_OST`/..., which wait
-//! for the mutex), so notifying under the mutex cannot deadlock.
+//! No method holds a lock: no access depends on an earlier one (there is no selector), so
+//! concurrent evaluations cannot interfere. A hot-add costs the guest two VM exits (the
+//! acknowledgement and `_OST`) however many times it evaluates `_STA`.
 
 use acpi_tables::aml::{
-    Acquire, Arg, Else, Equal, If, LessThan, Local, Method, MethodCall, Mutex, Name, NotEqual,
-    Notify, Release, Return, Store, While, ONE, ZERO,
+    And, Arg, Else, Equal, FieldAccessType, FieldUpdateRule, If, LessThan, Local, Method,
+    MethodCall, Name, NotEqual, Notify, OpRegion, OpRegionSpace, Or, Return, ShiftLeft, Store,
+    While, ZERO,
 };
 use acpi_tables::Aml;
 
+use super::fields::{field, FieldUnit};
 use crate::aml_ext::{bytes, path, Break, Increment, LAnd};
+use crate::layout::{hotplug_registers as regs, status_page};
 use crate::Error;
 
-/// `_STA` value of a present device: present, enabled, shown in UI, functioning.
-pub(crate) const STA_PRESENT: u8 = 0x0f;
 /// Notify code: device check (a device was inserted).
 pub(crate) const NOTIFY_DEVICE_CHECK: u8 = 1;
 /// Notify code: eject request (the VMM asks the guest to remove a device).
 pub(crate) const NOTIFY_EJECT_REQUEST: u8 = 3;
-/// Mutex timeout meaning "wait forever" (no timeout result to check).
-pub(crate) const FOREVER: u16 = 0xffff;
 
-/// The AML names of one controller's fields and methods, all in the controller's scope.
+/// The AML names and addresses of one controller, all in the controller's scope.
 pub(crate) struct Controller {
-    /// Mutex serializing every use of the selector.
-    pub lock: &'static str,
-    /// Selector field (32 bits).
-    pub select: &'static str,
-    /// Enabled flag field (status bit 0).
-    pub enabled: &'static str,
-    /// Insert-pending flag field.
-    pub inserting: &'static str,
-    /// Remove-pending flag field.
-    pub removing: &'static str,
-    /// Eject flag field.
+    /// Region over the register block.
+    pub region: &'static str,
+    /// Guest physical address of the register block.
+    pub mmio_base: u64,
+    /// Acknowledge-insert register field.
+    pub ack_insert: &'static str,
+    /// Acknowledge-remove register field.
+    pub ack_remove: &'static str,
+    /// Eject register field.
     pub eject: &'static str,
-    /// `_OST` source event field.
-    pub ost_event: &'static str,
-    /// `_OST` status field.
-    pub ost_status: &'static str,
-    /// Next-event field.
-    pub next: &'static str,
-    /// Status method (`_STA` of every device forwards to it).
-    pub sta: &'static str,
-    /// Eject method.
-    pub ej0: &'static str,
+    /// `_OST` register field (64 bits).
+    pub ost_register: &'static str,
+    /// Region over the controller's window of the status page.
+    pub window_region: &'static str,
+    /// Guest physical address of the window.
+    pub window: u64,
+    /// Size of the window.
+    pub window_size: u64,
+    /// Event word field (in the window).
+    pub event: &'static str,
     /// `_OST` method.
     pub ost: &'static str,
     /// Notify dispatch method.
     pub notify: &'static str,
     /// Scan method (called by the GED).
     pub scan: &'static str,
-    /// Value of the next-event register when nothing is pending.
-    pub no_event: u32,
 }
 
 impl Controller {
-    /// `Method (name, args) { Acquire (lock); select = Arg0; body...; Release (lock); tail }`.
-    pub(crate) fn locked_method(
+    /// The register block (a DWORD field for the three 32-bit registers, a QWORD field for
+    /// `_OST`) and the window's region with its event word. WriteAsZeros: a write is the
+    /// register's whole value, never a read-modify-write (reading the registers gives 0).
+    fn registers(&self) -> Result<Vec<u8>, Error> {
+        let region = OpRegion::new(
+            path(self.region)?,
+            OpRegionSpace::SystemMemory,
+            &self.mmio_base,
+            &regs::MMIO_SIZE,
+        );
+        let dwords = field(
+            self.region,
+            FieldAccessType::DWord,
+            FieldUpdateRule::WriteAsZeroes,
+            regs::MMIO_SIZE,
+            &[
+                FieldUnit::register(self.ack_insert, regs::ACK_INSERT, 4),
+                FieldUnit::register(self.ack_remove, regs::ACK_REMOVE, 4),
+                FieldUnit::register(self.eject, regs::EJECT, 4),
+            ],
+        )?;
+        let qword = field(
+            self.region,
+            FieldAccessType::QWord,
+            FieldUpdateRule::WriteAsZeroes,
+            regs::MMIO_SIZE,
+            &[FieldUnit::register(self.ost_register, regs::OST, 8)],
+        )?;
+        let window = OpRegion::new(
+            path(self.window_region)?,
+            OpRegionSpace::SystemMemory,
+            &self.window,
+            &self.window_size,
+        );
+        let event = self.window_field(
+            FieldAccessType::DWord,
+            &[FieldUnit::register(self.event, status_page::EVENT, 4)],
+        )?;
+        let mut b = bytes(&region);
+        dwords.to_aml_bytes(&mut b);
+        qword.to_aml_bytes(&mut b);
+        window.to_aml_bytes(&mut b);
+        b.extend(event);
+        Ok(b)
+    }
+
+    /// A field over the controller's window of the status page (read-only for the guest:
+    /// Preserve, though nothing is ever written through it).
+    pub(crate) fn window_field(
         &self,
-        name: &str,
-        args: u8,
-        serialized: bool,
-        body: &[&dyn Aml],
-        tail: Option<&dyn Aml>,
+        access: FieldAccessType,
+        units: &[FieldUnit],
     ) -> Result<Vec<u8>, Error> {
-        let acquire = Acquire::new(path(self.lock)?, FOREVER);
-        let sel = Name::new_field_name(self.select);
-        let select = Store::new(&sel, &Arg(0));
-        let release = Release::new(path(self.lock)?);
-        let mut children: Vec<&dyn Aml> = vec![&acquire, &select];
-        children.extend_from_slice(body);
-        children.push(&release);
-        children.extend(tail);
-        Ok(bytes(&Method::new(path(name)?, args, serialized, children)))
+        let f = field(
+            self.window_region,
+            access,
+            FieldUpdateRule::Preserve,
+            self.window_size,
+            units,
+        )?;
+        Ok(bytes(&f))
     }
 
-    /// `xSTA (uid)`: 0xF if the device is enabled, else 0.
-    fn sta_method(&self) -> Result<Vec<u8>, Error> {
-        let enabled = Name::new_field_name(self.enabled);
-        let present = Equal::new(&enabled, &ONE);
-        let set = Store::new(&Local(0), &STA_PRESENT);
-        let check = If::new(&present, vec![&set]);
-        let clear = Store::new(&Local(0), &ZERO);
-        // Return after Release: the value is in Local0, the lock must not be held on return.
-        let ret = Return::new(&Local(0));
-        self.locked_method(self.sta, 1, false, &[&clear, &check], Some(&ret))
-    }
-
-    /// `xEJ0 (uid)`: eject the device.
-    fn ej0_method(&self) -> Result<Vec<u8>, Error> {
-        let eject = Name::new_field_name(self.eject);
-        self.locked_method(self.ej0, 1, false, &[&Store::new(&eject, &ONE)], None)
-    }
-
-    /// `xOST (uid, event, status)`: record an `_OST` evaluation.
+    /// `xOST (uid, event, status)`: one 64-bit write of all three.
     fn ost_method(&self) -> Result<Vec<u8>, Error> {
-        let oevt = Name::new_field_name(self.ost_event);
-        let osts = Name::new_field_name(self.ost_status);
-        let event = Store::new(&oevt, &Arg(1));
-        let status = Store::new(&osts, &Arg(2));
-        self.locked_method(self.ost, 3, false, &[&event, &status], None)
+        let mask = u64::from(regs::UID_MASK);
+        let event = And::new(&ZERO, &Arg(1), &mask);
+        let event_shift = u64::from(regs::OST_EVENT_SHIFT);
+        let status_shift = u64::from(regs::OST_STATUS_SHIFT);
+        let event_at = ShiftLeft::new(&ZERO, &event, &event_shift);
+        let status_at = ShiftLeft::new(&ZERO, &Arg(2), &status_shift);
+        let uid_event = Or::new(&ZERO, &Arg(0), &event_at);
+        let ost = Name::new_field_name(self.ost_register);
+        let value = Or::new(&ost, &uid_event, &status_at);
+        Ok(bytes(&Method::new(path(self.ost)?, 3, false, vec![&value])))
     }
 
     /// `xTFY (uid, code)`: one `If` per device, since `Notify` needs a static object.
@@ -142,67 +170,71 @@ impl Controller {
     }
 
     /// `xSCN ()`: notify every device with a pending event, acknowledging as it goes. At
-    /// most `bound` iterations, so that a device that never runs out of events cannot hang
-    /// the guest's GED thread.
+    /// most `bound` iterations, so that an event word that never empties cannot hang the
+    /// guest's GED thread.
     fn scan_method(&self, bound: u32) -> Result<Vec<u8>, Error> {
-        let ins = Name::new_field_name(self.inserting);
-        let rmv = Name::new_field_name(self.removing);
-        let nxt = Name::new_field_name(self.next);
-        let no_event = self.no_event;
+        let evt = Name::new_field_name(self.event);
+        let aki = Name::new_field_name(self.ack_insert);
+        let akr = Name::new_field_name(self.ack_remove);
 
+        let uid_mask = u64::from(regs::UID_MASK);
+        let uid_of_event = And::new(&ZERO, &Local(0), &uid_mask);
+        let uid = Store::new(&Local(2), &uid_of_event);
         let notify_insert =
-            MethodCall::new(path(self.notify)?, vec![&Local(0), &NOTIFY_DEVICE_CHECK]);
-        let ack_insert = Store::new(&ins, &ONE);
+            MethodCall::new(path(self.notify)?, vec![&Local(2), &NOTIFY_DEVICE_CHECK]);
+        let ack_insert = Store::new(&aki, &Local(2));
         let notify_remove =
-            MethodCall::new(path(self.notify)?, vec![&Local(0), &NOTIFY_EJECT_REQUEST]);
-        let ack_remove = Store::new(&rmv, &ONE);
-        let removing = Equal::new(&rmv, &ONE);
+            MethodCall::new(path(self.notify)?, vec![&Local(2), &NOTIFY_EJECT_REQUEST]);
+        let ack_remove = Store::new(&akr, &Local(2));
+        let insert_bit = u64::from(status_page::EVENT_INSERT);
+        let remove_bit = u64::from(status_page::EVENT_REMOVE);
+        let removing = And::new(&ZERO, &Local(0), &remove_bit);
         let is_remove = If::new(&removing, vec![&notify_remove, &ack_remove]);
         let else_break = Else::new(vec![&Break]);
         let else_remove = Else::new(vec![&is_remove, &else_break]);
-        let inserting = Equal::new(&ins, &ONE);
+        let inserting = And::new(&ZERO, &Local(0), &insert_bit);
         let is_insert = If::new(&inserting, vec![&notify_insert, &ack_insert]);
 
-        let next = Store::new(&Local(0), &nxt);
+        let next = Store::new(&Local(0), &evt);
         let count = Increment::new(&Local(1));
-        let more = NotEqual::new(&Local(0), &no_event);
+        let more = NotEqual::new(&Local(0), &status_page::NO_EVENT);
         let bounded = LessThan::new(&Local(1), &bound);
         let cond = LAnd::new(&more, &bounded);
-        let scan = While::new(&cond, vec![&count, &is_insert, &else_remove, &next]);
-
-        let acquire = Acquire::new(path(self.lock)?, FOREVER);
+        let scan = While::new(&cond, vec![&count, &uid, &is_insert, &else_remove, &next]);
         let zero_count = Store::new(&Local(1), &ZERO);
-        let release = Release::new(path(self.lock)?);
         Ok(bytes(&Method::new(
             path(self.scan)?,
             0,
             false,
-            vec![&acquire, &zero_count, &next, &scan, &release],
+            vec![&zero_count, &next, &scan],
         )))
     }
 
-    /// The mutex and the five shared methods for `devices` ((UID, device name) pairs).
-    /// The scan is bounded to two events per device (an insert and a remove).
+    /// The registers, the window's event word and the three shared methods for `devices`
+    /// ((UID, device name) pairs). The scan is bounded to two events per device (an insert
+    /// and a remove).
     pub(crate) fn methods(&self, devices: &[(u32, String)]) -> Result<Vec<u8>, Error> {
         let count = u32::try_from(devices.len())
             .map_err(|_| Error::InvalidLayout(format!("{} devices", devices.len())))?;
-        let mut b = bytes(&Mutex::new(path(self.lock)?, 0));
-        b.extend(self.sta_method()?);
-        b.extend(self.ej0_method()?);
+        let mut b = self.registers()?;
         b.extend(self.ost_method()?);
         b.extend(self.notify_method(devices)?);
         b.extend(self.scan_method(count.saturating_mul(2))?);
         Ok(b)
     }
 
-    /// A device's `Method (_STA) { Return (xSTA (uid)) }`.
-    pub(crate) fn device_sta(&self, uid: u32) -> Result<Vec<u8>, Error> {
-        forward(self.sta, "_STA", 0, uid, true)
+    /// A device's `Method (_STA) { Return (field) }`, `field` being its status page byte.
+    pub(crate) fn device_sta(&self, sta_field: &str) -> Result<Vec<u8>, Error> {
+        let sta = Name::new_field_name(sta_field);
+        let ret = Return::new(&sta);
+        Ok(bytes(&Method::new(path("_STA")?, 0, false, vec![&ret])))
     }
 
-    /// A device's `Method (_EJ0, 1) { xEJ0 (uid) }`.
+    /// A device's `Method (_EJ0, 1) { xEJR = uid }`.
     pub(crate) fn device_ej0(&self, uid: u32) -> Result<Vec<u8>, Error> {
-        forward(self.ej0, "_EJ0", 1, uid, false)
+        let field = Name::new_field_name(self.eject);
+        let eject = Store::new(&field, &uid);
+        Ok(bytes(&Method::new(path("_EJ0")?, 1, false, vec![&eject])))
     }
 
     /// A device's `Method (_OST, 3) { xOST (uid, Arg0, Arg1) }`.
@@ -210,19 +242,4 @@ impl Controller {
         let call = MethodCall::new(path(self.ost)?, vec![&uid, &Arg(0), &Arg(1)]);
         Ok(bytes(&Method::new(path("_OST")?, 3, false, vec![&call])))
     }
-}
-
-/// `Method (name, args) { [Return] (target (uid)) }`: a per-device method forwarding to
-/// the controller's shared one.
-pub(crate) fn forward(
-    target: &str,
-    name: &str,
-    args: u8,
-    uid: u32,
-    returns: bool,
-) -> Result<Vec<u8>, Error> {
-    let call = MethodCall::new(path(target)?, vec![&uid]);
-    let ret = Return::new(&call);
-    let body: &dyn Aml = if returns { &ret } else { &call };
-    Ok(bytes(&Method::new(path(name)?, args, false, vec![body])))
 }
