@@ -99,7 +99,9 @@ pub mod ged {
 /// | 0x10 | 64 | W | `_OST`: bits 0-15 UID, 16-31 source event, 32-63 status code |
 ///
 /// Reads return zero. A hot-add of one device costs the guest two VM exits (acknowledge,
-/// `_OST`); a removal four (acknowledge, `_OST` "in progress", `_EJ0`, `_OST`).
+/// `_OST`); a removal four (acknowledge, `_OST` "in progress", `_EJ0`, `_OST`). The `_OST`
+/// register takes one 8-byte write only, as a 64-bit OSPM makes it (plugvm boots x86_64
+/// kernels); a 32-bit ACPICA would split it into two 4-byte writes, which are refused.
 pub mod hotplug_registers {
     /// Size of each controller's register block.
     pub const MMIO_SIZE: u64 = 0x18;

@@ -65,8 +65,9 @@ pub struct SlotRange {
 /// Where a controller publishes its window of the hotplug status page: guest RAM at the
 /// window's address ([`acpi::layout::cpu_hotplug::WINDOW`], ...), which the VMM provides.
 pub trait StatusWindow: Send + Sync {
-    /// Writes `bytes` at `offset` in the window. A 4-byte aligned write of 4 bytes must be
-    /// one store (the guest reads the event word while the VMM may update it).
+    /// Writes `bytes` at `offset` in the window. Every naturally aligned 4- or 8-byte field
+    /// in them must be stored at once (the guest may read the event word or a slot's range
+    /// while the VMM updates it).
     fn write(&self, offset: u64, bytes: &[u8]);
 }
 
@@ -77,12 +78,13 @@ pub trait ControllerLayout: Send + Sync + 'static {
     /// Size of the window.
     const WINDOW_SIZE: u64;
 
-    /// Writes the window entry of slot `uid` into `window` (the whole window's image).
+    /// The window offset of slot `uid`'s entry and the entry's bytes.
     #[doc(hidden)]
-    fn write_entry(uid: u32, slot: HotplugSlotState, range: SlotRange, window: &mut [u8]);
+    fn entry(uid: u32, slot: HotplugSlotState, range: SlotRange) -> Option<(u64, Vec<u8>)>;
 }
 
-/// `bytes` into `window` at `offset`, if it fits (the layouts' tests show that it does).
+/// `bytes` into `window` at `offset`, if it fits (the layouts' const assertions show that it
+/// does).
 fn put(window: &mut [u8], offset: u64, bytes: &[u8]) {
     let Ok(at) = usize::try_from(offset) else {
         return;
@@ -100,8 +102,8 @@ impl ControllerLayout for CpuLayout {
     const NAME: &'static str = "cpu-hotplug";
     const WINDOW_SIZE: u64 = cpu::WINDOW_SIZE;
 
-    fn write_entry(uid: u32, slot: HotplugSlotState, _: SlotRange, window: &mut [u8]) {
-        put(window, cpu::STA + u64::from(uid), &[slot.sta()]);
+    fn entry(uid: u32, slot: HotplugSlotState, _: SlotRange) -> Option<(u64, Vec<u8>)> {
+        Some((cpu::STA + u64::from(uid), vec![slot.sta()]))
     }
 }
 
@@ -113,18 +115,18 @@ impl ControllerLayout for MemoryLayout {
     const NAME: &'static str = "memory-hotplug";
     const WINDOW_SIZE: u64 = mem::WINDOW_SIZE;
 
-    fn write_entry(uid: u32, slot: HotplugSlotState, range: SlotRange, window: &mut [u8]) {
-        let Some(at) = mem::slot_entry(uid) else {
-            return;
-        };
-        put(window, at + mem::SLOT_BASE, &range.base.to_le_bytes());
-        put(window, at + mem::SLOT_LENGTH, &range.length.to_le_bytes());
+    fn entry(uid: u32, slot: HotplugSlotState, range: SlotRange) -> Option<(u64, Vec<u8>)> {
+        let at = mem::slot_entry(uid)?;
+        let mut entry = vec![0u8; usize::try_from(mem::SLOT_STA).ok()? + 1];
+        put(&mut entry, mem::SLOT_BASE, &range.base.to_le_bytes());
+        put(&mut entry, mem::SLOT_LENGTH, &range.length.to_le_bytes());
         put(
-            window,
-            at + mem::SLOT_PROXIMITY,
+            &mut entry,
+            mem::SLOT_PROXIMITY,
             &range.proximity.to_le_bytes(),
         );
-        put(window, at + mem::SLOT_STA, &[slot.sta()]);
+        put(&mut entry, mem::SLOT_STA, &[slot.sta()]);
+        Some((at, entry))
     }
 }
 
@@ -167,7 +169,9 @@ impl State {
             &self.regs.event_word().to_le_bytes(),
         );
         for (uid, slot) in self.regs.slots() {
-            L::write_entry(uid, slot, self.range(uid).unwrap_or_default(), &mut window);
+            if let Some((at, entry)) = L::entry(uid, slot, self.range(uid).unwrap_or_default()) {
+                put(&mut window, at, &entry);
+            }
         }
         window
     }
@@ -246,26 +250,32 @@ impl<L: ControllerLayout> HotplugController<L> {
     /// Publishes the controller's state in `window` from now on, starting with the whole
     /// window (the guest must find it filled in before its first look, at boot).
     pub fn set_window(&mut self, window: Box<dyn StatusWindow>) {
-        self.window = Some(window);
         if let Ok(state) = self.state.lock() {
-            self.publish(&state);
+            let image = state.image::<L>();
+            // The event word is the window's first four bytes (a const assertion ties this to
+            // the layout): the entries first, then the word.
+            if let (Some(entries), Some(word)) = (image.get(4..), image.get(..4)) {
+                window.write(4, entries);
+                window.write(page::EVENT, word);
+            }
         }
+        self.window = Some(window);
     }
 
-    /// Writes the window's image: the entries first, then the event word, so that a guest
-    /// that sees an event also sees the entry it refers to.
-    fn publish(&self, state: &State) {
+    /// Writes what changed with slot `uid`: its entry, then the event word, so that a guest
+    /// that sees an event also sees the entry it refers to. Called with the state locked, so
+    /// two publications cannot interleave.
+    fn publish(&self, state: &State, uid: u32) {
         let Some(window) = &self.window else {
             return;
         };
-        let image = state.image::<L>();
-        // The event word is the window's first four bytes (a test ties this to the layout).
-        if let Some(rest) = image.get(4..) {
-            window.write(4, rest);
+        if let Some(slot) = state.regs.slot(uid) {
+            let range = state.range(uid).unwrap_or_default();
+            if let Some((at, entry)) = L::entry(uid, slot, range) {
+                window.write(at, &entry);
+            }
         }
-        if let Some(word) = image.get(..4) {
-            window.write(page::EVENT, word);
-        }
+        window.write(page::EVENT, &state.regs.event_word().to_le_bytes());
     }
 
     /// The window as the guest sees it (for tests and diagnostics).
@@ -299,7 +309,7 @@ impl<L: ControllerLayout> HotplugController<L> {
         match state.regs.slot_mut(uid) {
             Some(slot) => {
                 f(slot);
-                self.publish(&state);
+                self.publish(&state, uid);
                 true
             }
             None => false,
@@ -345,7 +355,7 @@ impl<L: ControllerLayout> HotplugController<L> {
         match state.ranges.get_mut(i) {
             Some(r) => {
                 *r = range;
-                self.publish(&state);
+                self.publish(&state, uid);
                 true
             }
             None => false,
@@ -373,14 +383,15 @@ impl<L: ControllerLayout> HotplugController<L> {
             offset,
             len: data.len(),
         };
-        let obs = match offset {
+        let (uid, obs) = match offset {
             regs::ACK_INSERT | regs::ACK_REMOVE | regs::EJECT => {
                 let uid = u32::from_le_bytes(data.try_into().map_err(|_| bad_width())?);
-                match offset {
+                let obs = match offset {
                     regs::ACK_INSERT => state.regs.acknowledge(uid, false)?,
                     regs::ACK_REMOVE => state.regs.acknowledge(uid, true)?,
                     _ => Some(state.regs.eject(uid)?),
-                }
+                };
+                (uid, obs)
             }
             regs::OST => {
                 let value = u64::from_le_bytes(data.try_into().map_err(|_| bad_width())?);
@@ -390,7 +401,7 @@ impl<L: ControllerLayout> HotplugController<L> {
             _ => return Err(ControllerError::UnknownOffset { offset }),
         };
         // Before the write's VM exit returns: the guest's next read sees its own write.
-        self.publish(&state);
+        self.publish(&state, uid);
         Ok(obs)
     }
 }

@@ -34,8 +34,9 @@ impl HotplugSlotState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HotplugObservation {
     /// The guest's scan saw the pending event of `uid` and acknowledged it (it looked at the
-    /// device). Only an acknowledgement that clears a pending event counts, so a guest
-    /// cannot make more of these than the VMM raised events.
+    /// device). Only an acknowledgement that clears a pending event counts (a refused eject
+    /// raises one, so a guest can make more of these by ejecting and acknowledging again;
+    /// the engine journals the first per device and transaction).
     StatusRead {
         /// Device UID.
         uid: u32,

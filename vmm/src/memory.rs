@@ -180,22 +180,28 @@ impl StatusPageWindow {
 }
 
 impl devices::StatusWindow for StatusPageWindow {
+    /// Stores `bytes` as naturally aligned 8-, 4- and 1-byte atomic stores: the guest may
+    /// read a field (the event word, a slot's base or length) while it changes, and must see
+    /// its old or its new value, never a mix.
     fn write(&self, offset: u64, bytes: &[u8]) {
-        let addr = self.base.unchecked_add(offset);
-        let done = match <[u8; 4]>::try_from(bytes) {
-            // The event word, which the guest may be reading: one atomic store.
-            Ok(word) if offset.is_multiple_of(4) => self
-                .mem
-                .store(
-                    u32::from_le_bytes(word),
-                    addr,
-                    std::sync::atomic::Ordering::Release,
-                )
-                .map(|_| ()),
-            _ => self.mem.write_slice(bytes, addr),
-        };
-        if let Err(e) = done {
-            tracing::error!(addr = addr.0, "hotplug status page not written: {e}");
+        use std::sync::atomic::Ordering::Release;
+        let mut at = offset;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let addr = self.base.unchecked_add(at);
+            let (n, done) = if let (true, Some(v)) = (at.is_multiple_of(8), rest.first_chunk()) {
+                (8, self.mem.store(u64::from_le_bytes(*v), addr, Release))
+            } else if let (true, Some(v)) = (at.is_multiple_of(4), rest.first_chunk()) {
+                (4, self.mem.store(u32::from_le_bytes(*v), addr, Release))
+            } else {
+                (1, self.mem.store(rest[0], addr, Release))
+            };
+            if let Err(e) = done {
+                tracing::error!(addr = addr.0, "hotplug status page not written: {e}");
+                return;
+            }
+            at += n as u64;
+            rest = &rest[n..];
         }
     }
 }
@@ -203,6 +209,34 @@ impl devices::StatusWindow for StatusPageWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_page_window_writes_what_it_is_given_in_guest_ram() {
+        use devices::StatusWindow;
+        let l = MemoryLayout::new(128 << 20, 0);
+        let mem = create_guest_memory(&l, Backing::default()).unwrap();
+        let base = acpi::layout::memory_hotplug::WINDOW;
+        let w = StatusPageWindow::new(&mem, base);
+        // Unaligned start and odd length: the 1-, 4- and 8-byte paths all run.
+        let bytes: Vec<u8> = (1..=29).collect();
+        w.write(0x13, &bytes);
+        w.write(0x40, &0x1122_3344_5566_7788u64.to_le_bytes());
+        w.write(0, &0xdead_beefu32.to_le_bytes());
+        let mut back = vec![0u8; 29];
+        mem.read_slice(&mut back, GuestAddress(base + 0x13))
+            .unwrap();
+        assert_eq!(back, bytes);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(base + 0x40)).unwrap(),
+            0x1122_3344_5566_7788
+        );
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(base)).unwrap(),
+            0xdead_beef
+        );
+        // Outside guest memory: logged, nothing written, no panic.
+        StatusPageWindow::new(&mem, 1 << 40).write(0, &[1, 2, 3]);
+    }
 
     #[test]
     fn small_ram_stays_below_the_hole() {
