@@ -76,6 +76,7 @@ impl DeviceMmio for Ged {
             return;
         }
         let events = self.events.swap(0, Ordering::SeqCst);
+        tracing::trace!(events, "ged: guest read");
         data.copy_from_slice(&events.to_le_bytes());
     }
 

@@ -42,6 +42,15 @@ fn wait_online(s: &GuestSession, want: &str) {
     s.poll_exec(CPU_ONLINE, |o| o == want, ONLINE_TIMEOUT);
 }
 
+/// The CPU hotplug controller's register accesses so far (VM exits), from `vm.info`.
+fn cpu_register_accesses(s: &GuestSession) -> u64 {
+    let (status, info) = s.api("GET", "vm.info", None);
+    assert_eq!(status, 200, "vm.info: {info}");
+    info["plugvm"]["register_accesses"]["cpu_hotplug"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("vm.info has no register_accesses.cpu_hotplug: {info}"))
+}
+
 /// The vCPU states from `vm.info`, indexed by id.
 fn vcpu_states(s: &GuestSession) -> Vec<String> {
     let (status, info) = s.api("GET", "vm.info", None);
@@ -311,12 +320,17 @@ kvm_guest_test! {
 
         // Add without an id: the lowest absent one, 1.
         let mark = s.console_mark();
+        let exits = cpu_register_accesses(&s);
         let add1 = hotplug_ok(&s, "vm.add-vcpu", json!({}));
         assert_committed(&add1, &[1], "add_cpu");
         assert_eq!(add1["request"], json!({"kind": "add_cpu", "id": null}), "{add1}");
         assert_eq!(guest_events(&add1, 1), ["ost(0x1,0x0)"], "{add1}");
         wait_online(&s, "0-1");
         s.wait_for_console_since(mark, |l| l.contains("PLUGVM-HOTPLUG cpu1 online"), ONLINE_TIMEOUT);
+        // The guest reads `_STA` and the pending event from the status page in its RAM: the
+        // whole add, onlining included, cost it two VM exits on the controller (its scan's
+        // acknowledgement and `_OST`), however often Linux evaluated `_STA`.
+        assert_eq!(cpu_register_accesses(&s) - exits, 2);
         assert_vcpu_states(&s, &["present", "present", "absent", "absent"]);
         assert_running(&s, &[0, 1]);
 
@@ -332,6 +346,7 @@ kvm_guest_test! {
         s.exec("taskset -c 2 true && taskset -c 3 true", CMD_TIMEOUT);
 
         // Remove 2: the guest offlines it, ejects it and reports success.
+        let exits = cpu_register_accesses(&s);
         let remove = hotplug_ok(&s, "vm.remove-vcpu", json!({"id": 2}));
         assert_committed(&remove, &[2], "remove_cpu");
         assert_eq!(
@@ -342,6 +357,8 @@ kvm_guest_test! {
         assert_eq!(s.exec(CPU_ONLINE, CMD_TIMEOUT), "0-1,3");
         assert_eq!(s.exec(CPU_PRESENT, CMD_TIMEOUT), "0-1,3");
         s.exec("test ! -e /sys/devices/system/cpu/cpu2/online", CMD_TIMEOUT);
+        // Four exits: the acknowledgement, `_OST(3, 0x84)`, `_EJ0`, `_OST(3, 0)`.
+        assert_eq!(cpu_register_accesses(&s) - exits, 4);
         assert_vcpu_states(&s, &["present", "present", "absent", "present"]);
         assert_running(&s, &[0, 1, 3]);
 

@@ -77,6 +77,14 @@ fn memory_info(s: &GuestSession) -> Value {
     vm_info(s)["plugvm"]["memory"].clone()
 }
 
+/// The memory hotplug controller's register accesses so far (VM exits), from `vm.info`.
+fn memory_register_accesses(s: &GuestSession) -> u64 {
+    let info = vm_info(s);
+    info["plugvm"]["register_accesses"]["memory_hotplug"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("vm.info has no register_accesses.memory_hotplug: {info}"))
+}
+
 fn slots_of(memory: &Value) -> Vec<Value> {
     let slots = memory["hotplug_slots"]
         .as_array()
@@ -639,6 +647,7 @@ kvm_guest_test! {
 
         // 256 MiB: slot 1 at the region's start.
         let mark = s.console_mark();
+        let exits = memory_register_accesses(&s);
         let add1 = add_memory(&s, 256 * MIB);
         assert_committed(&add1, &[(mem_device(1), "add_memory")]);
         assert_eq!(add1["request"], json!({"kind": "add_memory", "size": 256 * MIB}), "{add1}");
@@ -656,6 +665,9 @@ kvm_guest_test! {
         }
         assert_slot_states(&s, &["present", "absent", "absent", "absent"]);
         assert_eq!(plugged(&s), 256 * MIB);
+        // `_STA`, `_CRS` and `_PXM` read the status page in the guest's RAM: the add cost the
+        // guest two VM exits on the controller (its scan's acknowledgement and `_OST`).
+        assert_eq!(memory_register_accesses(&s) - exits, 2);
 
         // 512 MiB: slot 2, first fit right after slot 1.
         let add2 = add_memory(&s, 512 * MIB);
