@@ -65,24 +65,23 @@ pub mod pvpanic {
     pub const CRASH_LOADED: u8 = 1 << 1;
 }
 
-/// Generic Event Device (ACPI0013): one 32-bit event register, cleared on read, and one
-/// edge-triggered interrupt. A hardware-reduced platform has no fixed power button, so the
-/// power button is signalled here too.
+/// Generic Event Device (ACPI0013): one edge-triggered interrupt and nothing to read. Its
+/// `_EVT` runs every hotplug scan (each reads its own event word in the [`status_page`] and
+/// returns at once when nothing is pending) and compares the power button's press counter,
+/// also in the status page, with the last one it saw. So an event costs the guest no VM exit
+/// here, and an interrupt that arrives while `_EVT` runs is never lost: `_EVT` runs again and
+/// the scans find what is pending. A hardware-reduced platform has no fixed power button, so
+/// the power button is signalled here too.
 pub mod ged {
-    /// MMIO base.
-    pub const MMIO_BASE: u64 = 0xfe00_0000;
-    /// Size of the register block.
-    pub const MMIO_SIZE: u64 = 0x4;
-    /// Offset of the 32-bit event register (read clears it).
-    pub const EVENT: u64 = 0x0;
-    /// Event bit: a CPU hotplug event is pending, run the CPU scan.
-    pub const EVENT_CPU: u32 = 1 << 0;
-    /// Event bit: a memory hotplug event is pending, run the memory scan.
-    pub const EVENT_MEMORY: u32 = 1 << 1;
-    /// Event bit: the power button was pressed, notify the power button device.
-    pub const EVENT_POWER_BUTTON: u32 = 1 << 2;
     /// GSI of the GED interrupt (edge-triggered, active high).
     pub const IRQ: u32 = 5;
+    /// Guest physical address of the GED's window in the status page.
+    pub const WINDOW: u64 = super::status_page::ADDR + 0x300;
+    /// Size of the window.
+    pub const WINDOW_SIZE: u64 = 0x100;
+    /// Window offset of the power button's press counter (32 bits, wrapping): `_EVT`
+    /// notifies the power button when it differs from the value it saw last.
+    pub const POWER_BUTTON_PRESSES: u64 = 0x00;
 }
 
 /// What the guest-to-VMM registers of both hotplug controllers have in common: four write-only
@@ -131,7 +130,8 @@ pub mod hotplug_registers {
 /// reads a state older than its own last write. The guest can write the page too; the VMM
 /// never reads it back, so that hurts only the guest's own view.
 ///
-/// Each controller has a window: an event word at its start, then per-device entries.
+/// Each hotplug controller has a window (an event word at its start, then per-device
+/// entries), and so has the GED (the power button's press counter).
 pub mod status_page {
     /// Guest physical address of the page (the ACPI tables end below it).
     pub const ADDR: u64 = 0x000f_e000;
@@ -165,8 +165,9 @@ pub mod cpu_hotplug {
     pub const MMIO_BASE: u64 = 0xfe00_1000;
     /// Guest physical address of the controller's window in the status page.
     pub const WINDOW: u64 = super::status_page::ADDR;
-    /// Size of the window (room for `crate::MAX_CPUS` `_STA` bytes).
-    pub const WINDOW_SIZE: u64 = 0x400;
+    /// Size of the window (room for `crate::MAX_CPUS` `_STA` bytes; the GED's window
+    /// follows).
+    pub const WINDOW_SIZE: u64 = 0x300;
     /// Window offset of the first CPU's `_STA` byte.
     pub const STA: u64 = 0x10;
 }

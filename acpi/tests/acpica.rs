@@ -191,17 +191,26 @@ fn check_layout(dsl: &str, max_cpus: u32, slots: u32) {
         ["CAKI", "CAKR", "CEJR", "COSR", "CEVT"],
         &sta,
     );
-    assert!(dsl.contains(&region_line(ged::MMIO_BASE, ged::MMIO_SIZE, "GDST")));
-    let ged_fields = field_bits(dsl, "GDST");
-    assert_eq!(ged_fields.get("GDAT"), Some(&(ged::EVENT * 8, 32)));
-    assert!(dsl.contains(&format!("If ((Local0 & {}))", aml_int(ged::EVENT_CPU))));
+    // The GED reads only its window of the status page, and always runs the CPU scan.
+    assert!(dsl.contains(&region_line(ged::WINDOW, ged::WINDOW_SIZE, "GDPG")));
+    let ged_fields = field_bits(dsl, "GDPG");
+    assert_eq!(ged_fields.len(), 1, "{ged_fields:?}");
+    assert_eq!(
+        ged_fields.get("PBPC"),
+        Some(&(ged::POWER_BUTTON_PRESSES * 8, 32))
+    );
+    let evt = "Method (_EVT, 1, Serialized)  // _EVT: Event\n            {\n                \\_SB.CPUS.CSCN ()";
+    assert!(
+        dsl.contains(evt),
+        "GED _EVT does not start with the CPU scan"
+    );
     assert!(dsl.contains(&format!("0x{:08X},", ged::IRQ)));
     check_power_button(dsl);
     check_memory_layout(dsl, slots);
 }
 
-/// One PNP0C0C power button, notified (0x80: pressed) by the GED's `_EVT` on the
-/// `acpi::layout::ged::EVENT_POWER_BUTTON` bit.
+/// One PNP0C0C power button, notified (0x80: pressed) by the GED's `_EVT` when the press
+/// counter in the status page differs from the one it saw last.
 fn check_power_button(dsl: &str) {
     assert_eq!(
         dsl.matches("Name (_HID, EisaId (\"PNP0C0C\")").count(),
@@ -209,11 +218,8 @@ fn check_power_button(dsl: &str) {
         "PNP0C0C devices"
     );
     assert!(dsl.contains("Device (PWRB)"));
-    let notify = format!(
-        "If ((Local0 & {}))\n                {{\n                    Notify (\\_SB.PWRB, 0x80)",
-        aml_int(ged::EVENT_POWER_BUTTON)
-    );
-    assert!(dsl.contains(&notify), "GED _EVT does not notify PWRB");
+    let notify = "If ((Local0 != PBSN))\n                {\n                    PBSN = Local0\n                    Notify (\\_SB.PWRB, 0x80)";
+    assert!(dsl.contains(notify), "GED _EVT does not notify PWRB");
 }
 
 /// The memory hotplug controller's region and fields, as iasl decodes them, are the ones in
@@ -221,10 +227,7 @@ fn check_power_button(dsl: &str) {
 fn check_memory_layout(dsl: &str, slots: u32) {
     use memory_hotplug as m;
     let region = region_line(m::MMIO_BASE, hotplug_registers::MMIO_SIZE, "MHPR");
-    let scan = format!(
-        "If ((Local0 & {}))\n                {{\n                    \\_SB.MHPC.MSCN ()",
-        aml_int(ged::EVENT_MEMORY)
-    );
+    let scan = "\\_SB.CPUS.CSCN ()\n                \\_SB.MHPC.MSCN ()";
     if slots == 0 {
         assert!(!dsl.contains(&region) && !dsl.contains("MPGE") && !dsl.contains("MSCN"));
         assert!(!dsl.contains(&format!("0x{:08X},", m::MMIO_BASE)), "MBRD");
@@ -247,7 +250,7 @@ fn check_memory_layout(dsl: &str, slots: u32) {
         ["MAKI", "MAKR", "MEJR", "MOSR", "MEVT"],
         &entries,
     );
-    assert!(dsl.contains(&scan), "GED _EVT does not call MSCN");
+    assert!(dsl.contains(scan), "GED _EVT does not call MSCN");
     // iasl names the template's fields by the descriptor fields they cover.
     assert!(dsl.contains(
         "QWordMemory (ResourceConsumer, PosDecode, MinFixed, MaxFixed, Cacheable, ReadWrite,"
@@ -263,15 +266,6 @@ fn check_memory_layout(dsl: &str, slots: u32) {
     // The last slot's device exists, the one past it does not.
     assert!(dsl.contains(&format!("Device (M{slots:03X})")));
     assert!(!dsl.contains(&format!("Device (M{:03X})", slots + 1)));
-}
-
-/// How iasl prints a small integer constant.
-fn aml_int(v: u32) -> String {
-    match v {
-        0 => "Zero".into(),
-        1 => "One".into(),
-        v => format!("0x{v:02X}"),
-    }
 }
 
 #[test]
@@ -310,7 +304,7 @@ DefinitionBlock ("", "SSDT", 2, "PLUGVM", "HPTEST", 1)
     External (\_SB.CPUS.CEJR, FieldUnitObj)
     External (\_SB.CPUS.COSR, FieldUnitObj)
     External (\_SB.CPUS.CSCN, MethodObj)
-    External (\_SB.GED.GDAT, FieldUnitObj)
+    External (\_SB.GED.PBPC, FieldUnitObj)
     External (\_SB.GED._EVT, MethodObj)
     Method (TINS, 1, NotSerialized)
     {{
@@ -329,8 +323,8 @@ DefinitionBlock ("", "SSDT", 2, "PLUGVM", "HPTEST", 1)
     }}
     Method (TGED, 2, NotSerialized)
     {{
-        \_SB.GED.GDAT = Arg0
-        \_SB.CPUS.CEVT = (Arg1 | {insert})
+        \_SB.GED.PBPC = Arg0
+        \_SB.CPUS.CEVT = Arg1
         \_SB.GED._EVT (0x05)
     }}
     Method (TPEN, 0, NotSerialized)
@@ -374,8 +368,8 @@ fn acpiexec_runs_the_hotplug_methods() {
         let last = max - 1;
         let last_name = format!("C{last:03X}");
         let bound = 2 * max as usize;
-        let button = ged::EVENT_POWER_BUTTON;
-        let button_and_cpu = button | ged::EVENT_CPU;
+        let cpu4 = status_page::EVENT_INSERT | 4;
+        let none = status_page::NO_EVENT;
         let cmds = [
             format!("\\_SB.CPUS.{last_name}._STA"), // 0: the page reads 0: absent
             "TPEN".to_string(),                     // 1: the VMM marks CPU 5 present
@@ -392,10 +386,11 @@ fn acpiexec_runs_the_hotplug_methods() {
             "TAKR".to_string(),                     // 12: acknowledged the last CPU
             "TEVT 0xFFFFFFFF".to_string(),          // 13: NO_EVENT: nothing
             "TEVT 2".to_string(),                   // 14: no flag pending: break
-            "TGED 1 4".to_string(),                 // 15: GED CPU bit -> scan
-            "TGED 2 4".to_string(),                 // 16: memory bit: no CPU notify
-            format!("TGED {button} 4"),             // 17: the power button alone
-            format!("TGED {button_and_cpu} 4"),     // 18: both, in one _EVT
+            format!("TGED 0 {cpu4}"),               // 15: a CPU event -> the scan finds it
+            format!("TGED 0 {none}"),               // 16: nothing pending: no CPU notify
+            format!("TGED 1 {none}"),               // 17: the power button alone
+            format!("TGED 2 {cpu4}"),               // 18: both, in one _EVT
+            format!("TGED 2 {none}"),               // 19: the same press count: no notify
         ];
         let cmd_refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
         let out = acpiexec(&dir, &["DSDT.dat", "helper.aml"], &cmd_refs);
@@ -431,6 +426,7 @@ fn acpiexec_runs_the_hotplug_methods() {
         let mut both = vec![("C004".to_string(), 1); bound];
         both.push(pressed);
         assert_eq!(notifies(&out[18]), both);
+        assert!(notifies(&out[19]).iter().all(|(d, _)| d != "PWRB"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

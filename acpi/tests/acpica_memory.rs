@@ -43,7 +43,6 @@ fn helper_asl(slots: u32) -> String {
 DefinitionBlock ("", "SSDT", 2, "PLUGVM", "MEMTEST", 1)
 {{
 {externals}    External (\_SB.MHPC.MSCN, MethodObj)
-    External (\_SB.GED.GDAT, FieldUnitObj)
     External (\_SB.GED._EVT, MethodObj)
     Method (TRNG, 2, NotSerialized)
     {{
@@ -84,10 +83,9 @@ DefinitionBlock ("", "SSDT", 2, "PLUGVM", "MEMTEST", 1)
         \_SB.MHPC.MEVT = Arg0
         \_SB.MHPC.MSCN ()
     }}
-    Method (TGED, 2, NotSerialized)
+    Method (TGED, 1, NotSerialized)
     {{
-        \_SB.GED.GDAT = Arg0
-        \_SB.MHPC.MEVT = (Arg1 | {insert})
+        \_SB.MHPC.MEVT = Arg0
         \_SB.GED._EVT (0x05)
     }}
 }}
@@ -134,11 +132,11 @@ fn acpiexec_runs_the_memory_hotplug_methods() {
             "TEJR".to_string(),                 // 12: the eject names slot 1
             "TEVT 0xFFFFFFFF".to_string(),      // 13: NO_EVENT: nothing
             "TEVT 1".to_string(),               // 14: no flag pending: break
-            "TGED 1 1".to_string(),             // 15: CPU bit only: no memory scan
+            "TGED 0xFFFFFFFF".to_string(),      // 15: GED, nothing pending: no notify
             "TINS 1".to_string(),               // 16: insert on slot 1
             format!("TRMV {slots}"),            // 17: remove on the last slot
-            "TGED 2 1".to_string(),             // 18: memory bit -> scan
-            "TGED 3 1".to_string(),             // 19: both bits -> both scans
+            "TGED 0x10001".to_string(),         // 18: GED, an insert pending -> the scan
+            "TGED 0x10001".to_string(),         // 19: again (both scans run every time)
         ];
         let cmd_refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
         let out = acpiexec(&dir, &["DSDT.dat", "memhelper.aml"], &cmd_refs);
@@ -166,7 +164,7 @@ fn acpiexec_runs_the_memory_hotplug_methods() {
         assert_eq!(notifies(&out[16]), m001_insert);
         assert_eq!(notifies(&out[17]), vec![(last.clone(), 3); bound]);
         assert_eq!(notifies(&out[18]), m001_insert);
-        // The CPU scan of command 19 finds an all-zero event word (UID 0, no flag) and stops.
+        // The CPU scan finds an all-zero event word (UID 0, no flag) and stops.
         assert_eq!(notifies(&out[19]), m001_insert);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use acpi::layout::{
-    cpu_hotplug as cpu, hotplug_registers as regs, memory_hotplug as mem, status_page as page,
+    cpu_hotplug as cpu, ged, hotplug_registers as regs, memory_hotplug as mem, status_page as page,
 };
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::DeviceMmio;
@@ -130,8 +130,8 @@ impl ControllerLayout for MemoryLayout {
     }
 }
 
-// The windows hold every device a machine may have, inside the page and apart, and start with
-// the event word (`publish` writes it as the first four bytes, last).
+// The windows hold every device a machine may have, inside the page and apart (the GED's
+// between the CPUs' and the memory's), and start with the event word (`publish` writes it as the first four bytes, last).
 const _: () = {
     assert!(page::EVENT == 0);
     assert!(cpu::STA >= 4 && mem::SLOTS >= 4);
@@ -141,7 +141,9 @@ const _: () = {
         None => panic!("no last slot"),
     }
     assert!(mem::SLOT_STA < mem::SLOT_STRIDE && mem::SLOT_PROXIMITY + 4 <= mem::SLOT_STA);
-    assert!(cpu::WINDOW >= page::ADDR && cpu::WINDOW + cpu::WINDOW_SIZE <= mem::WINDOW);
+    assert!(cpu::WINDOW >= page::ADDR && cpu::WINDOW + cpu::WINDOW_SIZE <= ged::WINDOW);
+    assert!(ged::WINDOW + ged::WINDOW_SIZE <= mem::WINDOW);
+    assert!(ged::POWER_BUTTON_PRESSES + 4 <= ged::WINDOW_SIZE);
     assert!(mem::WINDOW + mem::WINDOW_SIZE <= page::ADDR + page::SIZE);
 };
 

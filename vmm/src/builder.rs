@@ -110,7 +110,12 @@ fn create_devices(
         .map_err(|e| VmError::KvmIoctl("KVM_IRQFD (GED)", e))?;
 
     let serial = Arc::new(SerialDevice::new(serial_irq, serial_out));
-    let ged = Arc::new(Ged::new(ged_irq));
+    let mut ged = Ged::new(ged_irq);
+    ged.set_window(Box::new(memory::StatusPageWindow::new(
+        mem,
+        layout::ged::WINDOW,
+    )));
+    let ged = Arc::new(ged);
     let mut cpu_hotplug = CpuHotplugController::for_cpus(config.cpus.boot, config.cpus.max);
     let queue = || {
         observations
@@ -154,11 +159,6 @@ fn create_devices(
         Arc::new(PvPanicDevice::new(exit.clone())),
     )
     .map_err(bus("pvpanic"))?;
-    io.register_mmio(
-        mmio(layout::ged::MMIO_BASE, layout::ged::MMIO_SIZE).map_err(bus("ged"))?,
-        ged.clone(),
-    )
-    .map_err(bus("ged"))?;
     io.register_mmio(
         mmio(
             layout::cpu_hotplug::MMIO_BASE,

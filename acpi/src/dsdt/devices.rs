@@ -69,11 +69,10 @@ pub(crate) fn power_button() -> Result<Vec<u8>, Error> {
     )))
 }
 
-/// `Device (MBRD)` (PNP0C02): claims the GED and CPU hotplug MMIO blocks, the memory
-/// hotplug block when the machine has hotplug slots, and the power ports, so that Linux
-/// marks them busy instead of handing them to a driver.
+/// `Device (MBRD)` (PNP0C02): claims the CPU hotplug MMIO block, the memory hotplug block
+/// when the machine has hotplug slots, and the power ports, so that Linux marks them busy
+/// instead of handing them to a driver. (The GED has no registers.)
 pub(crate) fn motherboard(desc: &MachineDescription) -> Result<Vec<u8>, Error> {
-    let ged = mmio(layout::ged::MMIO_BASE, layout::ged::MMIO_SIZE)?;
     let cpu = mmio(
         layout::cpu_hotplug::MMIO_BASE,
         layout::hotplug_registers::MMIO_SIZE,
@@ -88,7 +87,7 @@ pub(crate) fn motherboard(desc: &MachineDescription) -> Result<Vec<u8>, Error> {
         1,
         port_len(power::PORT_LEN)?,
     );
-    let mut resources: Vec<&dyn Aml> = vec![&ged, &cpu];
+    let mut resources: Vec<&dyn Aml> = vec![&cpu];
     if desc.hotplug_slots > 0 {
         resources.push(&memory);
     }
