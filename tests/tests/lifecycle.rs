@@ -320,9 +320,14 @@ kvm_guest_test! {
                 assert!(Instant::now() < deadline, "{name}: no API socket");
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // plugvm sets raw mode when it builds the VM, which may come well after the API
+            // socket on a loaded test bed (the kernel is loaded first): wait for it, bounded.
+            while lflag(&pty.slave) & libc::ICANON != 0 {
+                assert!(Instant::now() < deadline, "{name}: plugvm did not set raw mode");
+                std::thread::sleep(Duration::from_millis(20));
+            }
             // The guest is booting: vCPUs in KVM_RUN, the console and stdin threads busy.
             std::thread::sleep(Duration::from_secs(2));
-            assert!(lflag(&pty.slave) & libc::ICANON == 0, "{name}: plugvm did not set raw mode");
             let pid = i32::try_from(child.id()).expect("pid");
             // SAFETY: kill only sends a signal to our own child process.
             assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
