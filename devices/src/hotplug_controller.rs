@@ -152,14 +152,13 @@ type Observer = Box<dyn Fn(HotplugObservation) + Send + Sync>;
 #[derive(Debug)]
 struct State {
     regs: SlotRegisters,
+    /// One per slot, indexed as `regs`' slots.
     ranges: Vec<Option<SlotRange>>,
-    first_uid: u32,
 }
 
 impl State {
     fn range(&self, uid: u32) -> Option<SlotRange> {
-        let i = usize::try_from(uid.checked_sub(self.first_uid)?).ok()?;
-        self.ranges.get(i).copied().flatten()
+        self.ranges.get(self.regs.index(uid)?).copied().flatten()
     }
 
     /// The window as the guest should see it now.
@@ -232,7 +231,6 @@ impl<L: ControllerLayout> HotplugController<L> {
             state: Mutex::new(State {
                 regs: SlotRegisters::new(first_uid, slots),
                 ranges: vec![None; n],
-                first_uid,
             }),
             observer: None,
             window: None,
@@ -348,10 +346,7 @@ impl<L: ControllerLayout> HotplugController<L> {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        let Some(i) = uid
-            .checked_sub(state.first_uid)
-            .and_then(|i| usize::try_from(i).ok())
-        else {
+        let Some(i) = state.regs.index(uid) else {
             return false;
         };
         match state.ranges.get_mut(i) {

@@ -110,7 +110,8 @@ impl SlotRegisters {
         self.guest_eject = allowed;
     }
 
-    fn index(&self, uid: u32) -> Option<usize> {
+    /// The slot index of `uid`, if it is one of these slots.
+    pub(crate) fn index(&self, uid: u32) -> Option<usize> {
         let i = usize::try_from(uid.checked_sub(self.first_uid)?).ok()?;
         (i < self.slots.len()).then_some(i)
     }
