@@ -3,7 +3,7 @@
 #
 # Usage: resources/bench/hotplug.sh [--ops N] [--cpu-only|--memory-only] [--mem-sizes LIST]
 #                                   [--mem-reps N] [--touch-mb MB] [--qemu-machine M]
-#                                   [--timeout SECS] [--no-build] [--keep-logs DIR]
+#                                   [--timeout SECS] [--guest-trace] [--no-build] [--keep-logs DIR]
 #   --ops N          CPU hot-add + hot-remove pairs per VMM (default 20; vCPU ids cycle 1..3)
 #   --cpu-only       only the CPU part        --memory-only   only the memory part
 #   --mem-sizes LIST hot-added memory sizes, comma separated, multiples of 128M
@@ -16,6 +16,10 @@
 #   --plugvm-memory-opts OPTS  appended to plugvm's --memory, e.g. thp=off or hugepages=on
 #                    (hugepages=on: the script reserves the outer VM's huge page pool)
 #   --timeout SECS   per operation (default 180)
+#   --guest-trace    also measure the guest's side of every operation from inside the guest
+#                    (ftrace kprobes on the ACPI interpreter, the hotplug worker and the memory and
+#                    RCU calls; see "Guest-side trace" below); costs each probe hit a few
+#                    microseconds, so take the ratios from a run without it
 #   --no-build       do not run `cargo build --release --bins` first
 #   --keep-logs DIR  keep both consoles (timestamped) and the VMMs' stderr in DIR (must be
 #                    visible inside the test bed, e.g. under target/)
@@ -59,6 +63,14 @@
 #   VMM's own phases (all but await_guest) < 1% of the transaction (p50, add and remove);
 #   memory hot-add 1 GiB request->commit (median) <= 50% of QEMU's;
 #   plugvm VmRSS after each removal within 2 MiB of before its add.
+# Guest-side trace (--guest-trace): in both guests (same kernel), the interval from the ACPI
+# interrupt (irq_handler_entry of the GED, or of the SCI for QEMU's GPE) to the return of the
+# register write that delivers the guest's last _OST, split into: the event method (interrupt ->
+# the scan's Notify), the notify and hotplug workqueues (Notify -> acpi_device_hotplug), the
+# hotplug worker (-> the last _OST; of which RCU grace periods (synchronize_rcu) and, for memory,
+# arch_add_memory), and the register accesses (VM exits: every SystemIO access, and SystemMemory
+# accesses outside plugvm's status page) with their time in the guest. One
+# `hotplug-bench-guest` line per operation, then a median table per VMM.
 # stderr: progress. Exit 0 when every operation succeeded, 1 when one failed (console tail and
 # stderr shown), 2 on usage errors. Numbers are only comparable within one run (see README.md).
 # Runs itself through resources/kvm-host.sh when this machine has no VMX/SVM (PVM /dev/kvm).
@@ -70,7 +82,7 @@ REPO="$(cd "$RES/.." && pwd -P)"
 
 usage_err() {
     echo "hotplug-bench: $*" >&2
-    echo "usage: hotplug.sh [--ops N] [--cpu-only|--memory-only] [--mem-sizes LIST] [--mem-reps N] [--touch-mb MB] [--qemu-machine M] [--timeout SECS] [--no-build] [--keep-logs DIR]" >&2
+    echo "usage: hotplug.sh [--ops N] [--cpu-only|--memory-only] [--mem-sizes LIST] [--mem-reps N] [--touch-mb MB] [--qemu-machine M] [--timeout SECS] [--guest-trace] [--no-build] [--keep-logs DIR]" >&2
     exit 2
 }
 
@@ -84,6 +96,7 @@ timeout_s=180
 build=1
 keep_logs=""
 mem_opts=""
+guest_trace=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --ops | --mem-sizes | --mem-reps | --touch-mb | --qemu-machine | --timeout | --keep-logs | --plugvm-memory-opts)
@@ -103,8 +116,9 @@ while [ $# -gt 0 ]; do
         --cpu-only) parts=cpu ;;
         --memory-only) parts=memory ;;
         --no-build) build=0 ;;
+        --guest-trace) guest_trace=1 ;;
         -h | --help)
-            sed -n '2,61p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,76p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) usage_err "unknown argument: $1" ;;
@@ -145,6 +159,7 @@ if [ -z "${PLUGVM_KVMHOST_INSIDE:-}" ]; then
     args=(--ops "$ops" --mem-sizes "$mem_sizes" --mem-reps "$mem_reps" --touch-mb "$touch_mb"
         --qemu-machine "$machine" --timeout "$timeout_s" --no-build)
     [ -z "$mem_opts" ] || args+=(--plugvm-memory-opts "$mem_opts")
+    [ "$guest_trace" = 0 ] || args+=(--guest-trace)
     case "$parts" in cpu) args+=(--cpu-only) ;; memory) args+=(--memory-only) ;; esac
     [ -z "$keep_logs" ] || args+=(--keep-logs "$(mkdir -p "$keep_logs" && cd "$keep_logs" && pwd -P)")
     # The outer VM must hold both guests and pass plugvm's check that boot RAM + hotplug area
@@ -179,7 +194,7 @@ export KERNEL INITRAMFS PLUGVM
 BENCH_OPS="$ops" BENCH_PARTS="$parts" BENCH_MEM_MIB="${mem_mib[*]}" BENCH_MEM_REPS="$mem_reps" \
     BENCH_TOUCH_MB="$touch_mb" BENCH_MACHINE="$machine" BENCH_TIMEOUT="$timeout_s" \
     BENCH_HOTPLUG_MIB="$hotplug_mib" BENCH_KEEP_LOGS="$keep_logs" BENCH_MEM_OPTS="$mem_opts" \
-    BENCH_REPO="$REPO" \
+    BENCH_REPO="$REPO" BENCH_GUEST_TRACE="$guest_trace" \
     BENCH_FIRMWARE="$(printf '%s\n' "${firmware[@]}")" \
     exec python3 - <<'PYEOF'
 import base64, json, os, queue, re, shutil, socket, statistics, subprocess, sys, tempfile
@@ -222,6 +237,101 @@ while IFS= read -r c; do
 done
 '''
 CMDLINE = "console=ttyS0 quiet panic=-1 pci=off plugvm.run=" + base64.b64encode(GUEST_LOOP.encode()).decode()
+
+# --guest-trace: kprobes and one tracepoint in the guest (the same kernel under both VMMs).
+# Each line below must stay one shell line: the guest's command loop evaluates a line at a time.
+GUEST_TRACE = E.get("BENCH_GUEST_TRACE") == "1"
+TRACEFS = "/sys/kernel/tracing"
+TRACE_PROBES = [
+    "p:hp acpi_device_hotplug",
+    "p:ost acpi_evaluate_ost",
+    "p:qn acpi_ev_queue_notify_request",
+    "p:memh acpi_ex_system_memory_space_handler fn=%di:u32 addr=%si:x64",
+    "r:memhr acpi_ex_system_memory_space_handler",
+    "p:ioh acpi_ex_system_io_space_handler fn=%di:u32 addr=%si:x64",
+    "r:iohr acpi_ex_system_io_space_handler",
+    "p:rcu synchronize_rcu",
+    "r:rcur synchronize_rcu",
+    "p:aam arch_add_memory",
+    "r:aamr arch_add_memory",
+]
+# One guest command each (short lines: the consoles take a line at a time).
+TRACE_SETUP = (
+    [f"mount -t tracefs nodev {TRACEFS} 2>/dev/null; echo 0 > {TRACEFS}/tracing_on",
+     f"echo 1024 > {TRACEFS}/buffer_size_kb"]
+    + [f"echo '{p}' >> {TRACEFS}/kprobe_events || echo 'TRACE-PROBE-FAILED {p}'" for p in TRACE_PROBES]
+    + [f"echo 1 > {TRACEFS}/events/kprobes/enable || echo TRACE-PROBE-FAILED kprobes",
+       f"echo 'name == \"ACPI:Ged\" || name == \"acpi\"' > {TRACEFS}/events/irq/irq_handler_entry/filter"
+       " || echo TRACE-PROBE-FAILED irq filter",
+       f"echo 1 > {TRACEFS}/events/irq/irq_handler_entry/enable; echo 1 > {TRACEFS}/tracing_on"])
+# One compact line per trace entry: TR pid seconds event [name=value ...]
+TRACE_DUMP = (
+    "awk '$1 !~ /^#/ && NF >= 5 { n = split($1, a, \"-\"); t = $4; sub(/:$/, \"\", t); "
+    "e = $5; sub(/:$/, \"\", e); l = \"TR \" a[n] \" \" t \" \" e; "
+    "for (i = 6; i <= NF; i++) if ($i ~ /^[a-z]+=/) l = l \" \" $i; print l }' "
+    f"{TRACEFS}/trace; echo > {TRACEFS}/trace")
+# plugvm's status page (acpi::layout::status_page): reading it is plain memory, no VM exit.
+STATUS_PAGE = (0xFE000, 0xFF000)
+
+
+def parse_trace(lines):
+    """[(pid, t_s, event, {name: value})] from TRACE_DUMP's lines"""
+    out = []
+    for l in lines:
+        f = l.split()
+        if len(f) < 4 or f[0] != "TR":
+            continue
+        try:
+            t = float(f[2])
+        except ValueError:
+            continue
+        args = dict(a.split("=", 1) for a in f[4:] if "=" in a)
+        out.append((f[1], t, f[3], args))
+    return out
+
+
+def guest_breakdown(events):
+    """The guest's side of one operation (ms), from the ACPI interrupt to the return of the
+    register write that delivered its last _OST; None when the trace has no complete one."""
+    start = next((t for _, t, e, a in events if e == "irq_handler_entry"), None)
+    osts = [(pid, t) for pid, t, e, _ in events if e == "ost"]
+    if start is None or not osts:
+        return None
+    ost_pid, ost_t = osts[-1]
+    # Register accesses: entry/return pairs per task (the interpreter does not nest them).
+    open_acc, accesses = {}, []
+    for pid, t, e, a in events:
+        if e in ("memh", "ioh"):
+            addr = int(a.get("addr", "0"), 16)
+            exit_ = e == "ioh" or not STATUS_PAGE[0] <= addr < STATUS_PAGE[1]
+            open_acc[pid] = (t, exit_, a.get("fn") == "1")
+        elif e in ("memhr", "iohr") and pid in open_acc:
+            t0, exit_, write = open_acc.pop(pid)
+            accesses.append((pid, t0, t, exit_, write))
+    end = next((t1 for pid, t0, t1, ex, w in accesses if pid == ost_pid and t0 >= ost_t and w), None)
+    if end is None:
+        return None
+    notify = next((t for _, t, e, _ in events if e == "qn" and t >= start), None)
+    worker = next((t for _, t, e, _ in events if e == "hp" and notify is not None and t >= notify), None)
+    exits = [(t0, t1) for _, t0, t1, ex, _ in accesses if ex and start <= t0 <= end]
+
+    def spans(b, e_):
+        """summed durations of b -> e_ pairs in the hotplug worker, inside the window"""
+        total, opened = 0.0, None
+        for pid, t, e, _ in events:
+            if pid != ost_pid or not start <= t <= end:
+                continue
+            if e == b:
+                opened = t
+            elif e == e_ and opened is not None:
+                total, opened = total + (t - opened), None
+        return total * 1e3
+
+    ms = lambda a, b: (b - a) * 1e3 if a is not None and b is not None else None
+    return {"total": ms(start, end), "event_method": ms(start, notify), "to_worker": ms(notify, worker),
+            "worker": ms(worker, ost_t), "rcu": spans("rcu", "rcur"), "arch_add_memory": spans("aam", "aamr"),
+            "ost_write": ms(ost_t, end), "exits": len(exits), "exit_ms": sum(b - a for a, b in exits) * 1e3}
+
 
 
 def read_status_kib(pid, key="VmRSS"):
@@ -384,6 +494,18 @@ class Vmm:
         self.wait_line(self.lines, lambda l: "PLUGVM-GUEST-READY" in l, "PLUGVM-GUEST-READY", 600)
         self.wait_line(self.lines, lambda l: l == "PLUGVM-BENCH-CMDLOOP", "the guest's command loop")
         self.block = int(self.guest("cat /sys/devices/system/memory/block_size_bytes")[0], 16)
+        if GUEST_TRACE:
+            failed = [l for c in TRACE_SETUP for l in self.guest(c) if l.startswith("TRACE-PROBE-FAILED")]
+            if failed:
+                raise BenchError(f"{self.name}: guest trace: " + "; ".join(failed))
+            self.trace()  # empty it
+
+    def trace(self):
+        """the guest-side breakdown of what happened since the last call (None without
+        --guest-trace)"""
+        if not GUEST_TRACE:
+            return None
+        return guest_breakdown(parse_trace(self.guest(TRACE_DUMP)))
 
     def cpus_online(self):
         """the guest's online CPUs, as a set of logical ids"""
@@ -854,10 +976,13 @@ try:
         for i in range(OPS):
             cid = CPU_IDS[i % len(CPU_IDS)]
             for v in (vmms if i % 2 == 0 else vmms[::-1]):
+                v.trace()
                 a = v.add_cpu(cid)
+                a["guest"] = v.trace()
                 if len(a["guest_online"]) != 2 or 0 not in a["guest_online"]:
                     raise BenchError(f"{v.name}: after adding vCPU {cid} the guest has CPUs {a['guest_online']} online")
                 r = v.remove_cpu(cid)
+                r["guest"] = v.trace()
                 if r["guest_online"] != {0}:
                     raise BenchError(f"{v.name}: after removing vCPU {cid} the guest has CPUs {r['guest_online']} online")
                 cpu[v.name]["add"].append(a)
@@ -868,6 +993,10 @@ try:
                              f" regs_add={a['regs']} regs_del={r['regs']}")
                 print(f"hotplug-bench vmm={v.name} op=cpu round={i + 1} id={cid} add_commit_ms={a['commit_ms']:.1f}"
                       f" add_online_ms={a['online_ms']:.1f} del_commit_ms={r['commit_ms']:.1f}{extra}", flush=True)
+                for op, x in (("cpu-add", a), ("cpu-remove", r)):
+                    if x.get("guest"):
+                        print(f"hotplug-bench-guest vmm={v.name} op={op} round={i + 1} id={cid} "
+                              + " ".join(f"{k}={cell(val, '{:.2f}')}" for k, val in x["guest"].items()), flush=True)
                 log(f"[cpu {i + 1}/{OPS}] {v.name} vCPU {cid}: add {a['commit_ms']:.1f} ms (online {a['online_ms']:.1f}),"
                     f" remove {r['commit_ms']:.1f} ms")
 
@@ -880,7 +1009,9 @@ try:
                 for v in (vmms if n % 2 == 1 else vmms[::-1]):
                     mt0 = v.memtotal_kib()
                     h0 = anon_huge_kib(v.proc.pid)
+                    v.trace()
                     res = v.add_memory(mib)
+                    res["guest"] = v.trace()
                     grow = (v.memtotal_kib() - mt0) // 1024
                     if grow != mib:
                         raise BenchError(f"{v.name}: MemTotal grew by {grow} MiB after adding {mib} MiB")
@@ -890,7 +1021,9 @@ try:
                     # How much of the add, the guest's onlining and its touch is on huge pages.
                     res["thp_kib"] = anon_huge_kib(v.proc.pid) - h0
                     v.untouch()
+                    v.trace()
                     v.remove_memory(res)
+                    res["del_guest"] = v.trace()
                     left = (v.memtotal_kib() - mt0) // 1024
                     if left != 0:
                         raise BenchError(f"{v.name}: MemTotal is {left:+d} MiB off after the removal")
@@ -907,6 +1040,10 @@ try:
                           f" del_ms={res['del_ms']:.1f} touch_mib={touch} rss_before_kib={res['rss_before']}"
                           f" rss_touched_kib={res['rss_touched']} slot_rss_kib={res['slot_rss']}"
                           f" rss_after_kib={res['rss_after']}{extra}", flush=True)
+                    for op, g in (("memory-add", res.get("guest")), ("memory-remove", res.get("del_guest"))):
+                        if g:
+                            print(f"hotplug-bench-guest vmm={v.name} op={op} rep={rep + 1} size_mib={mib} "
+                                  + " ".join(f"{k}={cell(val, '{:.2f}')}" for k, val in g.items()), flush=True)
                     log(f"[memory {n}/{MEM_REPS * len(MEM_MIB)}] {v.name} {mib} MiB: add {res['commit_ms']:.1f} ms"
                         f" (online {res['online_ms']:.1f}), remove {res['del_ms']:.1f} ms,"
                         f" RSS {res['rss_before'] // 1024} -> {res['rss_touched'] // 1024} -> {res['rss_after'] // 1024} MiB")
@@ -1130,6 +1267,40 @@ if PARTS in ("both", "memory") and any(mem.get(P, {}).values()) and any(mem.get(
                          f"{worst_rest / 1024:+.1f} MiB -> {'PASS' if worst_rest <= 2048 else 'MISS'}")
         if extra:
             targets.append("    " + "; ".join(extra))
+
+if GUEST_TRACE:
+    kinds = []
+    if cpu.get(P) and cpu.get(Q):
+        kinds += [("CPU add", [x.get("guest") for x in cpu[P]["add"]], [x.get("guest") for x in cpu[Q]["add"]]),
+                  ("CPU remove", [x.get("guest") for x in cpu[P]["remove"]], [x.get("guest") for x in cpu[Q]["remove"]])]
+    for mib in MEM_MIB:
+        sz = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        pm, qm = mem.get(P, {}).get(mib, []), mem.get(Q, {}).get(mib, [])
+        kinds += [(f"{sz} add", [x.get("guest") for x in pm], [x.get("guest") for x in qm]),
+                  (f"{sz} remove", [x.get("del_guest") for x in pm], [x.get("del_guest") for x in qm])]
+    rows = [("interrupt -> _OST written (total)", "total"), ("  event method: interrupt -> Notify", "event_method"),
+            ("  Notify -> hotplug worker", "to_worker"), ("  hotplug worker -> last _OST", "worker"),
+            ("    of which RCU grace periods", "rcu"), ("    of which arch_add_memory", "arch_add_memory"),
+            ("  the _OST register write", "ost_write"), ("register accesses (VM exits)", "exits"),
+            ("  their time in the guest", "exit_ms")]
+    print()
+    print(f"hotplug-bench: the guest's side (--guest-trace), median ms over the operations (n: traced ones)")
+    for label, a, b in kinds:
+        a, b = [x for x in a if x], [x for x in b if x]
+        if not a and not b:
+            continue
+        hdr = f"{label:<40}{'plugvm':>10}{Q:>14}"
+        print(hdr + f"   (n {len(a)} / {len(b)})")
+        print("-" * len(hdr))
+        for text, key in rows:
+            va = [x[key] for x in a if x.get(key) is not None]
+            vb = [x[key] for x in b if x.get(key) is not None]
+            if key == "arch_add_memory" and not any(va + vb):
+                continue
+            fmt = "{:.0f}" if key == "exits" else "{:.1f}"
+            print(f"{text:<40}{cell(statistics.median(va) if va else None, fmt):>10}"
+                  f"{cell(statistics.median(vb) if vb else None, fmt):>14}")
+    print("  (guest clock, from inside each guest: ftrace kprobes; the same kernel under both VMMs)")
 
 if targets:
     print()
