@@ -430,3 +430,63 @@ fn acpiexec_runs_the_hotplug_methods() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Calls `CTFY (uid, 1)` for every uid below `Arg0` (`TCPU`) and `MTFY (uid, 3)` likewise
+/// (`TMEM`), in one evaluation each (acpiexec takes at most 1,023 characters of commands).
+const NOTIFY_ALL_ASL: &str = r#"DefinitionBlock ("", "SSDT", 2, "PLUGVM", "NOTIFY", 1)
+{
+    External (\_SB.CPUS.CTFY, MethodObj)
+    External (\_SB.MHPC.MTFY, MethodObj)
+    Method (TCPU, 1, Serialized)
+    {
+        Local0 = Zero
+        While ((Local0 < Arg0))
+        {
+            \_SB.CPUS.CTFY (Local0, One)
+            Local0++
+        }
+    }
+    Method (TMEM, 1, Serialized)
+    {
+        Local0 = Zero
+        While ((Local0 < Arg0))
+        {
+            \_SB.MHPC.MTFY (Local0, 0x03)
+            Local0++
+        }
+    }
+}
+"#;
+
+/// `CTFY` and `MTFY` notify exactly the device with the UID they are given, for every UID
+/// (their bodies are a tree of comparisons: a wrong pivot would send some UIDs to a
+/// neighbour or nowhere), and nothing for a UID no device has.
+#[test]
+fn notify_dispatch_reaches_every_device() {
+    if !have("iasl") || !have("acpiexec") {
+        return;
+    }
+    for &(boot, max, slots) in &[(1, 1, 1), (2, 8, 8), (2, 300, 64)] {
+        let tables = build_tables(&desc(boot, max, slots)).unwrap();
+        let dir = workdir(&format!("notify-{boot}-{max}-{slots}"));
+        tables.write_to_dir(&dir).unwrap();
+        compile_helper(&dir, "notify", NOTIFY_ALL_ASL);
+        // One UID past the last device of each kind (and memory's unused UID 0).
+        let cpus = format!("TCPU {}", max + 1);
+        let memory = format!("TMEM {}", slots + 2);
+        let out = acpiexec(&dir, &["DSDT.dat", "notify.aml"], &[&cpus, &memory]);
+        let want: Vec<(String, u32)> = (0..max).map(|uid| (format!("C{uid:03X}"), 1)).collect();
+        assert_eq!(notifies(&out[0]), want, "CTFY with {max} CPUs");
+        let want: Vec<(String, u32)> = (1..=slots).map(|uid| (format!("M{uid:03X}"), 3)).collect();
+        assert_eq!(notifies(&out[1]), want, "MTFY with {slots} slots");
+        if max == 300 {
+            // The root of the tree splits the 300 CPUs at UID 150, not a chain of 300 `If`s.
+            let dsl = disassemble_all(&dir, &tables);
+            assert!(
+                dsl.contains("If ((Arg0 < 0x96))"),
+                "no dispatch tree in\n{dsl}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
