@@ -131,7 +131,8 @@ impl ControllerLayout for MemoryLayout {
 }
 
 // The windows hold every device a machine may have, inside the page and apart (the GED's
-// between the CPUs' and the memory's), and start with the event word (`publish` writes it as the first four bytes, last).
+// between the CPUs' and the memory's), and start with the event word (`publish` writes it as
+// the first four bytes, last).
 const _: () = {
     assert!(page::EVENT == 0);
     assert!(cpu::STA >= 4 && mem::SLOTS >= 4);

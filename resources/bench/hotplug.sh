@@ -937,6 +937,11 @@ def pct(vals, p):
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
+def size_label(mib):
+    """128M, 1G, ...: a size in MiB as the tables name it"""
+    return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+
+
 def cell(x, fmt="{:.1f}"):
     return "-" if x is None else fmt.format(x)
 
@@ -1168,7 +1173,7 @@ if PARTS in ("both", "memory") and any(mem.get(P, {}).values()) and any(mem.get(
         pm, qm = mem[P][mib], mem[Q][mib]
         if not pm or not qm:
             continue
-        sz = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        sz = size_label(mib)
         for label, key in (("add: request -> commit / _OST", "commit_ms"),
                            ("add: request -> all blocks online", "online_ms"),
                            ("remove: request -> commit / deleted", "del_ms")):
@@ -1188,7 +1193,7 @@ if PARTS in ("both", "memory") and any(mem.get(P, {}).values()) and any(mem.get(
         pm = mem[P][mib]
         if not pm:
             continue
-        sz = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        sz = size_label(mib)
         for op, ph, tot, rg in (("add", "phases", "journal_us", "regs_add"),
                                 ("remove", "del_phases", "del_journal_us", "regs_del")):
             cols = [statistics.median([x[ph].get(k, 0) for x in pm])
@@ -1210,7 +1215,7 @@ if PARTS in ("both", "memory") and any(mem.get(P, {}).values()) and any(mem.get(
         pm, qm = mem[P][mib], mem[Q][mib]
         if not pm:
             continue
-        sz = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        sz = size_label(mib)
         med = lambda xs, k: statistics.median([x[k] for x in xs if x.get(k) is not None] or [float("nan")])
         commit_rm = med([{"c": x["del_phases"].get("commit", 0)} for x in pm], "c")
         worst_commit = commit_rm if worst_commit is None else max(worst_commit, commit_rm)
@@ -1230,7 +1235,7 @@ if PARTS in ("both", "memory") and any(mem.get(P, {}).values()) and any(mem.get(
     print("-" * len(hdr))
     worst, worst_rest = None, None
     for mib in MEM_MIB:
-        sz = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        sz = size_label(mib)
         for i, x in enumerate(mem[P][mib]):
             d = x["rss_after"] - x["rss_before"]
             bd = (x["bootram_after"] - x["bootram_before"]) if x.get("bootram_before") is not None and x.get("bootram_after") is not None else None
@@ -1274,7 +1279,7 @@ if GUEST_TRACE:
         kinds += [("CPU add", [x.get("guest") for x in cpu[P]["add"]], [x.get("guest") for x in cpu[Q]["add"]]),
                   ("CPU remove", [x.get("guest") for x in cpu[P]["remove"]], [x.get("guest") for x in cpu[Q]["remove"]])]
     for mib in MEM_MIB:
-        sz = f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+        sz = size_label(mib)
         pm, qm = mem.get(P, {}).get(mib, []), mem.get(Q, {}).get(mib, [])
         kinds += [(f"{sz} add", [x.get("guest") for x in pm], [x.get("guest") for x in qm]),
                   (f"{sz} remove", [x.get("del_guest") for x in pm], [x.get("del_guest") for x in qm])]

@@ -35,8 +35,8 @@ const ANSWER_BOUND: Duration = Duration::from_secs(40);
 
 /// The guest's hostile writer: 3,000 random `devmem` accesses over the three register blocks
 /// (0xfe000000, where the GED's register was and nothing is now, 4 bytes; CPU controller at
-/// 0xfe001000 and memory controller at 0xfe002000, 0x18 each), a third of them reads, and every 250 an eject, through sysfs, of every
-/// ejectable ACPI device (CPUs, memory) or of none. One line of shell (the session runs single
+/// 0xfe001000 and memory controller at 0xfe002000, 0x18 each), a third of them reads, and
+/// every 250 an eject, through sysfs, of every ejectable ACPI device (CPUs, memory) or of none. One line of shell (the session runs single
 /// lines); busybox awk prints no hex above 2^31, hence the addresses and values in pieces.
 const HOSTILE: &str = "awk -v seed=20261129 -v n=3000 'BEGIN { srand(seed); \
     size[0] = 4; size[1] = 24; size[2] = 24; w[0] = 8; w[1] = 16; w[2] = 32; w[3] = 32; \
