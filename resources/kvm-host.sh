@@ -31,7 +31,10 @@
 # themselves through kvm-host.sh only when needed).
 # Environment passed in: PATH HOME USER LOGNAME LANG LC_ALL TERM TZ NO_COLOR, every RUST_*,
 # CARGO_* and PLUGVM_* variable, and --env NAMEs. PLUGVM_KVMHOST_BOOT_TIMEOUT (default 300 s)
-# bounds the VM boot; PLUGVM_KVMHOST_CPU (default max) is the outer -cpu model (for testing).
+# bounds the VM boot. For experiments with the bed itself: PLUGVM_KVMHOST_CPU (default max) is
+# the outer -cpu model, PLUGVM_KVMHOST_ACCEL (default tcg,thread=multi) its -accel, and
+# PLUGVM_KVMHOST_APPEND is added to its kernel command line, where plugvm_kvmhost_MODULE=a=1,b=2
+# passes parameters to a module the bed loads (e.g. plugvm_kvmhost_kvm_amd=vgif=0).
 # Usable as a cargo runner:
 #   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/resources/kvm-host.sh --" cargo test
 #
@@ -246,9 +249,9 @@ cfg="$(base64 -w0 <"$RUN/config.sh")"
 # shellcheck disable=SC2054  # commas are QEMU option syntax
 qemu_args=(
     -name plugvm-kvm-host -nodefaults -no-user-config -nographic -no-reboot
-    -accel tcg,thread=multi -cpu "${PLUGVM_KVMHOST_CPU:-max}" -M q35 -smp "$cpus" -m "$memory"
+    -accel "${PLUGVM_KVMHOST_ACCEL:-tcg,thread=multi}" -cpu "${PLUGVM_KVMHOST_CPU:-max}" -M q35 -smp "$cpus" -m "$memory"
     -kernel "$KERNEL" -initrd "$INITRAMFS"
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off random.trust_cpu=on plugvm_kvmhost=$cfg"
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off random.trust_cpu=on plugvm_kvmhost=$cfg${PLUGVM_KVMHOST_APPEND:+ $PLUGVM_KVMHOST_APPEND}"
     -serial "file:$RUN/console.log"
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
     -device virtio-serial-pci,id=vser

@@ -31,7 +31,8 @@
 #                     the test bed: e.g. under the repository)
 #
 # Both VMMs boot resources/guest-image.sh's kernel + initramfs with the command line
-#   console=ttyS0 panic=-1 pci=off plugvm.run=<base64 of: uptime; sleep 3>
+#   console=ttyS0 panic=-1 pci=off no-kvmapf plugvm.run=<base64 of: uptime; sleep 3>
+# (no-kvmapf: see tests/src/guest.rs, GUEST_CMDLINE)
 # plugvm:  target/release/plugvm --kernel K --initramfs I --cpus boot=N --memory size=SIZE
 #          --serial stdio --cmdline ...
 # QEMU:    qemu-system-x86_64 -enable-kvm -cpu host -M M -smp N -m SIZE -nodefaults
@@ -191,7 +192,7 @@ def log(msg):
     print(f"boot-bench: {msg}", file=sys.stderr, flush=True)
 
 script = "cut -d' ' -f1 /proc/uptime; sleep 3\n"
-cmdline = "console=ttyS0 panic=-1 pci=off plugvm.run=" + base64.b64encode(script.encode()).decode()
+cmdline = "console=ttyS0 panic=-1 pci=off no-kvmapf plugvm.run=" + base64.b64encode(script.encode()).decode()
 if EXTRA:
     cmdline += " " + EXTRA
 

@@ -25,7 +25,8 @@
 #                    visible inside the test bed, e.g. under target/)
 #
 # Both VMs run at the same time (booted one after the other) with the same kernel, initramfs
-# and command line (console=ttyS0 quiet panic=-1 pci=off plugvm.run=<command loop>):
+# and command line (console=ttyS0 quiet panic=-1 pci=off no-kvmapf plugvm.run=<command loop>;
+# no-kvmapf: see tests/src/guest.rs, GUEST_CMDLINE):
 #   plugvm: --cpus boot=1,max=4 --memory size=512M,hotplug_size=H,hotplug_slots=8 --api-socket
 #   QEMU:   -enable-kvm -cpu host -M q35 -smp 1,maxcpus=4 -m 512M,slots=8,maxmem=512M+H
 # (H: the largest --mem-sizes value rounded up to a GiB, plus 1 GiB). Operations alternate
@@ -236,7 +237,7 @@ while IFS= read -r c; do
   echo PLUGVM-BENCH-DONE
 done
 '''
-CMDLINE = "console=ttyS0 quiet panic=-1 pci=off plugvm.run=" + base64.b64encode(GUEST_LOOP.encode()).decode()
+CMDLINE = "console=ttyS0 quiet panic=-1 pci=off no-kvmapf plugvm.run=" + base64.b64encode(GUEST_LOOP.encode()).decode()
 
 # --guest-trace: kprobes and one tracepoint in the guest (the same kernel under both VMMs).
 # Each line below must stay one shell line: the guest's command loop evaluates a line at a time.

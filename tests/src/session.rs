@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::guest::{base64, guest_image, guest_test_binary, READY_LINE};
+use crate::guest::{base64, guest_image, guest_test_binary, GUEST_CMDLINE, READY_LINE};
 use crate::ScratchDir;
 
 /// Printed by the session script once the command loop is about to start.
@@ -153,7 +153,7 @@ impl<R: Read> Read for GatedRead<R> {
 pub fn session_payload(extra_cmdline: &str) -> (PathBuf, PathBuf, String) {
     let img = guest_image();
     let cmdline = format!(
-        "console=ttyS0 panic=-1 pci=off plugvm.run={} {extra_cmdline}",
+        "{GUEST_CMDLINE} plugvm.run={} {extra_cmdline}",
         base64(SESSION_SCRIPT.as_bytes())
     );
     (

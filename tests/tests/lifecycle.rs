@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use plugvm_tests::guest::{base64, guest_image, guest_test_binary};
+use plugvm_tests::guest::{base64, guest_image, guest_test_binary, GUEST_CMDLINE};
 use plugvm_tests::session::{ConsoleKind, GuestSession};
 use plugvm_tests::{kvm_guest_test, ScratchDir};
 use serde_json::{json, Value};
@@ -223,10 +223,7 @@ fn spawn_on_pty(
     let pty = openpty();
     let socket = dir.join("api.sock");
     let stdio = || Stdio::from(pty.slave.try_clone().expect("dup pty slave"));
-    let cmdline = format!(
-        "console=ttyS0 panic=-1 pci=off plugvm.run={}",
-        base64(script.as_bytes())
-    );
+    let cmdline = format!("{GUEST_CMDLINE} plugvm.run={}", base64(script.as_bytes()));
     let child = Command::new(guest_test_binary())
         .arg("--kernel")
         .arg(img.test_kernel())

@@ -7,17 +7,14 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use plugvm_tests::guest::{base64, guest_image, guest_test_binary, READY_LINE};
+use plugvm_tests::guest::{base64, guest_image, guest_test_binary, GUEST_CMDLINE, READY_LINE};
 use plugvm_tests::{kvm_guest_test, ScratchDir};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
 fn spawn(serial: &str, script: &str) -> Child {
     let img = guest_image();
-    let cmdline = format!(
-        "console=ttyS0 panic=-1 pci=off plugvm.run={}",
-        base64(script.as_bytes())
-    );
+    let cmdline = format!("{GUEST_CMDLINE} plugvm.run={}", base64(script.as_bytes()));
     Command::new(guest_test_binary())
         .arg("--kernel")
         .arg(img.test_kernel())
