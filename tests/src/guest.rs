@@ -98,13 +98,15 @@ pub fn guest_test_binary() -> PathBuf {
 }
 
 /// How long one attempt of a guest test may take in the test bed, in seconds. A test takes
-/// 15 s to 1 min there; an attempt that hangs (the bed's own kernel stalled: its tests'
+/// 15 s to 1 min there, plus about 25 s for each boot that stalled and was booted again
+/// (`session::BOOT_ATTEMPTS`); an attempt that hangs (the bed's own kernel stalled: its tests'
 /// timeouts cannot fire) is cut here, so that a retry still fits the run's 30 minutes.
-const ATTEMPT_TIMEOUT_S: &str = "150";
+const ATTEMPT_TIMEOUT_S: &str = "180";
 
 /// How long a batch (every test of a binary in one test bed, see [`run_batch`]) may go without
-/// a test finishing before it counts as hung and is cut: the longest test takes about 1 min.
-const BATCH_PROGRESS_TIMEOUT: Duration = Duration::from_secs(120);
+/// a test finishing before it counts as hung and is cut: the longest test takes about 1 min,
+/// plus its boots that stalled.
+const BATCH_PROGRESS_TIMEOUT: Duration = Duration::from_secs(150);
 /// The bound of a whole batch, in seconds.
 const BATCH_TIMEOUT_S: &str = "1500";
 
@@ -446,7 +448,35 @@ impl Default for GuestBoot<'_> {
 }
 
 /// Boots the guest image under plugvm with `opts` and waits for plugvm to end.
+///
+/// A boot that fails the test bed's way before the guest's ready line (its console silent for
+/// [`BOOT_SILENCE`](crate::session::BOOT_SILENCE), or the guest resetting itself) is run again,
+/// up to [`BOOT_ATTEMPTS`](crate::session::BOOT_ATTEMPTS) boots, as
+/// [`GuestSession::boot`](crate::session::GuestSession::boot) does.
 pub fn boot_guest(opts: &GuestBoot<'_>) -> GuestRun {
+    use crate::session::BOOT_ATTEMPTS;
+    for attempt in 1..BOOT_ATTEMPTS {
+        let run = boot_guest_once(opts);
+        // plugvm's exit code for a guest reset.
+        let reset = run.exit_code == Some(3);
+        if run.ready_after.is_some() || !(run.timed_out || reset) {
+            return run;
+        }
+        let last = run.console.lines().last().unwrap_or_default().to_string();
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "WARNING: test-bed retry: boot {attempt} of {BOOT_ATTEMPTS} of a guest ({} {}) \
+             failed before its ready line ({}); last console line {last:?}",
+            opts.cpus,
+            opts.memory,
+            if reset { "it reset" } else { "it stalled" },
+        );
+    }
+    boot_guest_once(opts)
+}
+
+fn boot_guest_once(opts: &GuestBoot<'_>) -> GuestRun {
     let img = guest_image();
     let cmdline = format!(
         "{GUEST_CMDLINE} plugvm.run={} {}",

@@ -55,9 +55,32 @@ while read -r line; do eval \"$line\"; done\n";
 
 /// The longest a booting guest's console may stay silent: the test bed's slowest quiet stretch
 /// is the bzImage's decompression, about 5 s, and a whole boot to the ready line takes at most
-/// about 15 s there. A stalled boot (see `guest.rs`) is retried, so waiting less for it saves
-/// the run's time.
-pub const BOOT_SILENCE: Duration = Duration::from_secs(30);
+/// about 15 s there. A stalled boot is booted again ([`GuestSession::boot`]), so waiting less
+/// for it saves the run's time.
+pub const BOOT_SILENCE: Duration = Duration::from_secs(20);
+
+/// How many times [`GuestSession::boot`] boots a guest whose boot fails in the test bed's way
+/// (a stall, or a reset before the ready line) before the test fails.
+pub const BOOT_ATTEMPTS: u32 = 3;
+
+/// plugvm's exit code when the guest resets the machine.
+const EXIT_GUEST_RESET: i32 = 3;
+
+/// Why a boot did not reach the ready line.
+enum BootFailure {
+    /// The test bed's way (see [`GuestSession::boot`]): worth another boot.
+    TestBed(String),
+    /// Anything else: the test fails.
+    Other(String),
+}
+
+impl std::fmt::Display for BootFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootFailure::TestBed(why) | BootFailure::Other(why) => f.write_str(why),
+        }
+    }
+}
 
 /// How long one API request may take (hotplug requests wait for the guest, up to the
 /// transaction's deadline).
@@ -257,6 +280,49 @@ impl GuestSession {
         Self::spawn(cmd, dir, socket, console, console_socket)
     }
 
+    /// [`Self::start_with_args`] and [`Self::wait_ready`] in one: returns the session once its
+    /// guest is up, and the time that took.
+    ///
+    /// A boot that fails the way the nested test bed's boots do now and then, whatever the VMM
+    /// (its console silent for [`BOOT_SILENCE`] before the ready line, or the guest resetting
+    /// itself before it), is abandoned and started again, up to [`BOOT_ATTEMPTS`] boots: the
+    /// test has done nothing yet, so nothing is lost but the time, and the test bed does not
+    /// have to start again for a retry of the whole test. Each retry prints a
+    /// `WARNING: test-bed retry` line (with what the stalled vCPU threads were doing) past the
+    /// harness's capture, which `run-tests.sh` counts. Any other failure panics at once.
+    pub fn boot(
+        cpus: &str,
+        memory: &str,
+        extra_cmdline: &str,
+        console: ConsoleKind,
+        extra_args: &[&str],
+        timeout: Duration,
+    ) -> (GuestSession, Duration) {
+        for attempt in 1..=BOOT_ATTEMPTS {
+            let s = Self::start_with_args(cpus, memory, extra_cmdline, console, extra_args);
+            let failure = match s.try_wait_ready(timeout) {
+                Ok(ready) => return (s, ready),
+                Err(BootFailure::Other(why)) => why,
+                Err(BootFailure::TestBed(why)) if attempt < BOOT_ATTEMPTS => {
+                    let threads = s.thread_activity();
+                    let last = s.last_console_line();
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "WARNING: test-bed retry: boot {attempt} of {BOOT_ATTEMPTS} of a guest \
+                         ({cpus} {memory}) failed: {why}; last console line {last:?}; {threads}"
+                    );
+                    // Dropped while not panicking: plugvm is killed without a report.
+                    drop(s);
+                    continue;
+                }
+                Err(BootFailure::TestBed(why)) => why,
+            };
+            panic!("no ready line: {failure} (session report below)");
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
     /// plugvm started with `--api-socket` alone (Cloud Hypervisor's API-first launch): no VM
     /// until `vm.create` and `vm.boot`. With `serial` `Tty` in `vm.create`, the guest's
     /// console is plugvm's stdout, which the session reads as usual; [`session_payload`] gives
@@ -416,6 +482,19 @@ impl GuestSession {
     /// [`Self::wait_ready`] for a boot whose console lines start at `mark` (a VM booted
     /// again after `vm.shutdown`): earlier ready lines do not count.
     pub fn wait_ready_since(&self, mark: usize, timeout: Duration) -> Duration {
+        self.try_wait_ready_since(mark, timeout)
+            .unwrap_or_else(|why| panic!("no ready line: {why} (session report below)"))
+    }
+
+    fn try_wait_ready(&self, timeout: Duration) -> Result<Duration, BootFailure> {
+        self.try_wait_ready_since(0, timeout)
+    }
+
+    fn try_wait_ready_since(
+        &self,
+        mark: usize,
+        timeout: Duration,
+    ) -> Result<Duration, BootFailure> {
         let deadline = Instant::now() + timeout;
         let ready = self.try_wait_for_line_or_silence(
             mark,
@@ -423,8 +502,17 @@ impl GuestSession {
             timeout,
             Some(BOOT_SILENCE),
         );
-        let (_, ready) =
-            ready.unwrap_or_else(|why| panic!("no ready line: {why} (session report below)"));
+        let (_, ready) = ready.map_err(|why| {
+            let reset = why.contains("exited")
+                && self
+                    .exit_status_soon()
+                    .is_some_and(|s| s.code() == Some(EXIT_GUEST_RESET));
+            if why.contains("stalled") || reset {
+                BootFailure::TestBed(why)
+            } else {
+                BootFailure::Other(why)
+            }
+        })?;
         let left = deadline.saturating_duration_since(Instant::now());
         self.wait_for_line(
             mark,
@@ -433,7 +521,76 @@ impl GuestSession {
             "session script start",
         );
         self.note(format!("guest ready after {:?}", ready.at));
-        ready.at
+        Ok(ready.at)
+    }
+
+    /// The exit status, waiting up to 2 s for it: the console closes a moment before the
+    /// process can be reaped.
+    fn exit_status_soon(&self) -> Option<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let status = self.try_exit_status();
+            if status.is_some() || Instant::now() >= deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn last_console_line(&self) -> String {
+        let state = self.log.lock();
+        state
+            .lines
+            .iter()
+            .rev()
+            .find(|l| l.source == Source::Console)
+            .map(|l| format!("[{:.3}] {}", l.at.as_secs_f64(), truncate(&l.text, 100)))
+            .unwrap_or_default()
+    }
+
+    /// What plugvm's threads do: state and CPU time (ticks) of each, and how much CPU each
+    /// used in the next second. A stalled guest whose vCPU thread runs flat out is looping in
+    /// KVM (the test bed's nested page fault loops were such); one whose vCPU threads sleep
+    /// waits for an interrupt.
+    fn thread_activity(&self) -> String {
+        let sample = || -> Vec<(String, char, u64)> {
+            let dir = format!("/proc/{}/task", self.pid);
+            let mut threads: Vec<_> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+                    // The name is in parentheses and may hold spaces; the fields follow.
+                    let (head, rest) = stat.rsplit_once(')')?;
+                    let name = head.split_once('(')?.1.to_string();
+                    let fields: Vec<&str> = rest.split_whitespace().collect();
+                    let state = fields.first()?.chars().next()?;
+                    let ticks = fields.get(11)?.parse::<u64>().ok()?
+                        + fields.get(12)?.parse::<u64>().ok()?;
+                    Some((name, state, ticks))
+                })
+                .collect();
+            threads.sort();
+            threads
+        };
+        let before = sample();
+        std::thread::sleep(Duration::from_secs(1));
+        let after = sample();
+        let threads: Vec<String> = after
+            .iter()
+            .map(|(name, state, ticks)| {
+                let was = before
+                    .iter()
+                    .find(|(n, _, _)| n == name)
+                    .map_or(*ticks, |b| b.2);
+                format!("{name} {state} +{}", ticks.saturating_sub(was))
+            })
+            .collect();
+        format!(
+            "plugvm's threads (state, CPU ticks in 1 s): {}",
+            threads.join(", ")
+        )
     }
 
     /// Index of the next console line to arrive: pass it to [`Self::wait_for_console_since`]

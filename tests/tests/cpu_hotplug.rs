@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use plugvm_tests::kvm_guest_test;
-use plugvm_tests::session::GuestSession;
+use plugvm_tests::session::{ConsoleKind, GuestSession};
 use serde_json::{json, Value};
 
 /// Boot to the session's command loop (the test bed is slow).
@@ -31,8 +31,14 @@ const CPU_ONLINE: &str = "cat /sys/devices/system/cpu/online";
 const CPU_PRESENT: &str = "cat /sys/devices/system/cpu/present";
 
 fn start(cpus: &str, extra_cmdline: &str) -> GuestSession {
-    let s = GuestSession::start(cpus, "size=512M", extra_cmdline);
-    let ready = s.wait_ready(READY_TIMEOUT);
+    let (s, ready) = GuestSession::boot(
+        cpus,
+        "size=512M",
+        extra_cmdline,
+        ConsoleKind::Stdio,
+        &[],
+        READY_TIMEOUT,
+    );
     eprintln!("[{cpus} {extra_cmdline}] guest ready after {ready:?}");
     s
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use plugvm_tests::event_stream::{EventCollector, EventStream, SseEvent};
 use plugvm_tests::kvm_guest_test;
-use plugvm_tests::session::GuestSession;
+use plugvm_tests::session::{ConsoleKind, GuestSession};
 use serde_json::{json, Value};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
@@ -53,8 +53,7 @@ fn assert_committed_in_order(labels: &[String], devices: usize) {
 
 kvm_guest_test! {
     fn hotplug_is_seen_on_the_event_stream_as_it_happens() {
-        let s = GuestSession::start("boot=1,max=2", "size=512M,hotplug_size=512M", "");
-        s.wait_ready(READY_TIMEOUT);
+        let (s, _) = GuestSession::boot("boot=1,max=2", "size=512M,hotplug_size=512M", "", ConsoleKind::Stdio, &[], READY_TIMEOUT);
         let mut live = EventCollector::start(s.socket()).unwrap_or_else(|e| panic!("{e}"));
         // A reader that stops reading at once.
         let mut stalled = EventStream::open(s.socket(), None).unwrap_or_else(|e| panic!("{e}"));

@@ -18,14 +18,14 @@ const EJECT_CPU1: &str = "for d in /sys/bus/acpi/devices/ACPI0007:*; do \
      [ \"$(cat $d/uid)\" = 1 ] && echo 1 > $d/eject && echo ejecting $d; done";
 
 fn start(policy: &str) -> GuestSession {
-    let s = GuestSession::start_with_args(
+    let (s, _) = GuestSession::boot(
         "boot=2,max=2",
         "size=512M",
         "",
         ConsoleKind::Stdio,
         &["--guest-eject", policy],
+        READY_TIMEOUT,
     );
-    s.wait_ready(READY_TIMEOUT);
     assert_eq!(
         s.exec("cat /sys/devices/system/cpu/online", CMD_TIMEOUT),
         "0-1"

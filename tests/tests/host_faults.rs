@@ -65,14 +65,14 @@ kvm_guest_test! {
             args.extend(["--inject-fault", f]);
         }
         // CPUs 1..=8 get a spare vCPU at start; CPU 9 is created by its hotplug.
-        let s = GuestSession::start_with_args(
+        let (s, _) = GuestSession::boot(
             "boot=1,max=10",
             "size=512M,hotplug_size=1G,hotplug_slots=4",
             "",
             ConsoleKind::Stdio,
             &args,
+            READY_TIMEOUT,
         );
-        s.wait_ready(READY_TIMEOUT);
         let total0 = mem_total_kib(&s);
 
         // Memory: the mapping fails, then KVM's slot; the third add works.

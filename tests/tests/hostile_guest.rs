@@ -135,15 +135,15 @@ fn present_cpus(s: &GuestSession) -> usize {
 kvm_guest_test! {
     #[ignore = "takes the nested test bed down in about 2 runs of 5: resources/bench/hostile-guest.sh"]
     fn a_hostile_guest_hurts_only_itself() {
-        let s = GuestSession::start_with_args(
+        let (s, _) = GuestSession::boot(
             "boot=2,max=4",
             "size=512M,hotplug_size=1G,hotplug_slots=4",
             // The controllers' MMIO is claimed by ACPI; let /dev/mem reach it anyway.
             "iomem=relaxed",
             ConsoleKind::Stdio,
             &[],
+            READY_TIMEOUT,
         );
-        s.wait_ready(READY_TIMEOUT);
         let fds_before = s.proc_fds().len();
         s.exec(HOSTILE, CMD_TIMEOUT);
         assert_eq!(s.exec("grep -c devmem /tmp/hostile.sh", CMD_TIMEOUT), "3000");

@@ -29,8 +29,7 @@ kvm_guest_test! {
     /// uevent helper's lines) are dropped, and no vCPU waits for the reader. Once the client
     /// reads again, the console works.
     fn hotplug_while_the_console_reader_is_stopped() {
-        let s = GuestSession::start_with("boot=1,max=2", "size=512M", "", ConsoleKind::Socket);
-        s.wait_ready(READY_TIMEOUT);
+        let (s, _) = GuestSession::boot("boot=1,max=2", "size=512M", "", ConsoleKind::Socket, &[], READY_TIMEOUT);
         // A flood that ends by itself: the reader stays stalled after it, and a guest busy
         // printing forever could not take part in a hotplug within its deadline.
         s.exec("(end=$(($(date +%s)+20)); while [ $(date +%s) -lt $end ]; do echo flood-flood-flood-flood-flood-flood-flood-flood; done) >/dev/console 2>&1 & echo flooding", CMD_TIMEOUT);
@@ -81,8 +80,7 @@ kvm_guest_test! {
     /// `vm.pause` takes every vCPU out of `KVM_RUN`; hotplug is refused (409) until
     /// `vm.resume`, after which the guest runs and hotplug works again.
     fn pause_refuses_hotplug_until_resume() {
-        let s = GuestSession::start("boot=2,max=3", "size=512M", "");
-        s.wait_ready(READY_TIMEOUT);
+        let (s, _) = GuestSession::boot("boot=2,max=3", "size=512M", "", ConsoleKind::Stdio, &[], READY_TIMEOUT);
         let (status, body) = s.api("PUT", "vm.resume", None);
         assert_eq!(status, 409, "resume of a running VM: {body}");
 
@@ -118,8 +116,7 @@ kvm_guest_test! {
     /// then is refused (429: the guest could not answer); `vm.shutdown` ends the VM at once, the
     /// waiting client gets 503 with the transaction's record, and `vmm.shutdown` ends plugvm.
     fn shutdown_with_a_transaction_waiting_for_the_guest() {
-        let s = GuestSession::start("boot=1,max=2", "size=512M", "initcall_blacklist=ged_driver_init");
-        s.wait_ready(READY_TIMEOUT);
+        let (s, _) = GuestSession::boot("boot=1,max=2", "size=512M", "initcall_blacklist=ged_driver_init", ConsoleKind::Stdio, &[], READY_TIMEOUT);
         let socket = s.socket().to_path_buf();
         let waiting = std::thread::spawn(move || {
             plugvm_remote::client::request(

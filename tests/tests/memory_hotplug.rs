@@ -27,7 +27,7 @@
 use std::time::{Duration, Instant};
 
 use plugvm_tests::kvm_guest_test;
-use plugvm_tests::session::GuestSession;
+use plugvm_tests::session::{ConsoleKind, GuestSession};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
@@ -50,8 +50,14 @@ const ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
 const MEMTOTAL_SLACK_KIB: u64 = 4 * KIB_PER_MIB;
 
 fn start(cpus: &str, memory: &str, extra_cmdline: &str) -> GuestSession {
-    let s = GuestSession::start(cpus, memory, extra_cmdline);
-    let ready = s.wait_ready(READY_TIMEOUT);
+    let (s, ready) = GuestSession::boot(
+        cpus,
+        memory,
+        extra_cmdline,
+        ConsoleKind::Stdio,
+        &[],
+        READY_TIMEOUT,
+    );
     eprintln!("[{cpus} {memory} {extra_cmdline}] guest ready after {ready:?}");
     s
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use plugvm_tests::kvm_guest_test;
 use plugvm_tests::metrics::{metric, series, Scrape};
-use plugvm_tests::session::GuestSession;
+use plugvm_tests::session::{ConsoleKind, GuestSession};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
@@ -47,8 +47,7 @@ kvm_guest_test! {
     /// rollback, accesses to both hotplug controllers, and 1 vCPU of 2 and 640 MiB present.
     fn metrics_count_a_guests_hotplug_transactions() {
         let memory = "size=512M,hotplug_size=512M,hotplug_slots=4";
-        let s = GuestSession::start("boot=1,max=2", memory, "");
-        let ready = s.wait_ready(READY_TIMEOUT);
+        let (s, ready) = GuestSession::boot("boot=1,max=2", memory, "", ConsoleKind::Stdio, &[], READY_TIMEOUT);
         eprintln!("guest ready after {ready:?}");
         let (_, booted) = scrape(&s);
         assert_eq!(metric(&booted, "plugvm_vm_state", &[("state", "running")]), 1.0);

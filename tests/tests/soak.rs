@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use plugvm_tests::kvm_guest_test;
-use plugvm_tests::session::GuestSession;
+use plugvm_tests::session::{ConsoleKind, GuestSession};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
@@ -127,8 +127,14 @@ fn check(kind: &str, samples: &[Sample]) {
 kvm_guest_test! {
     #[ignore = "a soak of about 10 minutes: resources/bench/soak.sh"]
     fn soak_vcpu_and_memory_cycles() {
-        let s = GuestSession::start("boot=1,max=2", "size=512M,hotplug_size=1G,hotplug_slots=4", "");
-        s.wait_ready(Duration::from_secs(240));
+        let (s, _) = GuestSession::boot(
+            "boot=1,max=2",
+            "size=512M,hotplug_size=1G,hotplug_slots=4",
+            "",
+            ConsoleKind::Stdio,
+            &[],
+            Duration::from_secs(240),
+        );
 
         let mut window = Vec::new();
         let mut samples = vec![sample(&s, 0, &mut window)];
