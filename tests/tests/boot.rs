@@ -43,7 +43,8 @@ kvm_guest_test! {
                      echo possible=$(cat /sys/devices/system/cpu/possible)\n\
                      echo memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)\n\
                      echo dmesg_memory=$(dmesg | grep -o 'Memory: [0-9]*K/[0-9]*K' | head -n1)\n\
-                     echo hotplug_cpus=$(dmesg | grep -o 'Allowing [0-9]* CPUs, [0-9]* hotplug CPUs')",
+                     echo hotplug_cpus=$(dmesg | grep -o 'Allowing [0-9]* CPUs, [0-9]* hotplug CPUs')\n\
+                     dmesg | grep -E 'ACPI (BIOS )?(Error|Warning)'; true",
             ..Default::default()
         });
         let r = report(&run);
@@ -74,6 +75,8 @@ kvm_guest_test! {
             "MemTotal {memtotal} KiB\n{r}"
         );
 
+        // The console carries only the kernel's errors (GUEST_CMDLINE); the script printed
+        // every ACPI error and warning of the kernel's log.
         assert!(run.acpi_problems().is_empty(), "ACPI problems: {:?}\n{r}", run.acpi_problems());
         assert_eq!(run.exit_code, Some(0), "poweroff must end plugvm with 0\n{r}");
         let end = run.end_to_exit.unwrap_or_else(|| panic!("no PLUGVM-RUN-END\n{r}"));
