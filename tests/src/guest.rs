@@ -36,9 +36,9 @@ pub const READY_LINE: &str = "PLUGVM-GUEST-READY";
 ///
 /// `loglevel=4` (what `quiet` sets, without silencing a bzImage's decompressor): the kernel
 /// prints only its errors on the console. Each byte of console output is a port write that
-/// exits to plugvm, which the bed emulates slowly: its boot to the ready line took 5.0-8.5 s
-/// instead of 10-12 s, and none of 30 boots stalled (30 November 2026; with the kernel's whole log, 2 of
-/// 5 boots that hour stalled or reset). Tests that want the kernel's messages read
+/// exits to plugvm, which the bed emulates slowly: its boots reached the ready line in 5.0-8.5 s
+/// instead of 10-12 s, and none of 30 stalled (30 November 2026; with the kernel's whole log, 2
+/// of 5 boots in the same hour stalled or reset). Tests that want the kernel's messages read
 /// them with `dmesg` in the guest (every level is there).
 pub const GUEST_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off no-kvmapf loglevel=4";
 

@@ -318,7 +318,7 @@ impl GuestSession {
                 }
                 Err(BootFailure::TestBed(why)) => why,
             };
-            panic!("no ready line: {failure} (session report below)");
+            panic!("guest not ready: {failure} (session report below)");
         }
         unreachable!("the last attempt returns or panics")
     }
@@ -483,7 +483,7 @@ impl GuestSession {
     /// again after `vm.shutdown`): earlier ready lines do not count.
     pub fn wait_ready_since(&self, mark: usize, timeout: Duration) -> Duration {
         self.try_wait_ready_since(mark, timeout)
-            .unwrap_or_else(|why| panic!("no ready line: {why} (session report below)"))
+            .unwrap_or_else(|why| panic!("guest not ready: {why} (session report below)"))
     }
 
     fn try_wait_ready(&self, timeout: Duration) -> Result<Duration, BootFailure> {
@@ -502,7 +502,7 @@ impl GuestSession {
             timeout,
             Some(BOOT_SILENCE),
         );
-        let (_, ready) = ready.map_err(|why| {
+        let classify = |why: String| {
             let reset = why.contains("exited")
                 && self
                     .exit_status_soon()
@@ -512,14 +512,17 @@ impl GuestSession {
             } else {
                 BootFailure::Other(why)
             }
-        })?;
+        };
+        let (_, ready) = ready.map_err(classify)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        self.wait_for_line(
+        // The bed's guests also reset now and then between the two lines.
+        self.try_wait_for_line_or_silence(
             mark,
             |l| l.contains(SESSION_READY_LINE),
             left.max(Duration::from_secs(10)),
-            "session script start",
-        );
+            None,
+        )
+        .map_err(|why| classify(format!("no session script start: {why}")))?;
         self.note(format!("guest ready after {:?}", ready.at));
         Ok(ready.at)
     }
