@@ -464,8 +464,7 @@ pub fn boot_guest(opts: &GuestBoot<'_>) -> GuestRun {
     use crate::session::BOOT_ATTEMPTS;
     for attempt in 1..BOOT_ATTEMPTS {
         let run = boot_guest_once(opts);
-        // plugvm's exit code for a guest reset.
-        let reset = run.exit_code == Some(3);
+        let reset = run.exit_code == Some(crate::session::EXIT_GUEST_RESET);
         if run.ready_after.is_some() || !(run.timed_out || reset) {
             return run;
         }

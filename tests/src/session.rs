@@ -64,7 +64,7 @@ pub const BOOT_SILENCE: Duration = Duration::from_secs(20);
 pub const BOOT_ATTEMPTS: u32 = 3;
 
 /// plugvm's exit code when the guest resets the machine.
-const EXIT_GUEST_RESET: i32 = 3;
+pub(crate) const EXIT_GUEST_RESET: i32 = 3;
 
 /// Why a boot did not reach the ready line.
 enum BootFailure {
