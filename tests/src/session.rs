@@ -556,13 +556,15 @@ impl GuestSession {
     /// KVM (the test bed's nested page fault loops were such); one whose vCPU threads sleep
     /// waits for an interrupt.
     fn thread_activity(&self) -> String {
-        let sample = || -> Vec<(String, char, u64)> {
+        // (thread id, name, state, CPU ticks); the id tells apart threads of the same name.
+        let sample = || -> Vec<(u64, String, char, u64)> {
             let dir = format!("/proc/{}/task", self.pid);
             let mut threads: Vec<_> = std::fs::read_dir(dir)
                 .into_iter()
                 .flatten()
                 .filter_map(Result::ok)
                 .filter_map(|t| {
+                    let tid = t.file_name().to_str()?.parse().ok()?;
                     let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
                     // The name is in parentheses and may hold spaces; the fields follow.
                     let (head, rest) = stat.rsplit_once(')')?;
@@ -571,10 +573,10 @@ impl GuestSession {
                     let state = fields.first()?.chars().next()?;
                     let ticks = fields.get(11)?.parse::<u64>().ok()?
                         + fields.get(12)?.parse::<u64>().ok()?;
-                    Some((name, state, ticks))
+                    Some((tid, name, state, ticks))
                 })
                 .collect();
-            threads.sort();
+            threads.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
             threads
         };
         let before = sample();
@@ -582,11 +584,8 @@ impl GuestSession {
         let after = sample();
         let threads: Vec<String> = after
             .iter()
-            .map(|(name, state, ticks)| {
-                let was = before
-                    .iter()
-                    .find(|(n, _, _)| n == name)
-                    .map_or(*ticks, |b| b.2);
+            .map(|(tid, name, state, ticks)| {
+                let was = before.iter().find(|b| b.0 == *tid).map_or(*ticks, |b| b.3);
                 format!("{name} {state} +{}", ticks.saturating_sub(was))
             })
             .collect();
